@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/myusta/cdc/internal/demo"
+	"github.com/myusta/cdc/internal/pglocal"
+)
+
+// Database names of `cdc dev`, as in production.
+const (
+	devSourceDB = "myusta_backend"
+	devChatDB   = "myusta_chatapp"
+)
+
+// cmdDev is the embedded default: a local throw-away PostgreSQL holding
+// both databases, demo users, and the daemon running against them.
+func cmdDev(ctx context.Context, e *env, args []string) error {
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	dir := fs.String("dir", ".cdc-dev", "data directory of the throw-away PostgreSQL; reused on the next start")
+	users := fs.Int("users", 10000, "demo users seeded into an empty source table")
+	load := fs.Int("load", 0, "changes per second made on the source while running (0 = none)")
+	port := fs.Int("port", 0, "PostgreSQL port (0 = a free one)")
+	fresh := fs.Bool("fresh", false, "delete the data directory first")
+	cfg, log, err := e.setup(fs, args)
+	if err != nil {
+		return err
+	}
+	if *users < 0 || *load < 0 {
+		return usageError("--users and --load take a number ≥ 0")
+	}
+	root, err := filepath.Abs(*dir)
+	if err != nil {
+		return usageError("--dir: %v", err)
+	}
+	if *fresh {
+		if err := os.RemoveAll(root); err != nil {
+			return fmt.Errorf("remove %s: %w", root, err)
+		}
+	}
+	fmt.Fprintf(e.stdout, "starting PostgreSQL in %s …\n", root)
+	srv, err := pglocal.Start(ctx, pglocal.Options{Dir: root, Port: *port})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := srv.Stop(); err != nil {
+			log.Warn("stop PostgreSQL", "err", err)
+		}
+	}()
+	for _, name := range []string{devSourceDB, devChatDB} {
+		if err := srv.CreateDatabase(ctx, name); err != nil {
+			return err
+		}
+	}
+	cfg.SourceURL, cfg.ChatURL = srv.DSN(devSourceDB), srv.DSN(devChatDB)
+	fmt.Fprintf(e.stdout, "source: psql '%s'\nchat:   psql '%s'\n", cfg.SourceURL, cfg.ChatURL)
+
+	srcPool, err := openPool(ctx, log, "SOURCE_DATABASE_URL", cfg.SourceURL, 4, writePolicy(cfg))
+	if err != nil {
+		return err
+	}
+	defer srcPool.Close()
+	chatPool, err := openPool(ctx, log, "CHAT_DATABASE_URL", cfg.ChatURL, 2, writePolicy(cfg))
+	if err != nil {
+		return err
+	}
+	defer chatPool.Close()
+	if err := demo.CreateSchema(ctx, srcPool); err != nil {
+		return err
+	}
+	var empty bool
+	if err := srcPool.QueryRow(ctx, "SELECT NOT EXISTS (SELECT 1 FROM public.users)").Scan(&empty); err != nil {
+		return fmt.Errorf("check demo data: %w", err)
+	}
+	if empty && *users > 0 {
+		fmt.Fprintf(e.stdout, "seeding %d demo users …\n", *users)
+		if err := demo.Seed(ctx, srcPool, *users); err != nil {
+			return err
+		}
+	}
+	if err := migrate(ctx, e.stdout, log, cfg, srcPool, chatPool); err != nil {
+		return err
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if *load > 0 {
+		w, err := demo.NewWorkload(ctx, srcPool, 1)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "making %d changes/s on the source; Ctrl-C stops everything\n", *load)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.Run(ctx, *load, log.With("component", "demo-load"))
+		}()
+	} else {
+		fmt.Fprintln(e.stdout, "change rows in the source (psql above) and watch them arrive; Ctrl-C stops everything")
+	}
+	return runDaemon(ctx, cfg, log)
+}

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/myusta/cdc/internal/config"
+	"github.com/myusta/cdc/internal/retry"
+	"github.com/myusta/cdc/migrations"
+)
+
+func cmdMigrate(ctx context.Context, e *env, args []string) error {
+	cfg, log, err := e.setup(flag.NewFlagSet("migrate", flag.ContinueOnError), args)
+	if err != nil {
+		return err
+	}
+	if err := cfg.RequireDatabases(); err != nil {
+		return err
+	}
+	// A one-shot command: retry an outage a few times, then fail.
+	p := writePolicy(cfg)
+	ctx, cancel := context.WithTimeout(ctx, oneShotPatience(p))
+	defer cancel()
+	srcPool, err := openPool(ctx, log, "SOURCE_DATABASE_URL", cfg.SourceURL, 2, p)
+	if err != nil {
+		return err
+	}
+	defer srcPool.Close()
+	chatPool, err := openPool(ctx, log, "CHAT_DATABASE_URL", cfg.ChatURL, 2, p)
+	if err != nil {
+		return err
+	}
+	defer chatPool.Close()
+	return migrate(ctx, e.stdout, log, cfg, srcPool, chatPool)
+}
+
+// oneShotPatience bounds how long a one-shot command waits for a database:
+// MAX_RETRIES attempts of the configured backoff.
+func oneShotPatience(p retry.Policy) (d time.Duration) {
+	b := p.BackOff()
+	for i := 0; i <= p.Loud; i++ {
+		d += b.NextBackOff()
+	}
+	return d + 10*time.Second
+}
+
+// migrate brings both databases to what cdc needs; running it twice changes
+// nothing the second time.
+func migrate(ctx context.Context, out io.Writer, log *slog.Logger, cfg *config.Config, srcPool, chatPool *pgxpool.Pool) error {
+	n, err := migrations.MigrateChat(ctx, chatPool, log)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		fmt.Fprintln(out, "chat: cdc tables up to date")
+	} else {
+		fmt.Fprintf(out, "chat: applied %d migration(s)\n", n)
+	}
+	spec := migrations.Spec{
+		SourceTable: cfg.SourceTable, ChatTable: cfg.ChatTable, Columns: cfg.Columns,
+		Key: cfg.KeyColumn, UpdatedAt: cfg.UpdatedAtColumn, Publication: cfg.PublicationName,
+	}
+	created, err := migrations.EnsureChatTable(ctx, srcPool, chatPool, spec)
+	if err != nil {
+		return err
+	}
+	if created {
+		fmt.Fprintf(out, "chat: created table %s from the source's columns\n", cfg.ChatTable)
+	} else {
+		fmt.Fprintf(out, "chat: table %s exists\n", cfg.ChatTable)
+	}
+	msg, err := migrations.EnsurePublication(ctx, srcPool, spec)
+	if err != nil {
+		return err
+	}
+	if msg == "" {
+		msg = fmt.Sprintf("publication %s up to date", cfg.PublicationName)
+	}
+	fmt.Fprintln(out, "source:", msg)
+	return nil
+}

@@ -1,0 +1,209 @@
+// Package config reads cdc's configuration from flags, the environment and an
+// optional .env file, and validates every value before anything starts.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/joho/godotenv"
+)
+
+// Sync modes.
+const (
+	ModeReplication = "replication"
+	ModeNotify      = "notify"
+)
+
+// Config is the validated configuration of one cdc process.
+type Config struct {
+	SourceURL string // SOURCE_DATABASE_URL
+	ChatURL   string // CHAT_DATABASE_URL
+	Mode      string // SYNC_MODE
+
+	SyncInterval          time.Duration // SYNC_INTERVAL_MINUTES
+	WindowMultiplier      float64       // SYNC_WINDOW_MULTIPLIER
+	FullReconcileInterval time.Duration // FULL_RECONCILE_INTERVAL, 0 = off
+
+	SourcePoolSize int32 // SOURCE_DB_POOL_SIZE
+	ChatPoolSize   int32 // CHAT_DB_POOL_SIZE
+
+	MaxRetries           int           // MAX_RETRIES
+	RetryInitialDelay    time.Duration // RETRY_INITIAL_DELAY (ms)
+	RetryMaxDelay        time.Duration // RETRY_MAX_DELAY (ms)
+	RetryMultiplier      float64       // RETRY_BACKOFF_MULTIPLIER
+	MaxReconnectAttempts int           // MAX_RECONNECT_ATTEMPTS
+
+	SlotName        string // SLOT_NAME
+	PublicationName string // PUBLICATION_NAME
+
+	BatchMaxRows   int           // BATCH_MAX_ROWS
+	StatusInterval time.Duration // STANDBY_STATUS_INTERVAL
+
+	HTTPAddr  string     // HTTP_ADDR
+	LogLevel  slog.Level // LOG_LEVEL
+	LogFormat string     // LOG_FORMAT: auto, text or json
+
+	SourceTable     string   // SOURCE_TABLE, schema-qualified
+	ChatTable       string   // CHAT_TABLE, schema-qualified
+	Columns         []string // SYNC_COLUMNS, the allow-list that leaves the source
+	KeyColumn       string   // KEY_COLUMN
+	UpdatedAtColumn string   // UPDATED_AT_COLUMN
+	SecretColumns   []string // SECRET_COLUMNS, never synced
+}
+
+// Error is a configuration value that cannot be used. Its message names the
+// variable and what it accepts; it never repeats a secret.
+type Error struct {
+	Var  string // environment variable name
+	Msg  string // what is wrong and what is accepted
+	Flag string // the flag that sets it
+}
+
+func (e *Error) Error() string { return e.Var + ": " + e.Msg }
+
+// Source tells where configuration values come from. Lookup reports the raw
+// value of a variable and whether it is set.
+type Source struct {
+	Lookup func(name string) (string, bool)
+}
+
+// EnvSource reads the process environment and, below it, the .env file in
+// the working directory when one exists.
+func EnvSource(dotenvPath string) (Source, error) {
+	fileVals := map[string]string{}
+	if dotenvPath != "" {
+		m, err := godotenv.Read(dotenvPath)
+		switch {
+		case err == nil:
+			fileVals = m
+		case errors.Is(err, os.ErrNotExist):
+		default:
+			return Source{}, fmt.Errorf("read %s: %w", dotenvPath, err)
+		}
+	}
+	return Source{Lookup: func(name string) (string, bool) {
+		if v, ok := os.LookupEnv(name); ok {
+			return v, true
+		}
+		v, ok := fileVals[name]
+		return v, ok
+	}}, nil
+}
+
+// MapSource is a Source over a map, for tests and embedded use.
+func MapSource(m map[string]string) Source {
+	return Source{Lookup: func(name string) (string, bool) {
+		v, ok := m[name]
+		return v, ok
+	}}
+}
+
+// Loader binds every variable to a flag on a FlagSet and, after the flags are
+// parsed, builds the Config: flag over environment over .env over default.
+type Loader struct {
+	src   Source
+	flags map[string]*string // var name -> flag value
+	set   map[string]bool
+	fs    *flag.FlagSet
+}
+
+// NewLoader registers one flag per variable (SLOT_NAME -> --slot-name) on fs.
+func NewLoader(src Source, fs *flag.FlagSet) *Loader {
+	l := &Loader{src: src, flags: map[string]*string{}, set: map[string]bool{}, fs: fs}
+	if fs != nil {
+		for _, v := range Vars {
+			l.flags[v.Name] = fs.String(v.FlagName(), "", v.Help+" (env "+v.Name+", default "+quoteDefault(v.Default)+")")
+		}
+	}
+	return l
+}
+
+func quoteDefault(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// Load validates all values and returns the first problem as *Error.
+func (l *Loader) Load() (*Config, error) {
+	if l.fs != nil {
+		l.fs.Visit(func(f *flag.Flag) { l.set[f.Name] = true })
+	}
+	cfg := &Config{}
+	for _, v := range Vars {
+		raw := v.Default
+		if s, ok := l.src.Lookup(v.Name); ok {
+			raw = s
+		}
+		if p := l.flags[v.Name]; p != nil && l.set[v.FlagName()] {
+			raw = *p
+		}
+		if err := v.parse(cfg, strings.TrimSpace(raw)); err != nil {
+			return nil, &Error{Var: v.Name, Msg: err.Error(), Flag: "--" + v.FlagName()}
+		}
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Load reads the configuration from src alone (no flags).
+func Load(src Source) (*Config, error) { return NewLoader(src, nil).Load() }
+
+// check validates relations between values.
+func (c *Config) check() error {
+	if c.RetryMaxDelay < c.RetryInitialDelay {
+		return &Error{Var: "RETRY_MAX_DELAY", Msg: fmt.Sprintf("must be at least RETRY_INITIAL_DELAY (%d ms)", c.RetryInitialDelay.Milliseconds())}
+	}
+	if !contains(c.Columns, c.KeyColumn) {
+		return &Error{Var: "SYNC_COLUMNS", Msg: fmt.Sprintf("must include KEY_COLUMN %q", c.KeyColumn)}
+	}
+	if !contains(c.Columns, c.UpdatedAtColumn) {
+		return &Error{Var: "SYNC_COLUMNS", Msg: fmt.Sprintf("must include UPDATED_AT_COLUMN %q", c.UpdatedAtColumn)}
+	}
+	for _, s := range c.SecretColumns {
+		if contains(c.Columns, s) {
+			return &Error{Var: "SYNC_COLUMNS", Msg: fmt.Sprintf("must not include %q: it is listed in SECRET_COLUMNS and never leaves the source", s)}
+		}
+	}
+	return nil
+}
+
+// RequireDatabases reports a missing SOURCE_DATABASE_URL or CHAT_DATABASE_URL.
+func (c *Config) RequireDatabases() error {
+	if c.SourceURL == "" {
+		return &Error{Var: "SOURCE_DATABASE_URL", Msg: "is required: a postgres:// URL or key=value DSN of the backend database (myusta_backend)"}
+	}
+	if c.ChatURL == "" {
+		return &Error{Var: "CHAT_DATABASE_URL", Msg: "is required: a postgres:// URL or key=value DSN of the chat database (myusta_chatapp)"}
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Names lists every variable name, sorted, for documentation checks.
+func Names() []string {
+	out := make([]string, 0, len(Vars))
+	for _, v := range Vars {
+		out = append(out, v.Name)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,261 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Var describes one configuration variable: its name, default, meaning and
+// how its raw text becomes a field of Config.
+type Var struct {
+	Name    string
+	Default string
+	Help    string
+	parse   func(c *Config, raw string) error
+}
+
+// FlagName is the command-line flag for the variable: SLOT_NAME -> slot-name.
+func (v Var) FlagName() string { return strings.ReplaceAll(strings.ToLower(v.Name), "_", "-") }
+
+// DefaultColumns is the reference schema's allow-list: every column of the
+// backend's users table except password_hash.
+const DefaultColumns = "id,first_name,last_name,email,phone,role,status,profile_picture,created_at,updated_at"
+
+// Vars is every configuration variable cdc reads, in documentation order.
+var Vars = []Var{
+	{"SOURCE_DATABASE_URL", "", "backend (source) database DSN; needs REPLICATION and SELECT on the source table", func(c *Config, s string) error {
+		c.SourceURL = s
+		return checkDSN(s)
+	}},
+	{"CHAT_DATABASE_URL", "", "chat (target) database DSN", func(c *Config, s string) error {
+		c.ChatURL = s
+		return checkDSN(s)
+	}},
+	{"SYNC_MODE", ModeReplication, "replication (pgoutput slot) or notify (trigger + LISTEN/NOTIFY fallback)", func(c *Config, s string) error {
+		if s != ModeReplication && s != ModeNotify {
+			return fmt.Errorf("%q is not a mode: use replication or notify", s)
+		}
+		c.Mode = s
+		return nil
+	}},
+	{"SYNC_INTERVAL_MINUTES", "1", "minutes between windowed reconcile runs (fractions allowed, e.g. 0.05)", func(c *Config, s string) error {
+		f, err := parseFloat(s, 0.001, 24*60, "a number of minutes from 0.001 to 1440")
+		c.SyncInterval = time.Duration(f * float64(time.Minute))
+		return err
+	}},
+	{"SYNC_WINDOW_MULTIPLIER", "3", "reconcile window = interval × this", func(c *Config, s string) error {
+		f, err := parseFloat(s, 1, 1000, "a number from 1 to 1000")
+		c.WindowMultiplier = f
+		return err
+	}},
+	{"FULL_RECONCILE_INTERVAL", "1h", "period of the full key-range checksum compare (Go duration, 0 = off)", func(c *Config, s string) error {
+		d, err := parseDuration(s, 0, 30*24*time.Hour, "a duration such as 1h or 30m, or 0 for off")
+		c.FullReconcileInterval = d
+		return err
+	}},
+	{"SOURCE_DB_POOL_SIZE", "10", "max connections to the source database", func(c *Config, s string) error {
+		n, err := parseInt(s, 1, 1000, "an integer from 1 to 1000")
+		c.SourcePoolSize = int32(n)
+		return err
+	}},
+	{"CHAT_DB_POOL_SIZE", "10", "max connections to the chat database (at least 2: the writer holds one)", func(c *Config, s string) error {
+		n, err := parseInt(s, 2, 1000, "an integer from 2 to 1000")
+		c.ChatPoolSize = int32(n)
+		return err
+	}},
+	{"MAX_RETRIES", "3", "retries of a failed database operation before it is recorded as failed", func(c *Config, s string) error {
+		n, err := parseInt(s, 0, 100, "an integer from 0 to 100")
+		c.MaxRetries = n
+		return err
+	}},
+	{"RETRY_INITIAL_DELAY", "1000", "first retry delay in milliseconds", func(c *Config, s string) error {
+		n, err := parseInt(s, 1, 3_600_000, "milliseconds from 1 to 3600000")
+		c.RetryInitialDelay = time.Duration(n) * time.Millisecond
+		return err
+	}},
+	{"RETRY_MAX_DELAY", "30000", "longest retry delay in milliseconds; also the probe period during long outages", func(c *Config, s string) error {
+		n, err := parseInt(s, 1, 3_600_000, "milliseconds from 1 to 3600000")
+		c.RetryMaxDelay = time.Duration(n) * time.Millisecond
+		return err
+	}},
+	{"RETRY_BACKOFF_MULTIPLIER", "2", "growth factor between retry delays", func(c *Config, s string) error {
+		f, err := parseFloat(s, 1, 10, "a number from 1 to 10")
+		c.RetryMultiplier = f
+		return err
+	}},
+	{"MAX_RECONNECT_ATTEMPTS", "10", "fast reconnect attempts before probing every RETRY_MAX_DELAY (the daemon never exits on an outage)", func(c *Config, s string) error {
+		n, err := parseInt(s, 0, 1000, "an integer from 0 to 1000")
+		c.MaxReconnectAttempts = n
+		return err
+	}},
+	{"SLOT_NAME", "cdc_users", "logical replication slot on the source", func(c *Config, s string) error {
+		if !slotName.MatchString(s) {
+			return fmt.Errorf("%q is not a slot name: use 1-63 lower-case letters, digits or underscores", s)
+		}
+		c.SlotName = s
+		return nil
+	}},
+	{"PUBLICATION_NAME", "cdc_users", "publication on the source (created by cdc migrate)", func(c *Config, s string) error {
+		c.PublicationName = s
+		return checkIdent(s)
+	}},
+	{"BATCH_MAX_ROWS", "10000", "most changes applied in one chat transaction", func(c *Config, s string) error {
+		n, err := parseInt(s, 1, 1_000_000, "an integer from 1 to 1000000")
+		c.BatchMaxRows = n
+		return err
+	}},
+	{"STANDBY_STATUS_INTERVAL", "10s", "how often the committed position is confirmed to the slot (100ms to 10s)", func(c *Config, s string) error {
+		d, err := parseDuration(s, 100*time.Millisecond, 10*time.Second, "a duration from 100ms to 10s")
+		c.StatusInterval = d
+		return err
+	}},
+	{"HTTP_ADDR", "127.0.0.1:8080", "health, stats and metrics listener (host:port)", func(c *Config, s string) error {
+		if _, port, err := net.SplitHostPort(s); err != nil || port == "" {
+			return fmt.Errorf("%q is not host:port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080", s)
+		}
+		c.HTTPAddr = s
+		return nil
+	}},
+	{"LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config, s string) error {
+		if err := c.LogLevel.UnmarshalText([]byte(s)); err != nil {
+			return fmt.Errorf("%q is not a level: use debug, info, warn or error", s)
+		}
+		return nil
+	}},
+	{"LOG_FORMAT", "auto", "text (coloured, for terminals), json, or auto (text on a terminal, else json)", func(c *Config, s string) error {
+		switch s {
+		case "auto", "text", "json":
+			c.LogFormat = s
+			return nil
+		}
+		return fmt.Errorf("%q is not a format: use text, json or auto", s)
+	}},
+	{"SOURCE_TABLE", "public.users", "source table (schema.table)", func(c *Config, s string) error {
+		c.SourceTable = qualify(s)
+		return checkTable(s)
+	}},
+	{"CHAT_TABLE", "public.users", "chat table (schema.table)", func(c *Config, s string) error {
+		c.ChatTable = qualify(s)
+		return checkTable(s)
+	}},
+	{"SYNC_COLUMNS", DefaultColumns, "comma-separated columns copied to chat (same names on both sides)", func(c *Config, s string) error {
+		cols, err := parseIdentList(s)
+		c.Columns = cols
+		if err == nil && len(cols) == 0 {
+			err = errors.New("is empty: list the columns to copy, e.g. " + DefaultColumns)
+		}
+		return err
+	}},
+	{"KEY_COLUMN", "id", "primary-key column (single column)", func(c *Config, s string) error {
+		c.KeyColumn = s
+		return checkIdent(s)
+	}},
+	{"UPDATED_AT_COLUMN", "updated_at", "timestamptz column bumped on every change (the reconciler's window)", func(c *Config, s string) error {
+		c.UpdatedAtColumn = s
+		return checkIdent(s)
+	}},
+	{"SECRET_COLUMNS", "password_hash", "columns that must never leave the source; SYNC_COLUMNS may not name them", func(c *Config, s string) error {
+		cols, err := parseIdentList(s)
+		c.SecretColumns = cols
+		return err
+	}},
+}
+
+var (
+	slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+	ident    = regexp.MustCompile(`^[a-z_][a-z0-9_$]{0,62}$`)
+)
+
+func checkIdent(s string) error {
+	if !ident.MatchString(s) {
+		return fmt.Errorf("%q is not a plain identifier: use lower-case letters, digits and underscores (max 63)", s)
+	}
+	return nil
+}
+
+func checkTable(s string) error {
+	parts := strings.Split(s, ".")
+	if len(parts) > 2 {
+		return fmt.Errorf("%q is not a table name: use table or schema.table", s)
+	}
+	for _, p := range parts {
+		if !ident.MatchString(p) {
+			return fmt.Errorf("%q is not a table name: use table or schema.table with lower-case identifiers", s)
+		}
+	}
+	return nil
+}
+
+func qualify(s string) string {
+	if strings.Contains(s, ".") {
+		return s
+	}
+	return "public." + s
+}
+
+func parseIdentList(s string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, p := range strings.Split(s, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if err := checkIdent(p); err != nil {
+			return nil, err
+		}
+		if seen[p] {
+			return nil, fmt.Errorf("names %q twice", p)
+		}
+		seen[p] = true
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func checkDSN(s string) error {
+	if s == "" {
+		return nil // required-ness is checked by the commands that connect
+	}
+	if _, err := pgconn.ParseConfig(s); err != nil {
+		// The parser's message can quote the input, password included, when
+		// it is malformed: say only what is accepted.
+		return errors.New("is not a valid PostgreSQL DSN: use postgres://user:pass@host:5432/db?sslmode=… or host=… user=… dbname=…")
+	}
+	return nil
+}
+
+func parseInt(s string, lo, hi int, want string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < lo || n > hi {
+		return n, fmt.Errorf("%q is invalid: want %s", s, want)
+	}
+	return n, nil
+}
+
+func parseFloat(s string, lo, hi float64, want string) (float64, error) {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsNaN(f) || f < lo || f > hi {
+		return f, fmt.Errorf("%q is invalid: want %s", s, want)
+	}
+	return f, nil
+}
+
+func parseDuration(s string, lo, hi time.Duration, want string) (time.Duration, error) {
+	if s == "0" {
+		s = "0s"
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < lo || d > hi {
+		return d, fmt.Errorf("%q is invalid: want %s", s, want)
+	}
+	return d, nil
+}

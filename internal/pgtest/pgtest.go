@@ -1,0 +1,248 @@
+// Package pgtest gives integration tests real PostgreSQL databases: one
+// throw-away server per test binary, and a fresh source/chat database pair
+// per test, migrated like `cdc migrate` does, plus row-by-row comparison.
+package pgtest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/myusta/cdc/internal/config"
+	"github.com/myusta/cdc/internal/db"
+	"github.com/myusta/cdc/internal/demo"
+	"github.com/myusta/cdc/internal/pglocal"
+	"github.com/myusta/cdc/migrations"
+)
+
+var (
+	once    sync.Once
+	shared  *pglocal.Server
+	initErr error
+	seq     atomic.Int64
+)
+
+// Main runs a package's tests and then stops the shared server.
+func Main(m *testing.M) {
+	code := m.Run()
+	if shared != nil {
+		_ = shared.Stop()
+	}
+	os.Exit(code)
+}
+
+// Server returns the test binary's shared server, starting it on first use.
+// A machine without PostgreSQL fails the test with the install command.
+func Server(t testing.TB) *pglocal.Server {
+	t.Helper()
+	once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		shared, initErr = pglocal.Start(ctx, pglocal.Options{Fast: true, Settings: map[string]string{
+			"max_replication_slots": "64", "max_wal_senders": "64", "wal_sender_timeout": "60s",
+		}})
+	})
+	if initErr != nil {
+		t.Fatalf("start PostgreSQL: %v", initErr)
+	}
+	return shared
+}
+
+// Pair is a source and a chat database on one server, with the reference
+// users table on the source and both sides migrated.
+type Pair struct {
+	Name      string
+	Server    *pglocal.Server
+	SourceURL string
+	ChatURL   string
+	Source    *pgxpool.Pool
+	Chat      *pgxpool.Pool
+	Slot      string
+}
+
+// NewPair creates the databases, seeds users rows and migrates. Everything
+// is dropped when the test ends.
+func NewPair(t testing.TB, users int) *Pair {
+	t.Helper()
+	return NewPairOn(t, Server(t), users)
+}
+
+// NewPairOn is NewPair on a given server.
+func NewPairOn(t testing.TB, srv *pglocal.Server, users int) *Pair {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	n := seq.Add(1)
+	p := &Pair{Name: fmt.Sprintf("t%d", n), Server: srv, Slot: fmt.Sprintf("cdc_t%d_%d", os.Getpid(), n)}
+	src, chat := "src_"+p.Name, "chat_"+p.Name
+	for _, name := range []string{src, chat} {
+		if err := srv.CreateDatabase(ctx, name); err != nil {
+			t.Fatalf("create database: %v", err)
+		}
+	}
+	p.SourceURL, p.ChatURL = srv.DSN(src), srv.DSN(chat)
+	var err error
+	if p.Source, err = db.NewPool(ctx, p.SourceURL, 8); err != nil {
+		t.Fatal(err)
+	}
+	if p.Chat, err = db.NewPool(ctx, p.ChatURL, 8); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.drop(srv, src, chat) })
+	if err := demo.CreateSchema(ctx, p.Source); err != nil {
+		t.Fatal(err)
+	}
+	if users > 0 {
+		if err := demo.Seed(ctx, p.Source, users); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Migrate(t)
+	return p
+}
+
+// Config is the default configuration pointed at the pair.
+func (p *Pair) Config(t testing.TB) *config.Config {
+	t.Helper()
+	cfg, err := config.Load(config.MapSource(p.Env()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// Env is the environment that configures cdc for the pair, with short
+// retry delays for tests.
+func (p *Pair) Env() map[string]string {
+	return map[string]string{
+		"SOURCE_DATABASE_URL": p.SourceURL,
+		"CHAT_DATABASE_URL":   p.ChatURL,
+		"SLOT_NAME":           p.Slot,
+		"RETRY_INITIAL_DELAY": "100",
+		"RETRY_MAX_DELAY":     "1000",
+		"LOG_FORMAT":          "json",
+		"LOG_LEVEL":           "debug",
+	}
+}
+
+// Migrate does what `cdc migrate` does for the default configuration.
+func (p *Pair) Migrate(t testing.TB) {
+	t.Helper()
+	ctx := context.Background()
+	cfg := p.Config(t)
+	if _, err := migrations.MigrateChat(ctx, p.Chat, nil); err != nil {
+		t.Fatal(err)
+	}
+	spec := migrations.Spec{SourceTable: cfg.SourceTable, ChatTable: cfg.ChatTable, Columns: cfg.Columns,
+		Key: cfg.KeyColumn, UpdatedAt: cfg.UpdatedAtColumn, Publication: cfg.PublicationName}
+	if _, err := migrations.EnsureChatTable(ctx, p.Source, p.Chat, spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrations.EnsurePublication(ctx, p.Source, spec); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (p *Pair) drop(srv *pglocal.Server, dbs ...string) {
+	p.Source.Close()
+	p.Chat.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, srv.DSN("postgres"))
+	if err != nil {
+		return
+	}
+	defer conn.Close(ctx)
+	_, _ = conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, p.Slot)
+	for i := 0; i < 50; i++ {
+		_, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, p.Slot)
+		if err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, name := range dbs {
+		_, _ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+	}
+}
+
+// Columns is the default synced column list, for comparisons.
+var Columns = strings.Split(config.DefaultColumns, ",")
+
+// rowHashes returns key -> md5 of the synced columns for every row.
+func rowHashes(ctx context.Context, pool *pgxpool.Pool, table string, cols []string) (map[string]string, error) {
+	rows, err := pool.Query(ctx, fmt.Sprintf("SELECT id::text, md5(ROW(%s)::text) FROM %s", strings.Join(cols, ", "), table))
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	var k, h string
+	_, err = pgx.ForEachRow(rows, []any{&k, &h}, func() error {
+		out[k] = h
+		return nil
+	})
+	return out, err
+}
+
+// Diff compares the users tables row by row over the synced columns and
+// describes up to 10 differences; empty means equal.
+func (p *Pair) Diff(ctx context.Context) ([]string, error) {
+	src, err := rowHashes(ctx, p.Source, "public.users", Columns)
+	if err != nil {
+		return nil, fmt.Errorf("read source: %w", err)
+	}
+	chat, err := rowHashes(ctx, p.Chat, "public.users", Columns)
+	if err != nil {
+		return nil, fmt.Errorf("read chat: %w", err)
+	}
+	var diff []string
+	for k, h := range src {
+		if c, ok := chat[k]; !ok {
+			diff = append(diff, "missing in chat: "+k)
+		} else if c != h {
+			diff = append(diff, "differs: "+k)
+		}
+	}
+	for k := range chat {
+		if _, ok := src[k]; !ok {
+			diff = append(diff, "extra in chat: "+k)
+		}
+	}
+	if len(diff) > 10 {
+		diff = append(diff[:10], fmt.Sprintf("… %d differences in all (source %d rows, chat %d rows)", len(diff), len(src), len(chat)))
+	}
+	return diff, nil
+}
+
+// WaitEqual polls until chat equals source row by row, or fails the test
+// with the differences after timeout.
+func (p *Pair) WaitEqual(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		diff, err := p.Diff(context.Background())
+		if err == nil && len(diff) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("chat did not converge to source within %s: err=%v diff=%v", timeout, err, diff)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Exec runs sql on pool or fails the test.
+func Exec(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) {
+	t.Helper()
+	if _, err := pool.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}

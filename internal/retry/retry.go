@@ -1,0 +1,114 @@
+// Package retry classifies database errors as transient or permanent and
+// retries transient ones with exponential backoff (cenkalti/backoff/v4).
+package retry
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Policy is the RETRY_* configuration.
+type Policy struct {
+	Initial    time.Duration // RETRY_INITIAL_DELAY
+	Max        time.Duration // RETRY_MAX_DELAY
+	Multiplier float64       // RETRY_BACKOFF_MULTIPLIER
+	Loud       int           // attempts after which failures are logged at ERROR (MAX_RETRIES / MAX_RECONNECT_ATTEMPTS)
+}
+
+// BackOff returns a fresh exponential backoff that never stops by itself:
+// after the delay reaches Max it keeps probing every Max.
+func (p Policy) BackOff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = p.Initial
+	b.MaxInterval = p.Max
+	b.Multiplier = p.Multiplier
+	b.RandomizationFactor = 0.2
+	b.MaxElapsedTime = 0
+	b.Reset()
+	return b
+}
+
+// Transient reports whether err is worth retrying: a lost or refused
+// connection, a timeout, or a server error whose SQLSTATE class says the
+// same statement can succeed later (serialization failure, deadlock,
+// shutdown, too many connections, out of resources).
+func Transient(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return TransientCode(pgErr.Code)
+	}
+	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
+		return true
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		return true
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		return true
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) {
+		return true
+	}
+	// pgx reports a connection that died mid-statement as a plain error whose
+	// cause is the closed conn; treat any error on a closed conn as transient.
+	var closed interface{ IsClosed() bool }
+	if errors.As(err, &closed) && closed.IsClosed() {
+		return true
+	}
+	return false
+}
+
+// TransientCode classifies a SQLSTATE.
+func TransientCode(code string) bool {
+	if len(code) != 5 {
+		return false
+	}
+	switch code[:2] {
+	case "08", // connection exception
+		"40", // transaction rollback: serialization failure, deadlock
+		"53", // insufficient resources: too many connections, out of memory, disk full
+		"57", // operator intervention: admin/crash shutdown, cannot connect now, query canceled
+		"58": // system error
+		return true
+	}
+	return code == "55P03" || code == "55006" // lock not available; object in use (e.g. slot active)
+}
+
+// Do runs op until it succeeds, fails permanently (a non-transient error,
+// returned as is), or ctx ends. Failures are logged at WARN and, from the
+// p.Loud-th attempt on, at ERROR.
+func Do(ctx context.Context, p Policy, log *slog.Logger, what string, op func(ctx context.Context) error) error {
+	b := backoff.WithContext(p.BackOff(), ctx)
+	attempt := 0
+	return backoff.RetryNotify(func() error {
+		attempt++
+		err := op(ctx)
+		if err == nil || Transient(err) {
+			return err
+		}
+		return backoff.Permanent(err)
+	}, b, func(err error, wait time.Duration) {
+		level := slog.LevelWarn
+		if attempt >= p.Loud {
+			level = slog.LevelError
+		}
+		log.Log(ctx, level, what+" failed; retrying", "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "err", err)
+	})
+}

@@ -1,0 +1,180 @@
+package replication
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/myusta/cdc/internal/schema"
+	"github.com/myusta/cdc/sink"
+)
+
+// relation is a cached pgoutput Relation message for the synced table.
+type relation struct {
+	cols []int // relation column index -> synced column index, or -1
+}
+
+// decoder turns pgoutput Insert/Update/Delete messages of the synced table
+// into sink changes. Values are copied straight from the binary tuple into
+// the batch's memory; nothing else is allocated per change.
+type decoder struct {
+	table *schema.Table
+	log   *slog.Logger
+	rels  map[uint32]*relation // only the synced table's relation IDs
+	warns map[string]bool      // extra columns already warned about
+}
+
+func newDecoder(t *schema.Table, log *slog.Logger) *decoder {
+	return &decoder{table: t, log: log, rels: map[uint32]*relation{}, warns: map[string]bool{}}
+}
+
+// errTuple marks a message whose shape does not match its relation.
+var errTuple = errors.New("malformed tuple")
+
+// relation caches a Relation message. Relations of other tables (if the
+// publication holds more) are ignored, as are published columns that are not
+// synced; a synced column that is not published stops the stream.
+func (d *decoder) relation(m *pglogrepl.RelationMessage) error {
+	if m.Namespace != d.table.Schema || m.RelationName != d.table.Name {
+		delete(d.rels, m.RelationID)
+		return nil
+	}
+	byName := make(map[string]int, len(d.table.Columns))
+	for i, c := range d.table.Columns {
+		byName[c.Name] = i
+	}
+	r := &relation{cols: make([]int, len(m.Columns))}
+	seen := make([]bool, len(d.table.Columns))
+	for i, c := range m.Columns {
+		idx, ok := byName[c.Name]
+		if !ok {
+			r.cols[i] = -1
+			if !d.warns[c.Name] {
+				d.warns[c.Name] = true
+				d.log.Warn("ignoring a published column that is not in SYNC_COLUMNS", "column", c.Name)
+			}
+			continue
+		}
+		if c.DataType != d.table.Columns[idx].TypeOID && d.table.Columns[idx].Kind != "e" {
+			return fmt.Errorf("column %q changed type on the source (type oid %d, was %d): update the chat column to match and restart",
+				c.Name, c.DataType, d.table.Columns[idx].TypeOID)
+		}
+		r.cols[i] = idx
+		seen[idx] = true
+	}
+	for i, ok := range seen {
+		if !ok {
+			return fmt.Errorf("column %q is not published by the source any more: run cdc migrate", d.table.Columns[i].Name)
+		}
+	}
+	d.rels[m.RelationID] = r
+	return nil
+}
+
+// change decodes an 'I', 'U' or 'D' message into b. It reports false when
+// the message belongs to another table.
+func (d *decoder) change(msg []byte, b *sink.Batch, lsn pglogrepl.LSN, commitTime time.Time) (bool, error) {
+	if len(msg) < 6 {
+		return false, errTuple
+	}
+	op, relID, rest := msg[0], binary.BigEndian.Uint32(msg[1:5]), msg[5:]
+	rel, ok := d.rels[relID]
+	if !ok {
+		return false, nil
+	}
+	key := d.table.Key
+	switch op {
+	case 'I':
+		vals, unchanged, _, err := d.tuple(rest, 'N', rel, b)
+		if err != nil {
+			return true, err
+		}
+		b.Add(sink.Change{Op: sink.OpUpsert, Values: vals, Unchanged: unchanged, LSN: lsn, CommitTime: commitTime})
+	case 'U':
+		var old [][]byte
+		if len(rest) > 0 && (rest[0] == 'K' || rest[0] == 'O') {
+			var err error
+			old, _, rest, err = d.tuple(rest, rest[0], rel, b)
+			if err != nil {
+				return true, err
+			}
+		}
+		vals, unchanged, _, err := d.tuple(rest, 'N', rel, b)
+		if err != nil {
+			return true, err
+		}
+		if old != nil && !bytes.Equal(old[key], vals[key]) {
+			// The key itself changed: the old row goes away.
+			b.Add(sink.Change{Op: sink.OpDelete, Values: old, LSN: lsn, CommitTime: commitTime})
+		}
+		b.Add(sink.Change{Op: sink.OpUpsert, Values: vals, Unchanged: unchanged, LSN: lsn, CommitTime: commitTime})
+	case 'D':
+		if len(rest) == 0 {
+			return true, errTuple
+		}
+		vals, _, _, err := d.tuple(rest, rest[0], rel, b)
+		if err != nil {
+			return true, err
+		}
+		b.Add(sink.Change{Op: sink.OpDelete, Values: vals, LSN: lsn, CommitTime: commitTime})
+	default:
+		return false, fmt.Errorf("unexpected message type %q", op)
+	}
+	return true, nil
+}
+
+// tuple reads one TupleData introduced by the byte want ('N', 'K' or 'O').
+// It returns the synced columns' values, the set of columns sent as
+// unchanged TOAST, and the rest of msg.
+func (d *decoder) tuple(msg []byte, want byte, rel *relation, b *sink.Batch) (vals [][]byte, unchanged uint64, rest []byte, err error) {
+	if len(msg) < 3 || msg[0] != want {
+		return nil, 0, nil, fmt.Errorf("%w: expected tuple %q", errTuple, want)
+	}
+	n := int(binary.BigEndian.Uint16(msg[1:3]))
+	if n != len(rel.cols) {
+		return nil, 0, nil, fmt.Errorf("%w: %d columns, relation has %d", errTuple, n, len(rel.cols))
+	}
+	msg = msg[3:]
+	vals = b.NewValues()
+	for i := 0; i < n; i++ {
+		if len(msg) < 1 {
+			return nil, 0, nil, errTuple
+		}
+		kind := msg[0]
+		msg = msg[1:]
+		col := rel.cols[i]
+		switch kind {
+		case 'n':
+		case 'u':
+			if col >= 0 {
+				unchanged |= 1 << col
+			}
+		case 'b', 't':
+			if len(msg) < 4 {
+				return nil, 0, nil, errTuple
+			}
+			l := int(binary.BigEndian.Uint32(msg))
+			if l < 0 || len(msg) < 4+l {
+				return nil, 0, nil, errTuple
+			}
+			if col >= 0 {
+				if kind == 't' {
+					return nil, 0, nil, fmt.Errorf("column %q arrived in text format; cdc needs types with binary send/receive functions", d.table.Columns[col].Name)
+				}
+				vals[col] = b.Copy(msg[4 : 4+l])
+			}
+			msg = msg[4+l:]
+		default:
+			return nil, 0, nil, fmt.Errorf("%w: column kind %q", errTuple, kind)
+		}
+	}
+	if vals[d.table.Key] == nil {
+		return nil, 0, nil, fmt.Errorf("%w: key column is NULL", errTuple)
+	}
+	return vals, unchanged, msg, nil
+}

@@ -1,0 +1,390 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/myusta/cdc/sink"
+)
+
+// applied is the outcome of one batch handed to the sink.
+type applied struct {
+	b   *sink.Batch
+	err error
+}
+
+// reader owns one replication connection. It decodes messages into the
+// current batch while the previous batch is being written (at most one batch
+// is in flight), and confirms to the slot only positions the sink reports as
+// committed.
+type reader struct {
+	s        *Stream
+	conn     *pgconn.PgConn
+	dec      *decoder
+	applyCtx context.Context
+	work     chan *sink.Batch
+	done     chan applied
+
+	cur, spare, inflight *sink.Batch
+
+	resume    sink.Checkpoint // stored checkpoint at session start
+	committed sink.Checkpoint // durable in chat
+	lastEnd   pglogrepl.LSN   // end of the last complete transaction received
+
+	// The transaction being received.
+	inTx      bool
+	txFinal   pglogrepl.LSN // its commit record's LSN, which names it
+	txCommit  time.Time
+	txChanges int64 // change messages seen in it so far
+	skipTx    bool  // applied before the restart
+	skipN     int64 // its first skipN changes were applied before the restart
+
+	received   pglogrepl.LSN // highest WAL position seen
+	idleLSN    pglogrepl.LSN // keepalive WAL end seen while nothing was in flight
+	reported   pglogrepl.LSN // flush position last sent
+	lastStatus time.Time
+	lastMsg    time.Time
+	replyDue   bool
+}
+
+func newReader(s *Stream, conn *pgconn.PgConn, cp sink.Checkpoint, applyCtx context.Context) *reader {
+	ncols := len(s.opts.Table.Columns)
+	return &reader{
+		s:         s,
+		conn:      conn,
+		dec:       newDecoder(s.opts.Table, s.log),
+		applyCtx:  applyCtx,
+		work:      make(chan *sink.Batch, 1),
+		done:      make(chan applied, 1),
+		cur:       sink.NewBatch(ncols, s.opts.Table.Key),
+		spare:     sink.NewBatch(ncols, s.opts.Table.Key),
+		resume:    cp,
+		committed: cp,
+		lastEnd:   cp.LSN,
+		received:  cp.LSN,
+		reported:  0,
+		lastMsg:   time.Now(),
+	}
+}
+
+// wake interrupts a blocked receive. net.Conn deadlines may be set from any
+// goroutine; a timeout leaves the pgconn connection usable.
+func (r *reader) wake() { _ = r.conn.Conn().SetReadDeadline(time.Now()) }
+
+// run streams until ctx ends (then drains) or the connection fails (then
+// waits for the batch in flight, so the next session starts from an exact
+// checkpoint).
+func (r *reader) run(ctx context.Context) (err error) {
+	go func() {
+		for b := range r.work {
+			err := r.s.sink.Apply(r.applyCtx, b)
+			r.done <- applied{b, err}
+			r.wake()
+		}
+	}()
+	defer close(r.work)
+	stop := context.AfterFunc(ctx, r.wake)
+	defer stop()
+	defer func() {
+		if r.inflight != nil {
+			if werr := r.handle(<-r.done); err == nil {
+				err = werr
+			}
+		}
+	}()
+
+	interval := r.s.opts.StatusInterval
+	silence := 3*interval + 5*time.Second
+	for {
+		if err := r.poll(); err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return r.drain()
+		}
+		r.dispatch(false)
+		for r.inflight != nil && r.cur.Received >= r.s.opts.BatchMaxRows {
+			// Backpressure: stop reading until the sink takes the next
+			// batch, but keep telling the server we are alive.
+			if err := r.waitApplied(ctx, interval); err != nil {
+				return err
+			}
+			r.dispatch(false)
+		}
+		if err := r.status(false); err != nil {
+			return err
+		}
+		if time.Since(r.lastMsg) > silence {
+			return fmt.Errorf("no message from the source in %s; the connection looks dead", silence.Round(time.Second))
+		}
+		_ = r.conn.Conn().SetReadDeadline(r.lastStatus.Add(interval))
+		// A batch finishing or ctx ending after this point moves the
+		// deadline to now, so the receive below returns at once.
+		if len(r.done) > 0 || ctx.Err() != nil {
+			continue
+		}
+		msg, err := r.conn.ReceiveMessage(context.Background())
+		if err != nil {
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return fmt.Errorf("receive: %w", err)
+		}
+		r.lastMsg = time.Now()
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := r.copyData(msg.Data); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+		default:
+			return fmt.Errorf("replication stream: unexpected %T", msg)
+		}
+	}
+}
+
+// poll takes the result of a finished batch, if any, without blocking.
+func (r *reader) poll() error {
+	select {
+	case a := <-r.done:
+		return r.handle(a)
+	default:
+		return nil
+	}
+}
+
+// waitApplied blocks until the batch in flight is committed, sending
+// standby status meanwhile.
+func (r *reader) waitApplied(ctx context.Context, interval time.Duration) error {
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for {
+		select {
+		case a := <-r.done:
+			return r.handle(a)
+		case <-t.C:
+			if err := r.status(true); err != nil {
+				return err
+			}
+			r.lastMsg = time.Now() // we are not reading; silence is ours
+			t.Reset(interval)
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func (r *reader) handle(a applied) error {
+	r.inflight = nil
+	if a.err != nil {
+		return a.err
+	}
+	r.committed = a.b.Checkpoint
+	st := &r.s.Stats
+	st.Applied.Store(uint64(r.committed.LSN))
+	if !a.b.LastCommit.IsZero() {
+		st.LastCommit.Store(a.b.LastCommit.UnixNano())
+	}
+	a.b.Reset()
+	r.spare = a.b
+	return nil
+}
+
+// idle reports that nothing received is waiting to be committed.
+func (r *reader) idle() bool {
+	return r.inflight == nil && r.cur.Received == 0 && !r.inTx && r.lastEnd <= r.committed.LSN
+}
+
+// dispatch hands the current batch to the sink when the sink is free and
+// the batch ends on a transaction boundary, or when it is full (then it ends
+// inside a transaction and its checkpoint says how far). force sends
+// whatever is in hand (shutdown).
+func (r *reader) dispatch(force bool) {
+	if r.inflight != nil {
+		return
+	}
+	if r.inTx {
+		if r.cur.Received == 0 || (!force && r.cur.Received < r.s.opts.BatchMaxRows) {
+			return
+		}
+		r.cur.Checkpoint = sink.Checkpoint{LSN: r.lastEnd, PartialXact: r.txFinal, PartialChanges: r.txChanges}
+	} else {
+		if r.cur.Received == 0 {
+			if r.lastEnd > r.committed.LSN {
+				// Only skipped or empty transactions since the last
+				// commit: nothing to write, the position simply moves.
+				r.committed = sink.Checkpoint{LSN: r.lastEnd}
+			}
+			return
+		}
+		r.cur.Checkpoint = sink.Checkpoint{LSN: r.lastEnd}
+	}
+	r.inflight = r.cur
+	r.cur = r.spare
+	if r.cur == nil {
+		r.cur = sink.NewBatch(len(r.s.opts.Table.Columns), r.s.opts.Table.Key)
+	}
+	r.spare = nil
+	r.work <- r.inflight
+}
+
+// drain commits the batch in hand and confirms it.
+func (r *reader) drain() error {
+	deadline := time.Now().Add(r.s.opts.DrainTimeout)
+	for {
+		if r.inflight != nil {
+			if err := r.handle(<-r.done); err != nil {
+				return fmt.Errorf("commit batch in hand: %w", err)
+			}
+		}
+		r.dispatch(true)
+		if r.inflight == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	err := r.status(true)
+	r.s.log.Info("stream stopped", "applied_lsn", r.committed.LSN, "confirmed_lsn", r.reported)
+	return err
+}
+
+// flushPos is what may be confirmed: the committed checkpoint, or a later
+// keepalive WAL end seen while nothing was in flight.
+func (r *reader) flushPos() pglogrepl.LSN {
+	return max(r.committed.LSN, r.idleLSN)
+}
+
+// status sends a standby status update when due: every StatusInterval, when
+// the server asks, soon after the committed position moves, or when force.
+func (r *reader) status(force bool) error {
+	now := time.Now()
+	pos := r.flushPos()
+	due := force || r.replyDue || now.Sub(r.lastStatus) >= r.s.opts.StatusInterval ||
+		(pos > r.reported && now.Sub(r.lastStatus) >= time.Second)
+	if !due {
+		return nil
+	}
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), r.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: max(r.received, pos),
+		WALFlushPosition: pos,
+		WALApplyPosition: pos,
+		ClientTime:       now,
+		ReplyRequested:   true, // the answering keepalive proves the connection is alive
+	})
+	if err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	r.reported, r.lastStatus, r.replyDue = pos, now, false
+	r.s.Stats.Confirmed.Store(uint64(pos))
+	return nil
+}
+
+func (r *reader) copyData(data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		k, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse keepalive: %w", err)
+		}
+		r.received = max(r.received, k.ServerWALEnd)
+		if r.idle() {
+			// Everything the server sent before this keepalive is applied;
+			// its WAL end may be confirmed so a quiet table pins no WAL.
+			r.idleLSN = max(r.idleLSN, k.ServerWALEnd)
+		}
+		r.replyDue = r.replyDue || k.ReplyRequested
+	case pglogrepl.XLogDataByteID:
+		x, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse xlogdata: %w", err)
+		}
+		r.received = max(r.received, x.WALStart)
+		if len(x.WALData) > 0 {
+			return r.message(x.WALData)
+		}
+	}
+	return nil
+}
+
+// message handles one pgoutput message.
+func (r *reader) message(m []byte) error {
+	st := &r.s.Stats
+	switch m[0] {
+	case 'B':
+		var b pglogrepl.BeginMessage
+		if err := b.Decode(m[1:]); err != nil {
+			return fmt.Errorf("decode begin: %w", err)
+		}
+		r.inTx, r.txFinal, r.txCommit, r.txChanges = true, b.FinalLSN, b.CommitTime, 0
+		r.skipTx = b.FinalLSN < r.resume.LSN
+		r.skipN = 0
+		if b.FinalLSN == r.resume.PartialXact {
+			r.skipN = r.resume.PartialChanges
+		}
+	case 'C':
+		var c pglogrepl.CommitMessage
+		if err := c.Decode(m[1:]); err != nil {
+			return fmt.Errorf("decode commit: %w", err)
+		}
+		r.inTx = false
+		if !r.skipTx {
+			r.lastEnd = max(r.lastEnd, c.TransactionEndLSN)
+			r.cur.LastCommit = c.CommitTime
+		}
+	case 'R':
+		var rel pglogrepl.RelationMessage
+		if err := rel.Decode(m[1:]); err != nil {
+			return fmt.Errorf("decode relation: %w", err)
+		}
+		return r.dec.relation(&rel)
+	case 'I', 'U', 'D':
+		r.txChanges++
+		if r.skipTx || r.txChanges <= r.skipN {
+			return nil
+		}
+		ours, err := r.dec.change(m, r.cur, r.txFinal, r.txCommit)
+		if err != nil {
+			return fmt.Errorf("decode change at %s: %w", r.txFinal, err)
+		}
+		if ours {
+			switch m[0] {
+			case 'I':
+				st.Inserts.Add(1)
+			case 'U':
+				st.Updates.Add(1)
+			default:
+				st.Deletes.Add(1)
+			}
+		}
+	case 'T':
+		r.txChanges++
+		if r.skipTx || r.txChanges <= r.skipN {
+			return nil
+		}
+		var t pglogrepl.TruncateMessage
+		if err := t.Decode(m[1:]); err != nil {
+			return fmt.Errorf("decode truncate: %w", err)
+		}
+		for _, id := range t.RelationIDs {
+			if _, ok := r.dec.rels[id]; ok {
+				r.s.log.Warn("source table truncated; emptying the chat table", "lsn", r.txFinal)
+				r.cur.Truncate()
+				st.Truncates.Add(1)
+			}
+		}
+	case 'Y', 'O', 'M':
+		// Type, origin and logical messages carry nothing to apply.
+	default:
+		return errors.New("unknown pgoutput message type " + string(m[0]))
+	}
+	return nil
+}

@@ -1,0 +1,105 @@
+package replication
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/myusta/cdc/sink"
+)
+
+// progressEvery is how often the first copy reports progress.
+const progressEvery = 5 * time.Second
+
+// firstCopy creates the slot with an exported snapshot and copies the table
+// as of that snapshot. The replication connection stays open and idle while
+// the copy runs, which keeps the snapshot alive; the returned checkpoint is
+// the slot's consistent point, stored in chat with the last copied rows, so
+// streaming resumes exactly where the copy ends.
+func (s *Stream) firstCopy(ctx context.Context, conn *pgconn.PgConn) (sink.Checkpoint, error) {
+	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, s.opts.Slot, "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
+	if err != nil {
+		return sink.Checkpoint{}, fmt.Errorf("create slot %s: %w", s.opts.Slot, err)
+	}
+	lsn, err := pglogrepl.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		return sink.Checkpoint{}, fmt.Errorf("create slot %s: consistent point: %w", s.opts.Slot, err)
+	}
+	cp := sink.Checkpoint{LSN: lsn}
+	t := s.opts.Table
+	s.log.Info("created replication slot; copying the table under its snapshot", "consistent_lsn", lsn, "table", t.String())
+
+	src, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return cp, fmt.Errorf("connect for first copy: %w", err)
+	}
+	defer src.Release()
+	start := time.Now()
+	var estimate float64
+	copyOut := func(ctx context.Context, w io.Writer) error {
+		tx, err := src.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+		if err != nil {
+			return fmt.Errorf("begin snapshot transaction: %w", err)
+		}
+		defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+		if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+quoteLiteral(res.SnapshotName)); err != nil {
+			return fmt.Errorf("import snapshot: %w", err)
+		}
+		if err := tx.QueryRow(ctx, "SELECT GREATEST(reltuples, 0) FROM pg_class WHERE oid = $1::regclass", t.Ident()).Scan(&estimate); err != nil {
+			return fmt.Errorf("estimate rows: %w", err)
+		}
+		stop := s.reportProgress(ctx, src.Conn().PgConn().PID(), estimate, start)
+		defer stop()
+		_, err = src.Conn().PgConn().CopyTo(ctx, w, fmt.Sprintf("COPY %s (%s) TO STDOUT (FORMAT binary)", t.Ident(), t.ColumnList()))
+		if err != nil {
+			return fmt.Errorf("copy out of %s: %w", t, err)
+		}
+		return nil
+	}
+	rows, err := s.sink.LoadSnapshot(ctx, copyOut, cp)
+	if err != nil {
+		return cp, fmt.Errorf("first copy: %w", err)
+	}
+	d := time.Since(start)
+	s.log.Info("first copy done", "rows", rows, "seconds", d.Seconds(), "rows_per_sec", int64(float64(rows)/max(d.Seconds(), 1e-3)), "lsn", lsn)
+	return cp, nil
+}
+
+// reportProgress logs the copy's progress every progressEvery, read from
+// pg_stat_progress_copy for the backend pid, until stop is called.
+func (s *Stream) reportProgress(ctx context.Context, pid uint32, estimate float64, start time.Time) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(progressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			var rows int64
+			err := s.pool.QueryRow(ctx, "SELECT COALESCE(max(tuples_processed), 0) FROM pg_stat_progress_copy WHERE pid = $1", int32(pid)).Scan(&rows)
+			if err != nil {
+				continue
+			}
+			elapsed := time.Since(start).Seconds()
+			rate := float64(rows) / max(elapsed, 1e-3)
+			args := []any{"rows", rows, "rows_per_sec", int64(rate)}
+			if estimate > 0 {
+				remaining := max(estimate-float64(rows), 0)
+				args = append(args, "of_about", int64(estimate), "eta", (time.Duration(remaining/max(rate, 1)) * time.Second).Round(time.Second))
+			}
+			s.log.Info("first copy in progress", args...)
+		}
+	}()
+	return func() { cancel(); <-done }
+}

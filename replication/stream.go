@@ -1,0 +1,226 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/myusta/cdc/internal/db"
+	"github.com/myusta/cdc/internal/retry"
+	"github.com/myusta/cdc/internal/schema"
+	"github.com/myusta/cdc/sink"
+)
+
+// Applier is the sink as the stream sees it: it makes a batch durable
+// together with its checkpoint, reports the stored checkpoint, and loads the
+// first copy.
+type Applier interface {
+	Apply(ctx context.Context, b *sink.Batch) error
+	Checkpoint(ctx context.Context) (cp sink.Checkpoint, ok bool, err error)
+	LoadSnapshot(ctx context.Context, copyOut sink.CopyOut, cp sink.Checkpoint) (int64, error)
+}
+
+// Options configure a Stream.
+type Options struct {
+	SourceURL      string        // DSN of the source; the stream opens its replication connection from it
+	Slot           string        // replication slot name
+	Publication    string        // publication name
+	Table          *schema.Table // the source table's synced columns
+	BatchMaxRows   int           // most changes per chat transaction
+	StatusInterval time.Duration // longest gap between standby status updates
+	Retry          retry.Policy  // reconnect backoff; Loud = MAX_RECONNECT_ATTEMPTS
+	DrainTimeout   time.Duration // how long shutdown may spend committing the batch in hand
+	Logger         *slog.Logger
+}
+
+// Stats describes the stream's progress since start.
+type Stats struct {
+	Inserts    atomic.Int64
+	Updates    atomic.Int64
+	Deletes    atomic.Int64
+	Truncates  atomic.Int64
+	Reconnects atomic.Int64
+	Received   atomic.Uint64 // highest source WAL position seen
+	Confirmed  atomic.Uint64 // position last confirmed to the slot
+	Applied    atomic.Uint64 // end LSN of the last transaction committed in chat
+	LastCommit atomic.Int64  // source commit time (unix ns) of the newest change committed in chat
+	Streaming  atomic.Bool   // a replication connection is streaming
+}
+
+// Stream consumes the slot with pgoutput and feeds the sink. It owns its
+// replication connection and reconnects with backoff; a database outage
+// never ends Run.
+type Stream struct {
+	opts Options
+	pool *pgxpool.Pool // source pool: slot inspection and the first copy
+	sink Applier
+	log  *slog.Logger
+
+	// Stats is updated as the stream runs.
+	Stats Stats
+}
+
+// New returns a stream reading the source through pool and opts.SourceURL
+// and writing through applier.
+func New(pool *pgxpool.Pool, applier Applier, opts Options) *Stream {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.DrainTimeout == 0 {
+		opts.DrainTimeout = 30 * time.Second
+	}
+	return &Stream{opts: opts, pool: pool, sink: applier, log: opts.Logger.With("component", "stream", "slot", opts.Slot)}
+}
+
+// Run streams until ctx ends, then commits the batch in hand (within
+// DrainTimeout), confirms it to the slot and returns nil. Connection failures
+// are retried: MAX_RECONNECT_ATTEMPTS fast attempts with growing delays, then
+// a probe every RETRY_MAX_DELAY, logged at ERROR.
+func (s *Stream) Run(ctx context.Context) error {
+	// Writes started before shutdown may finish for DrainTimeout after it.
+	applyCtx, cancelApply := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelApply()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(s.opts.DrainTimeout, cancelApply) })
+	defer stop()
+
+	bo := s.opts.Retry.BackOff()
+	failures := 0
+	for {
+		streamed, err := s.session(ctx, applyCtx)
+		if ctx.Err() != nil {
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return fmt.Errorf("shutdown: %w", err)
+			}
+			return nil
+		}
+		if streamed {
+			bo.Reset()
+			failures = 0
+		}
+		failures++
+		s.Stats.Reconnects.Add(1)
+		wait := bo.NextBackOff()
+		if failures > s.opts.Retry.Loud {
+			s.log.Error("replication still failing; probing periodically", "attempt", failures, "retry_in", wait.Round(time.Millisecond), "err", err)
+		} else {
+			s.log.Warn("replication interrupted; reconnecting", "attempt", failures, "retry_in", wait.Round(time.Millisecond), "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// session runs one replication connection: it makes sure the slot and the
+// first copy exist, then streams. streamed reports that START_REPLICATION
+// succeeded.
+func (s *Stream) session(ctx, applyCtx context.Context) (streamed bool, err error) {
+	conn, err := db.ConnectReplication(ctx, s.opts.SourceURL)
+	if err != nil {
+		return false, err
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = conn.Close(closeCtx)
+	}()
+	cp, err := s.prepare(ctx, conn)
+	if err != nil {
+		return false, err
+	}
+	args := []string{
+		"proto_version '1'",
+		"publication_names " + quoteLiteral(s.opts.Publication),
+		"binary 'true'",
+	}
+	if err := pglogrepl.StartReplication(ctx, conn, s.opts.Slot, cp.LSN, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
+		return false, fmt.Errorf("start replication: %w", err)
+	}
+	s.log.Info("streaming changes", "from_lsn", cp.LSN, "table", s.opts.Table.String())
+	s.Stats.Streaming.Store(true)
+	defer s.Stats.Streaming.Store(false)
+	r := newReader(s, conn, cp, applyCtx)
+	return true, r.run(ctx)
+}
+
+// slotInfo is a row of pg_replication_slots.
+type slotInfo struct {
+	Plugin, Database, WALStatus string
+	ActivePID                   *int32
+}
+
+// prepare inspects the slot and the stored checkpoint and returns where to
+// start streaming, creating the slot and copying the table when needed.
+func (s *Stream) prepare(ctx context.Context, conn *pgconn.PgConn) (sink.Checkpoint, error) {
+	cp, haveCP, err := s.sink.Checkpoint(ctx)
+	if err != nil {
+		return cp, err
+	}
+	var slot *slotInfo
+	var info slotInfo
+	var currentDB string
+	err = s.pool.QueryRow(ctx, `SELECT COALESCE(s.plugin, ''), COALESCE(s.database, ''), COALESCE(s.wal_status, ''), s.active_pid, current_database()
+FROM (SELECT 1) one LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, s.opts.Slot).
+		Scan(&info.Plugin, &info.Database, &info.WALStatus, &info.ActivePID, &currentDB)
+	if err != nil {
+		return cp, fmt.Errorf("inspect slot: %w", err)
+	}
+	if info.Plugin != "" {
+		slot = &info
+	}
+	switch {
+	case slot == nil:
+	case slot.Plugin != "pgoutput" || slot.Database != currentDB:
+		return cp, &PreflightError{
+			Cause: fmt.Sprintf("slot %q exists but belongs to another consumer (plugin %s, database %s)", s.opts.Slot, slot.Plugin, slot.Database),
+			Fix:   "set SLOT_NAME to a free name, or drop that slot if it is unused",
+		}
+	case slot.WALStatus == "lost":
+		s.log.Error("replication slot was invalidated (wal_status=lost): the WAL it needed was removed, changes since the checkpoint are gone from the stream; recreating the slot and copying the table again (the copy repairs the chat table)",
+			"checkpoint", cp.LSN)
+		if err := s.dropSlot(ctx, conn); err != nil {
+			return cp, err
+		}
+		slot = nil
+	case !haveCP:
+		s.log.Warn("slot exists but the chat database has no checkpoint: an earlier first copy did not finish; dropping the slot and copying again")
+		if err := s.dropSlot(ctx, conn); err != nil {
+			return cp, err
+		}
+		slot = nil
+	}
+	if slot != nil {
+		return cp, nil
+	}
+	if haveCP {
+		s.log.Warn("slot is missing although chat has a checkpoint (it was dropped or lost); creating it and copying again", "checkpoint", cp.LSN)
+	}
+	return s.firstCopy(ctx, conn)
+}
+
+func (s *Stream) dropSlot(ctx context.Context, conn *pgconn.PgConn) error {
+	if err := pglogrepl.DropReplicationSlot(ctx, conn, s.opts.Slot, pglogrepl.DropReplicationSlotOptions{}); err != nil {
+		return fmt.Errorf("drop slot %s: %w", s.opts.Slot, err)
+	}
+	return nil
+}
+
+func quoteLiteral(s string) string {
+	out := []byte{'\''}
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\'' {
+			out = append(out, '\'')
+		}
+		out = append(out, s[i])
+	}
+	return string(append(out, '\''))
+}

@@ -1,0 +1,165 @@
+package replication_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/myusta/cdc/internal/pgtest"
+	"github.com/myusta/cdc/internal/retry"
+	"github.com/myusta/cdc/internal/schema"
+	"github.com/myusta/cdc/replication"
+	"github.com/myusta/cdc/sink"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// testLog writes log lines to the test log.
+type testLog struct{ t testing.TB }
+
+func (w testLog) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func logger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+var fastRetry = retry.Policy{Initial: 50 * time.Millisecond, Max: 500 * time.Millisecond, Multiplier: 2, Loud: 10}
+
+// running is a stream running in the background.
+type running struct {
+	stream *replication.Stream
+	sink   *sink.Sink
+	cancel  context.CancelFunc
+	done    chan error
+	stopped bool
+}
+
+// stop shuts the stream down as SIGTERM would and returns Run's error.
+func (r *running) stop(t testing.TB) {
+	t.Helper()
+	if r.stopped {
+		return
+	}
+	r.stopped = true
+	r.cancel()
+	select {
+	case err := <-r.done:
+		if err != nil {
+			t.Errorf("stream run: %v", err)
+		}
+	case <-time.After(40 * time.Second):
+		buf := make([]byte, 1<<20)
+		t.Fatalf("stream did not stop within 40s:\n%s", buf[:runtime.Stack(buf, true)])
+	}
+	r.sink.Close()
+}
+
+// start runs a stream for p, with opts adjusted by tweak.
+func start(t *testing.T, p *pgtest.Pair, tweak func(*replication.Options)) *running {
+	t.Helper()
+	ctx := context.Background()
+	cfg := p.Config(t)
+	src := replication.Source{Table: cfg.SourceTable, Columns: cfg.Columns, Key: cfg.KeyColumn, UpdatedAt: cfg.UpdatedAtColumn,
+		Publication: cfg.PublicationName, Secret: cfg.SecretColumns}
+	srcTable, err := replication.Preflight(ctx, p.Source, src)
+	if err != nil {
+		t.Fatalf("preflight: %v", err)
+	}
+	chatTable, err := schema.Load(ctx, p.Chat, cfg.ChatTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk := sink.New(p.Chat, chatTable, sink.Options{Slot: p.Slot, Retry: fastRetry, Logger: logger(t)})
+	opts := replication.Options{
+		SourceURL: p.SourceURL, Slot: p.Slot, Publication: cfg.PublicationName, Table: srcTable,
+		BatchMaxRows: cfg.BatchMaxRows, StatusInterval: time.Second, Retry: fastRetry, Logger: logger(t),
+	}
+	if tweak != nil {
+		tweak(&opts)
+	}
+	st := replication.New(p.Source, sk, opts)
+	ctx, cancel := context.WithCancel(ctx)
+	r := &running{stream: st, sink: sk, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- st.Run(ctx) }()
+	t.Cleanup(func() { r.stop(t) })
+	return r
+}
+
+func TestStream_CopyThenStreamEveryKindOfChange(t *testing.T) {
+	p := pgtest.NewPair(t, 10_000)
+	r := start(t, p, nil)
+	p.WaitEqual(t, 30*time.Second)
+
+	// Inserts, updates and deletes with NULLs and unicode.
+	pgtest.Exec(t, p.Source, `INSERT INTO users (first_name, last_name, email, phone, role, status, updated_at)
+VALUES ('Zoë 🚀', NULL, 'zoe@example.com', NULL, 'usta', 'active', now()),
+       ('Ĳsbrand', 'Ñandú — 日本語', NULL, '+90 555', NULL, NULL, now())`)
+	pgtest.Exec(t, p.Source, `UPDATE users SET last_name = NULL, status = 'banned', updated_at = now() WHERE email LIKE 'user1%'`)
+	pgtest.Exec(t, p.Source, `DELETE FROM users WHERE email LIKE 'user2%'`)
+	p.WaitEqual(t, 30*time.Second)
+
+	// A 100 kB value is TOASTed; an update of another column sends it as
+	// "unchanged" and it must survive, alone and after an update in the
+	// same transaction.
+	big := strings.Repeat("0123456789abcdefghijklmnopqrstuvwxyz", 3000)
+	pgtest.Exec(t, p.Source, `INSERT INTO users (id, first_name, profile_picture, updated_at) VALUES
+('00000000-0000-0000-0000-00000000b001', 'Big', $1 || md5(random()::text), now()),
+('00000000-0000-0000-0000-00000000b002', 'Big2', $1 || md5(random()::text), now())`, big)
+	p.WaitEqual(t, 30*time.Second)
+	pgtest.Exec(t, p.Source, `UPDATE users SET status = 'toast-kept', updated_at = now() WHERE first_name = 'Big'`)
+	tx, err := p.Source.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(context.Background(), `UPDATE users SET status = 'a', updated_at = now() WHERE first_name = 'Big2'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(context.Background(), `UPDATE users SET status = 'b', updated_at = now() WHERE first_name = 'Big2'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitEqual(t, 30*time.Second)
+	var n int
+	if err := p.Chat.QueryRow(context.Background(), `SELECT count(*) FROM users WHERE length(profile_picture) > 100000 AND status IN ('toast-kept', 'b')`).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("TOASTed values after updates of other columns: %d rows kept (want 2), err %v", n, err)
+	}
+
+	// A column added on the source does not stop the stream.
+	pgtest.Exec(t, p.Source, `ALTER TABLE users ADD COLUMN nickname text`)
+	pgtest.Exec(t, p.Source, `UPDATE users SET nickname = 'nick', status = 'after-alter', updated_at = now() WHERE email LIKE 'user3%'`)
+	pgtest.Exec(t, p.Source, `INSERT INTO users (first_name, nickname, updated_at) VALUES ('Post', 'alter', now())`)
+	p.WaitEqual(t, 30*time.Second)
+
+	// TRUNCATE is mirrored, and the stream goes on after it.
+	pgtest.Exec(t, p.Source, `TRUNCATE users`)
+	p.WaitEqual(t, 30*time.Second)
+	pgtest.Exec(t, p.Source, `INSERT INTO users (first_name, updated_at) SELECT 'after-truncate ' || g, now() FROM generate_series(1, 100) g`)
+	p.WaitEqual(t, 30*time.Second)
+
+	r.stop(t)
+	if got := r.stream.Stats.Truncates.Load(); got != 1 {
+		t.Errorf("truncates counted: %d, want 1", got)
+	}
+	var confirmed string
+	if err := p.Source.QueryRow(context.Background(), "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", p.Slot).Scan(&confirmed); err != nil {
+		t.Fatal(err)
+	}
+	lsn, _ := pglogrepl.ParseLSN(confirmed)
+	if applied := pglogrepl.LSN(r.stream.Stats.Applied.Load()); lsn < applied {
+		t.Errorf("after shutdown the slot confirms %s, before the applied %s", lsn, applied)
+	}
+}

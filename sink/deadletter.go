@@ -1,0 +1,131 @@
+package sink
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/myusta/cdc/internal/schema"
+)
+
+// errorTypes names the SQLSTATEs a chat database typically rejects rows with.
+var errorTypes = map[string]string{
+	"23502": "not_null_violation",
+	"23505": "unique_violation",
+	"23503": "foreign_key_violation",
+	"23514": "check_violation",
+	"23P01": "exclusion_violation",
+	"22001": "value_too_long",
+	"22003": "numeric_out_of_range",
+	"22007": "invalid_datetime",
+	"22008": "datetime_out_of_range",
+	"22P02": "invalid_value",
+	"22021": "bad_encoding",
+	"54000": "program_limit_exceeded",
+}
+
+// deadLetter records a change the chat database would not take, in the
+// current transaction, so it commits together with the rest of the batch.
+func (s *Sink) deadLetter(ctx context.Context, pc *pgconn.PgConn, c *Change, cause error) error {
+	errType, msg, detail := "rejected", cause.Error(), ""
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(cause, &pgErr):
+		errType = errorTypes[pgErr.Code]
+		if errType == "" {
+			errType = "sqlstate_" + pgErr.Code
+		}
+		msg, detail = pgErr.Message, pgErr.Detail
+	case errors.Is(cause, errMissingRow):
+		errType = "missing_row"
+	}
+	key := FormatValue(s.table.KeyColumn(), c.Values[s.table.Key])
+	payload, err := RowJSON(s.table, c.Values, c.Unchanged)
+	if err != nil {
+		return err
+	}
+	var lsn []byte
+	if c.LSN != 0 {
+		lsn = []byte(c.LSN.String())
+	}
+	s.log.Error("change rejected by the chat database; recorded in sync_errors",
+		"user_id", key, "lsn", c.LSN, "error_type", errType, "err", msg)
+	_, err = pc.ExecParams(ctx, `INSERT INTO sync_errors (error_type, user_id, message, detail, payload, lsn)
+VALUES ($1, $2, $3, NULLIF($4, ''), $5::jsonb, $6::pg_lsn)`,
+		[][]byte{[]byte(errType), []byte(key), []byte(msg), []byte(detail), payload, lsn}, nil, nil, nil).Close()
+	if err != nil {
+		return fmt.Errorf("record dead letter: %w", err)
+	}
+	return nil
+}
+
+// typeMap decodes values for people; pgtype.Map caches plans, so it is
+// guarded for use from several goroutines.
+var (
+	typeMapMu sync.Mutex
+	typeMap   = pgtype.NewMap()
+)
+
+// FormatValue renders one binary column value for people: logs and
+// sync_errors.user_id.
+func FormatValue(c schema.Column, v []byte) string {
+	if v == nil {
+		return "NULL"
+	}
+	x := decodeValue(c, v)
+	switch x := x.(type) {
+	case string:
+		return x
+	case [16]byte:
+		return fmt.Sprintf("%x-%x-%x-%x-%x", x[0:4], x[4:6], x[6:8], x[8:10], x[10:16])
+	case time.Time:
+		return x.Format(time.RFC3339Nano)
+	}
+	return fmt.Sprint(x)
+}
+
+func decodeValue(c schema.Column, v []byte) any {
+	typeMapMu.Lock()
+	defer typeMapMu.Unlock()
+	if t, ok := typeMap.TypeForOID(c.TypeOID); ok {
+		if x, err := t.Codec.DecodeValue(typeMap, c.TypeOID, pgtype.BinaryFormatCode, v); err == nil {
+			if u, ok := x.([16]byte); ok {
+				return u
+			}
+			return x
+		}
+	}
+	return string(v) // enums and text-like types: the binary form is the text
+}
+
+// RowJSON renders a row as a JSON object of column name to value, omitting
+// columns that were not carried.
+func RowJSON(t *schema.Table, values [][]byte, unchanged uint64) ([]byte, error) {
+	m := make(map[string]any, len(t.Columns))
+	for i, c := range t.Columns {
+		if unchanged&(1<<i) != 0 || i >= len(values) {
+			continue
+		}
+		if values[i] == nil {
+			m[c.Name] = nil
+			continue
+		}
+		switch x := decodeValue(c, values[i]).(type) {
+		case [16]byte:
+			m[c.Name] = FormatValue(c, values[i])
+		default:
+			m[c.Name] = x
+		}
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode payload: %w", err)
+	}
+	return b, nil
+}

@@ -1,0 +1,217 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/myusta/cdc/internal/retry"
+	"github.com/myusta/cdc/internal/schema"
+)
+
+// Options configure a Sink.
+type Options struct {
+	Slot   string       // key of this stream's row in cdc_checkpoint
+	Retry  retry.Policy // for transient chat failures; the sink never gives up on those
+	Logger *slog.Logger
+}
+
+// Stats counts what the sink has written since it started.
+type Stats struct {
+	Batches     atomic.Int64
+	Upserts     atomic.Int64
+	Deletes     atomic.Int64
+	Truncates   atomic.Int64
+	DeadLetters atomic.Int64
+	LSN         atomic.Uint64 // last committed checkpoint LSN
+}
+
+// Sink is the single writer of the chat table. It holds one connection from
+// the pool, with its statements prepared, and serializes every write.
+type Sink struct {
+	pool  *pgxpool.Pool
+	table *schema.Table
+	opts  Options
+	log   *slog.Logger
+	sql   statementSQL
+
+	mu    sync.Mutex // one writer at a time
+	conn  *pgxpool.Conn
+	stmts map[string]*pgconn.StatementDescription
+	enc   encoder
+
+	// Stats is updated after every commit.
+	Stats Stats
+}
+
+// New returns a sink writing table (the chat side) through pool.
+func New(pool *pgxpool.Pool, table *schema.Table, opts Options) *Sink {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Sink{
+		pool:  pool,
+		table: table,
+		opts:  opts,
+		log:   log.With("component", "sink"),
+		sql:   buildSQL(table),
+	}
+}
+
+// Table is the chat table the sink writes.
+func (s *Sink) Table() *schema.Table { return s.table }
+
+// Close returns the writer connection to the pool.
+func (s *Sink) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.releaseConn()
+}
+
+// Apply writes b and its checkpoint in one chat transaction. Transient
+// failures are retried with backoff for as long as ctx lives; a change the
+// chat database rejects is isolated and recorded in sync_errors while the
+// rest of the batch commits. Apply returns nil once the batch is durable.
+func (s *Sink) Apply(ctx context.Context, b *Batch) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	attempt := 0
+	err := retry.Do(ctx, s.opts.Retry, s.log, "apply batch", func(ctx context.Context) error {
+		attempt++
+		conn, err := s.writer(ctx)
+		if err != nil {
+			return err
+		}
+		if attempt > 1 && b.Checkpoint != (Checkpoint{}) {
+			// A connection lost during COMMIT leaves its outcome unknown: the
+			// stored checkpoint tells whether that attempt committed.
+			cp, _, err := readCheckpoint(ctx, conn.Conn(), s.opts.Slot)
+			if err != nil {
+				s.dropBroken()
+				return err
+			}
+			if cp == b.Checkpoint {
+				s.log.Info("batch committed before the connection was lost", "lsn", cp.LSN)
+				return nil
+			}
+		}
+		dead, err := s.write(ctx, conn.Conn().PgConn(), b)
+		if err != nil {
+			s.dropBroken()
+			return err
+		}
+		s.Stats.DeadLetters.Add(int64(dead))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("apply batch: %w", err)
+	}
+	s.count(b)
+	return nil
+}
+
+func (s *Sink) count(b *Batch) {
+	s.Stats.Batches.Add(1)
+	if b.truncate {
+		s.Stats.Truncates.Add(1)
+	}
+	for i := range b.changes {
+		if b.changes[i].Op == OpDelete {
+			s.Stats.Deletes.Add(1)
+		} else {
+			s.Stats.Upserts.Add(1)
+		}
+	}
+	if b.Checkpoint.LSN != 0 {
+		s.Stats.LSN.Store(uint64(b.Checkpoint.LSN))
+	}
+}
+
+// Checkpoint reads this stream's stored position; ok is false when none is
+// stored (the first copy has not completed).
+func (s *Sink) Checkpoint(ctx context.Context) (cp Checkpoint, ok bool, err error) {
+	cp, ok, err = readCheckpoint(ctx, s.pool, s.opts.Slot)
+	if err != nil {
+		return cp, ok, fmt.Errorf("read checkpoint: %w", err)
+	}
+	return cp, ok, nil
+}
+
+// ForgetCheckpoint deletes the stored position, e.g. after the slot was lost.
+func (s *Sink) ForgetCheckpoint(ctx context.Context) error {
+	_, err := s.pool.Exec(ctx, "DELETE FROM cdc_checkpoint WHERE slot_name = $1", s.opts.Slot)
+	if err != nil {
+		return fmt.Errorf("forget checkpoint: %w", err)
+	}
+	return nil
+}
+
+type rowQuerier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+func readCheckpoint(ctx context.Context, q rowQuerier, slot string) (cp Checkpoint, ok bool, err error) {
+	err = q.QueryRow(ctx, `SELECT lsn::text, COALESCE(partial_xact_lsn, '0/0')::text, partial_changes
+FROM cdc_checkpoint WHERE slot_name = $1`, slot).Scan(&cp.LSN, &cp.PartialXact, &cp.PartialChanges)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Checkpoint{}, false, nil
+	}
+	return cp, err == nil, err
+}
+
+// writer returns the held writer connection, acquiring it and preparing its
+// statements when needed.
+func (s *Sink) writer(ctx context.Context) (*pgxpool.Conn, error) {
+	if s.conn != nil {
+		return s.conn, nil
+	}
+	c, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connect to chat database: %w", err)
+	}
+	stmts := make(map[string]*pgconn.StatementDescription, 3)
+	for name, sql := range s.sql.prepared() {
+		sd, err := c.Conn().PgConn().Prepare(ctx, name, sql.text, sql.oids)
+		if err != nil {
+			c.Release()
+			return nil, fmt.Errorf("prepare %s: %w", name, err)
+		}
+		stmts[name] = sd
+	}
+	s.conn, s.stmts = c, stmts
+	return c, nil
+}
+
+// dropBroken gives up the writer connection if it can no longer be used, or
+// if a transaction was left open, so the next attempt starts clean.
+func (s *Sink) dropBroken() {
+	if s.conn == nil {
+		return
+	}
+	pc := s.conn.Conn().PgConn()
+	if pc.IsClosed() || pc.TxStatus() != 'I' {
+		s.releaseConn()
+	}
+}
+
+func (s *Sink) releaseConn() {
+	if s.conn == nil {
+		return
+	}
+	pc := s.conn.Conn().PgConn()
+	if !pc.IsClosed() && pc.TxStatus() != 'I' {
+		// Never hand a connection in a transaction back to the pool.
+		_ = s.conn.Hijack().Close(context.Background())
+	} else {
+		s.conn.Release()
+	}
+	s.conn, s.stmts = nil, nil
+}
