@@ -39,8 +39,8 @@ var fastRetry = retry.Policy{Initial: 50 * time.Millisecond, Max: 500 * time.Mil
 
 // running is a stream running in the background.
 type running struct {
-	stream *replication.Stream
-	sink   *sink.Sink
+	stream  *replication.Stream
+	sink    *sink.Sink
 	cancel  context.CancelFunc
 	done    chan error
 	stopped bool
