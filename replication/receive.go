@@ -44,6 +44,7 @@ type reader struct {
 	txChanges int64 // change messages seen in it so far
 	skipTx    bool  // applied before the restart
 	skipN     int64 // its first skipN changes were applied before the restart
+	skipped   int   // transactions skipped as already applied
 
 	received   pglogrepl.LSN // highest WAL position seen
 	idleLSN    pglogrepl.LSN // keepalive WAL end seen while nothing was in flight
@@ -191,6 +192,7 @@ func (r *reader) handle(a applied) error {
 	st.Applied.Store(uint64(r.committed.LSN))
 	if !a.b.LastCommit.IsZero() {
 		st.LastCommit.Store(a.b.LastCommit.UnixNano())
+		st.Latency.Store(int64(time.Since(a.b.LastCommit)))
 	}
 	a.b.Reset()
 	r.spare = a.b
@@ -329,6 +331,13 @@ func (r *reader) message(m []byte) error {
 		r.skipN = 0
 		if b.FinalLSN == r.resume.PartialXact {
 			r.skipN = r.resume.PartialChanges
+			r.s.log.Info("resuming a transaction applied in part before the restart", "xact_lsn", b.FinalLSN, "changes_applied", r.skipN)
+		}
+		if r.skipTx {
+			r.skipped++
+		} else if r.skipped > 0 {
+			r.s.log.Info("skipped transactions already applied before the restart", "transactions", r.skipped, "checkpoint", r.resume.LSN)
+			r.skipped = 0
 		}
 	case 'C':
 		var c pglogrepl.CommitMessage

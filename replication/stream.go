@@ -51,6 +51,7 @@ type Stats struct {
 	Confirmed  atomic.Uint64 // position last confirmed to the slot
 	Applied    atomic.Uint64 // end LSN of the last transaction committed in chat
 	LastCommit atomic.Int64  // source commit time (unix ns) of the newest change committed in chat
+	Latency    atomic.Int64  // source commit -> chat commit of the last batch, ns
 	Streaming  atomic.Bool   // a replication connection is streaming
 }
 

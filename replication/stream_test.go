@@ -69,6 +69,12 @@ func (r *running) stop(t testing.TB) {
 // start runs a stream for p, with opts adjusted by tweak.
 func start(t *testing.T, p *pgtest.Pair, tweak func(*replication.Options)) *running {
 	t.Helper()
+	return startWith(t, p, nil, tweak)
+}
+
+// startWith is start with the sink wrapped by wrap (nil = the sink itself).
+func startWith(t *testing.T, p *pgtest.Pair, wrap func(*sink.Sink) replication.Applier, tweak func(*replication.Options)) *running {
+	t.Helper()
 	ctx := context.Background()
 	cfg := p.Config(t)
 	src := replication.Source{Table: cfg.SourceTable, Columns: cfg.Columns, Key: cfg.KeyColumn, UpdatedAt: cfg.UpdatedAtColumn,
@@ -89,7 +95,11 @@ func start(t *testing.T, p *pgtest.Pair, tweak func(*replication.Options)) *runn
 	if tweak != nil {
 		tweak(&opts)
 	}
-	st := replication.New(p.Source, sk, opts)
+	var a replication.Applier = sk
+	if wrap != nil {
+		a = wrap(sk)
+	}
+	st := replication.New(p.Source, a, opts)
 	ctx, cancel := context.WithCancel(ctx)
 	r := &running{stream: st, sink: sk, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- st.Run(ctx) }()

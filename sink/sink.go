@@ -179,7 +179,14 @@ func (s *Sink) writer(ctx context.Context) (*pgxpool.Conn, error) {
 	}
 	stmts := make(map[string]*pgconn.StatementDescription, 3)
 	for name, sql := range s.sql.prepared() {
-		sd, err := c.Conn().PgConn().Prepare(ctx, name, sql.text, sql.oids)
+		// A pooled connection may hold these names from an earlier sink,
+		// perhaps for another table layout: replace them.
+		pc := c.Conn().PgConn()
+		if err := pc.Deallocate(ctx, name); err != nil {
+			c.Release()
+			return nil, fmt.Errorf("deallocate %s: %w", name, err)
+		}
+		sd, err := pc.Prepare(ctx, name, sql.text, sql.oids)
 		if err != nil {
 			c.Release()
 			return nil, fmt.Errorf("prepare %s: %w", name, err)

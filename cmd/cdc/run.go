@@ -86,6 +86,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		Retry:          reconnectPolicy(cfg),
 		Logger:         log,
 	})
+	go reportProgress(ctx, log, st, progressEvery)
 	err = st.Run(ctx)
 	logFinalStats(log, st, sk, start)
 	return err
@@ -158,6 +159,32 @@ func connectProblem(varName string, err error) error {
 		return &config.Error{Var: varName, Msg: pgErr.Message + ": check the database name"}
 	}
 	return nil
+}
+
+// progressEvery is how often `cdc run` logs what it synced.
+const progressEvery = 10 * time.Second
+
+// reportProgress logs, every interval in which something happened, how
+// many changes were synced and how far behind the source the chat side was.
+func reportProgress(ctx context.Context, log *slog.Logger, st *replication.Stream, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var last [3]int64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := [3]int64{st.Stats.Inserts.Load(), st.Stats.Updates.Load(), st.Stats.Deletes.Load()}
+		if now == last {
+			continue
+		}
+		log.Info("synced", "inserts", now[0]-last[0], "updates", now[1]-last[1], "deletes", now[2]-last[2],
+			"interval", every.String(), "latency_ms", time.Duration(st.Stats.Latency.Load()).Milliseconds(),
+			"applied_lsn", pglogrepl.LSN(st.Stats.Applied.Load()))
+		last = now
+	}
 }
 
 func logFinalStats(log *slog.Logger, st *replication.Stream, sk *sink.Sink, start time.Time) {

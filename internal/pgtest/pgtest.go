@@ -246,3 +246,26 @@ func Exec(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) {
 		t.Fatalf("%s: %v", sql, err)
 	}
 }
+
+// TrackApplies installs a trigger on the chat users table that logs every
+// row version written (id, updated_at), to prove nothing is applied twice.
+func (p *Pair) TrackApplies(t testing.TB) {
+	t.Helper()
+	Exec(t, p.Chat, `
+CREATE TABLE apply_log (id uuid, updated_at timestamptz, op text);
+CREATE FUNCTION log_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO apply_log VALUES (NEW.id, NEW.updated_at, TG_OP); RETURN NULL; END $$;
+CREATE TRIGGER log_apply AFTER INSERT OR UPDATE ON users FOR EACH ROW EXECUTE FUNCTION log_apply();`)
+}
+
+// Applies returns how many row versions were written to chat and how many
+// of them were written more than once.
+func (p *Pair) Applies(t testing.TB) (total, twice int) {
+	t.Helper()
+	err := p.Chat.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM apply_log),
+ (SELECT count(*) FROM (SELECT 1 FROM apply_log GROUP BY id, updated_at HAVING count(*) > 1) d)`).Scan(&total, &twice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return total, twice
+}
