@@ -78,6 +78,14 @@ func NewPair(t testing.TB, users int) *Pair {
 // NewPairOn is NewPair on a given server.
 func NewPairOn(t testing.TB, srv *pglocal.Server, users int) *Pair {
 	t.Helper()
+	p := NewBarePair(t, srv, users)
+	p.Migrate(t)
+	return p
+}
+
+// NewBarePair is NewPairOn without the migrations.
+func NewBarePair(t testing.TB, srv *pglocal.Server, users int) *Pair {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	n := seq.Add(1)
@@ -105,7 +113,6 @@ func NewPairOn(t testing.TB, srv *pglocal.Server, users int) *Pair {
 			t.Fatal(err)
 		}
 	}
-	p.Migrate(t)
 	return p
 }
 

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/myusta/cdc/internal/demo"
+	"github.com/myusta/cdc/internal/pgtest"
+)
+
+// load runs a steady mixed workload on the source: single-row inserts,
+// updates and deletes at rate/s, plus, when bulk > 0, a transaction
+// updating bulk rows every 150 ms. stop ends it and waits.
+func load(t *testing.T, p *pgtest.Pair, rate, bulk int) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	w, err := demo.NewWorkload(ctx, p.Source, 42)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		w.Run(ctx, rate, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	if bulk > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				_, _ = p.Source.Exec(ctx, `UPDATE users SET status = 'bulk', updated_at = clock_timestamp()
+WHERE id IN (SELECT id FROM users ORDER BY random() LIMIT $1)`, bulk)
+				time.Sleep(150 * time.Millisecond)
+			}
+		}()
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); wg.Wait() }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+func lsnOf(t *testing.T, p *pgtest.Pair, query string, args ...any) pglogrepl.LSN {
+	t.Helper()
+	var s string
+	if err := p.Source.QueryRow(context.Background(), query, args...).Scan(&s); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	lsn, err := pglogrepl.ParseLSN(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lsn
+}
+
+// TestRun_SurvivesKillNine kills cdc with SIGKILL at random moments during
+// a steady mixed workload (with transactions larger than a batch), restarts
+// it each time, and checks that chat ends equal to the source row by row,
+// that no row version was applied twice, and that the slot moved on.
+func TestRun_SurvivesKillNine(t *testing.T) {
+	p := pgtest.NewPair(t, 5000)
+	p.TrackApplies(t)
+	env := with(p.Env(), "BATCH_MAX_ROWS", "100", "LOG_LEVEL", "info")
+	before := lsnOf(t, p, "SELECT pg_current_wal_lsn()::text")
+	stopLoad := load(t, p, 300, 250)
+
+	rng := rand.New(rand.NewPCG(7, 7))
+	const kills = 12
+	resumed := 0 // restarts that resumed inside a transaction split across batches
+	for i := 0; i < kills; i++ {
+		c := startCDC(t, env, "run")
+		time.Sleep(time.Duration(300+rng.IntN(1700)) * time.Millisecond)
+		if !c.running() {
+			t.Fatalf("cdc exited on its own (code %d):\n%s", c.code, c.out.String())
+		}
+		c.kill()
+		resumed += strings.Count(c.out.String(), "resuming a transaction applied in part")
+		if strings.Contains(c.out.String(), "panic") {
+			t.Fatalf("cdc panicked:\n%s", c.out.String())
+		}
+	}
+	stopLoad()
+
+	c := startCDC(t, env, "run")
+	p.WaitEqual(t, 90*time.Second)
+	if code := c.stop(t, 40*time.Second); code != 0 {
+		t.Fatalf("cdc exit code after SIGTERM: %d\n%s", code, c.out.String())
+	}
+	total, twice := p.Applies(t)
+	if twice != 0 {
+		t.Fatalf("%d row versions were applied twice after %d kill -9", twice, kills)
+	}
+	confirmed := lsnOf(t, p, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", p.Slot)
+	if confirmed <= before {
+		t.Fatalf("slot confirmed_flush_lsn %s did not advance past %s", confirmed, before)
+	}
+	t.Logf("%d kill -9 survived (%d resumed inside a split transaction): %d row versions applied, none twice; slot confirmed %s",
+		kills, resumed, total, confirmed)
+}
+
+// TestRun_CrashDuringFirstCopy kills cdc while the first copy runs: the
+// copy is one chat transaction, so nothing of it remains, and the next start
+// drops the half-made slot and copies again.
+func TestRun_CrashDuringFirstCopy(t *testing.T) {
+	p := pgtest.NewPair(t, 300_000)
+	env := p.Env()
+	c := startCDC(t, env, "run")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var copying bool
+		if err := p.Source.QueryRow(context.Background(), "SELECT EXISTS (SELECT 1 FROM pg_stat_progress_copy WHERE command = 'COPY TO')").Scan(&copying); err != nil {
+			t.Fatal(err)
+		}
+		if copying {
+			break
+		}
+		if time.Now().After(deadline) || !c.running() {
+			t.Fatalf("the first copy was never seen running:\n%s", c.out.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.kill()
+	var rows, checkpoints int
+	if err := p.Chat.QueryRow(context.Background(), "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM cdc_checkpoint)").Scan(&rows, &checkpoints); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 0 || checkpoints != 0 {
+		t.Fatalf("after a crash mid-copy chat holds %d rows and %d checkpoints; want none", rows, checkpoints)
+	}
+
+	c = startCDC(t, env, "run")
+	p.WaitEqual(t, 120*time.Second)
+	if !strings.Contains(c.out.String(), "first copy did not finish") {
+		t.Errorf("restart did not say it redid the copy:\n%s", c.out.String())
+	}
+	if code := c.stop(t, 40*time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+}
+
+// TestRun_SlotHeldByAnotherProcessIsRetried starts a second cdc on the same
+// slot: it waits (retrying with backoff) instead of exiting, and takes over
+// when the first one stops.
+func TestRun_SlotHeldByAnotherProcessIsRetried(t *testing.T) {
+	p := pgtest.NewPair(t, 100)
+	env := p.Env()
+	a := startCDC(t, env, "run")
+	p.WaitEqual(t, 30*time.Second)
+	b := startCDC(t, env, "run")
+	b.waitOutput(t, "55006", 20*time.Second) // "replication slot … is active for PID …"
+	if !b.running() {
+		t.Fatalf("second cdc exited instead of waiting for the slot:\n%s", b.out.String())
+	}
+	if code := a.stop(t, 40*time.Second); code != 0 {
+		t.Fatalf("first cdc exit code %d", code)
+	}
+	if !strings.Contains(a.out.String(), `"msg":"cdc stopped"`) {
+		t.Errorf("no final stats line on SIGTERM:\n%s", a.out.String())
+	}
+	pgtest.Exec(t, p.Source, `INSERT INTO users (first_name, updated_at) VALUES ('after takeover', now())`)
+	p.WaitEqual(t, 30*time.Second)
+	if code := b.stop(t, 40*time.Second); code != 0 {
+		t.Fatalf("second cdc exit code %d", code)
+	}
+}
