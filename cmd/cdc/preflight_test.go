@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/myusta/cdc/internal/pglocal"
+	"github.com/myusta/cdc/internal/pgtest"
+)
+
+// TestRun_PreflightErrors: each setup problem ends `cdc run` at once with
+// exit 2 and one line naming the cause and the fix.
+func TestRun_PreflightErrors(t *testing.T) {
+	cases := []struct {
+		name  string
+		setup func(t *testing.T, p *pgtest.Pair, env map[string]string)
+		want  []string
+	}{
+		{
+			name: "publication missing",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				pgtest.Exec(t, p.Source, "DROP PUBLICATION cdc_users")
+			},
+			want: []string{`publication "cdc_users" does not exist on the source`, "run cdc migrate"},
+		},
+		{
+			name: "table missing",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				env["SOURCE_TABLE"] = "public.nope"
+			},
+			want: []string{"table public.nope does not exist on the source database", "check SOURCE_TABLE"},
+		},
+		{
+			name: "no primary key",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				pgtest.Exec(t, p.Source, "CREATE TABLE nopk AS SELECT * FROM users")
+				env["SOURCE_TABLE"] = "public.nopk"
+			},
+			want: []string{"no primary key", "ADD PRIMARY KEY (id)"},
+		},
+		{
+			name: "column missing",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				env["SYNC_COLUMNS"] = "id,first_name,nickname,updated_at"
+			},
+			want: []string{"has no column nickname", "check SYNC_COLUMNS"},
+		},
+		{
+			name: "role without REPLICATION",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				pgtest.Exec(t, p.Source, "CREATE ROLE norepl_"+p.Name+" LOGIN; GRANT SELECT ON users TO norepl_"+p.Name)
+				env["SOURCE_DATABASE_URL"] = strings.Replace(p.SourceURL, "postgres@", "norepl_"+p.Name+"@", 1)
+			},
+			want: []string{"lacks the REPLICATION attribute", `ALTER ROLE "norepl_`},
+		},
+		{
+			name: "chat not migrated",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				pgtest.Exec(t, p.Chat, "DROP TABLE cdc_schema_version, cdc_checkpoint, sync_errors")
+			},
+			want: []string{"the chat database is not migrated", "run cdc migrate"},
+		},
+		{
+			name: "chat table missing",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				env["CHAT_TABLE"] = "public.members"
+			},
+			want: []string{"table public.members does not exist on the chat database", "run cdc migrate"},
+		},
+		{
+			name: "chat column of another type",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				pgtest.Exec(t, p.Chat, "ALTER TABLE users ALTER COLUMN created_at TYPE text")
+			},
+			want: []string{`column "created_at" is timestamp with time zone on the source but text on the chat side`},
+		},
+		{
+			name: "invalid setting",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				env["SYNC_MODE"] = "sideways"
+			},
+			want: []string{"SYNC_MODE", `"sideways" is not a mode: use replication or notify`},
+		},
+		{
+			name: "secret column requested",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				env["SYNC_COLUMNS"] = "id,first_name,password_hash,updated_at"
+			},
+			want: []string{"SYNC_COLUMNS", `must not include "password_hash"`},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := pgtest.NewPair(t, 10)
+			env := p.Env()
+			tc.setup(t, p, env)
+			code, out := runCDC(t, env, "run")
+			if code != exitUsage {
+				t.Fatalf("exit code %d, want %d; output:\n%s", code, exitUsage, out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
+
+// TestRun_PreflightWalLevel runs against a server with wal_level=replica.
+func TestRun_PreflightWalLevel(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv, err := pglocal.Start(ctx, pglocal.Options{Fast: true, Settings: map[string]string{"wal_level": "replica"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Stop() })
+	p := pgtest.NewPairOn(t, srv, 10)
+	code, out := runCDC(t, p.Env(), "run")
+	if code != exitUsage || !strings.Contains(out, `wal_level is "replica" on the source`) || !strings.Contains(out, "ALTER SYSTEM SET wal_level = logical") {
+		t.Fatalf("exit %d, output:\n%s", code, out)
+	}
+}
+
+// TestMigrate_IsIdempotentAndRunSaysWhatToRun: before migrating, run names
+// the command; migrate creates everything; a second migrate changes nothing;
+// a changed column list is applied to the publication.
+func TestMigrate_IsIdempotentAndRunSaysWhatToRun(t *testing.T) {
+	p := pgtest.NewBarePair(t, pgtest.Server(t), 10)
+	env := p.Env()
+	code, out := runCDC(t, env, "run")
+	if code != exitUsage || !strings.Contains(out, "run cdc migrate") {
+		t.Fatalf("run before migrate: exit %d\n%s", code, out)
+	}
+	code, out = runCDC(t, env, "migrate")
+	for _, w := range []string{"applied 1 migration", "created table public.users", "created publication cdc_users"} {
+		if code != 0 || !strings.Contains(out, w) {
+			t.Fatalf("first migrate: exit %d, want %q in:\n%s", code, w, out)
+		}
+	}
+	code, out = runCDC(t, env, "migrate")
+	for _, w := range []string{"cdc tables up to date", "table public.users exists", "publication cdc_users up to date"} {
+		if code != 0 || !strings.Contains(out, w) {
+			t.Fatalf("second migrate: exit %d, want %q in:\n%s", code, w, out)
+		}
+	}
+	narrower := with(env, "SYNC_COLUMNS", "id,first_name,email,updated_at")
+	code, out = runCDC(t, narrower, "migrate")
+	if code != 0 || !strings.Contains(out, "now publishes") {
+		t.Fatalf("migrate with fewer columns: exit %d\n%s", code, out)
+	}
+	var cols []string
+	if err := p.Source.QueryRow(context.Background(), "SELECT attnames FROM pg_publication_tables WHERE pubname = 'cdc_users'").Scan(&cols); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(cols, ",") != "id,first_name,email,updated_at" {
+		t.Fatalf("publication columns %v", cols)
+	}
+	// The narrower list still syncs.
+	c := startCDC(t, narrower, "run")
+	c.waitOutput(t, "streaming changes", 30*time.Second)
+	if code := c.stop(t, 40*time.Second); code != 0 {
+		t.Fatalf("exit %d\n%s", code, c.out.String())
+	}
+	var n int
+	if err := p.Chat.QueryRow(context.Background(), "SELECT count(*) FROM users WHERE email IS NOT NULL AND last_name IS NULL").Scan(&n); err != nil || n != 10 {
+		t.Fatalf("narrow sync copied %d rows with email and without last_name (want 10), err %v", n, err)
+	}
+}
+
