@@ -1,0 +1,263 @@
+package sink_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/myusta/cdc/internal/pgtest"
+	"github.com/myusta/cdc/internal/retry"
+	"github.com/myusta/cdc/internal/schema"
+	"github.com/myusta/cdc/sink"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func newSink(t *testing.T, p *pgtest.Pair) *sink.Sink {
+	t.Helper()
+	cfg := p.Config(t)
+	tbl, err := schema.Load(context.Background(), p.Chat, cfg.ChatTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sink.New(p.Chat, tbl, sink.Options{
+		Slot:   p.Slot,
+		Retry:  retry.Policy{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond, Multiplier: 2, Loud: 3},
+		Logger: quiet,
+	})
+	t.Cleanup(s.Close)
+	return s
+}
+
+var typeMap = pgtype.NewMap()
+
+// encode renders v in the binary format of the column's type.
+func encode(t *testing.T, c schema.Column, v any) []byte {
+	t.Helper()
+	if v == nil {
+		return nil
+	}
+	if s, ok := v.(string); ok && c.TypeName == "uuid" {
+		var u pgtype.UUID
+		if err := u.Scan(s); err != nil {
+			t.Fatal(err)
+		}
+		v = u
+	}
+	b, err := typeMap.Encode(c.TypeOID, pgtype.BinaryFormatCode, v, nil)
+	if err != nil {
+		t.Fatalf("encode %v as %s: %v", v, c.TypeName, err)
+	}
+	return b
+}
+
+// user is a row of the reference chat table; empty strings are NULL.
+type user struct {
+	id, first, last, picture string
+}
+
+func (u user) change(t *testing.T, b *sink.Batch, tbl *schema.Table, op sink.Op) sink.Change {
+	t.Helper()
+	v := b.NewValues()
+	set := map[string]any{"id": u.id, "first_name": u.first, "last_name": u.last, "profile_picture": u.picture,
+		"updated_at": time.Now(), "created_at": time.Now()}
+	for i, c := range tbl.Columns {
+		x, ok := set[c.Name]
+		if !ok || x == "" || (op == sink.OpDelete && c.Name != "id") {
+			continue
+		}
+		v[i] = b.Copy(encode(t, c, x))
+	}
+	return sink.Change{Op: op, Values: v, LSN: pglogrepl.LSN(0x1000)}
+}
+
+func uuidOf(i int) string { return fmt.Sprintf("00000000-0000-0000-0000-%012d", i) }
+
+func count(t *testing.T, p *pgtest.Pair, where string) int {
+	t.Helper()
+	var n int
+	if err := p.Chat.QueryRow(context.Background(), "SELECT count(*) FROM users WHERE "+where).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestSink_ApplyUpsertsDeletesAndCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	p := pgtest.NewPair(t, 0)
+	s := newSink(t, p)
+	tbl := s.Table()
+	b := sink.NewBatch(len(tbl.Columns), tbl.Key)
+	for i := 1; i <= 3; i++ {
+		b.Add(user{id: uuidOf(i), first: fmt.Sprintf("n%d", i), last: "Ünïcode ✓"}.change(t, b, tbl, sink.OpUpsert))
+	}
+	b.Checkpoint = sink.Checkpoint{LSN: 0x10}
+	if err := s.Apply(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, p, "last_name = 'Ünïcode ✓'"); n != 3 {
+		t.Fatalf("%d rows inserted, want 3", n)
+	}
+	b = sink.NewBatch(len(tbl.Columns), tbl.Key)
+	b.Add(user{id: uuidOf(1), first: "renamed"}.change(t, b, tbl, sink.OpUpsert))
+	b.Add(user{id: uuidOf(2)}.change(t, b, tbl, sink.OpDelete))
+	b.Checkpoint = sink.Checkpoint{LSN: 0x20, PartialXact: 0x30, PartialChanges: 5}
+	if err := s.Apply(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, p, "first_name = 'renamed' AND last_name IS NULL"); n != 1 {
+		t.Fatalf("update not applied (NULL last_name): %d", n)
+	}
+	if n := count(t, p, "true"); n != 2 {
+		t.Fatalf("%d rows after delete, want 2", n)
+	}
+	cp, ok, err := s.Checkpoint(ctx)
+	if err != nil || !ok || cp != (sink.Checkpoint{LSN: 0x20, PartialXact: 0x30, PartialChanges: 5}) {
+		t.Fatalf("checkpoint %+v ok=%v err=%v", cp, ok, err)
+	}
+	if got := s.Stats.Upserts.Load(); got != 4 {
+		t.Errorf("upserts counted %d, want 4", got)
+	}
+}
+
+func TestSink_PoisonRowGoesToSyncErrorsAndTheRestCommits(t *testing.T) {
+	ctx := context.Background()
+	p := pgtest.NewPair(t, 0)
+	pgtest.Exec(t, p.Chat, `ALTER TABLE users ADD CONSTRAINT no_poison CHECK (first_name <> 'poison')`)
+	s := newSink(t, p)
+	tbl := s.Table()
+	b := sink.NewBatch(len(tbl.Columns), tbl.Key)
+	for i := 1; i <= 100; i++ {
+		name := fmt.Sprintf("ok%d", i)
+		if i == 57 {
+			name = "poison"
+		}
+		b.Add(user{id: uuidOf(i), first: name}.change(t, b, tbl, sink.OpUpsert))
+	}
+	b.Checkpoint = sink.Checkpoint{LSN: 0x40}
+	if err := s.Apply(ctx, b); err != nil {
+		t.Fatalf("a poison row must not fail the batch: %v", err)
+	}
+	if n := count(t, p, "true"); n != 99 {
+		t.Fatalf("%d rows committed, want 99", n)
+	}
+	var errType, userID, lsn string
+	var payload []byte
+	err := p.Chat.QueryRow(ctx, "SELECT error_type, user_id, payload, lsn::text FROM sync_errors").Scan(&errType, &userID, &payload, &lsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var row map[string]any
+	if err := json.Unmarshal(payload, &row); err != nil {
+		t.Fatal(err)
+	}
+	if errType != "check_violation" || userID != uuidOf(57) || row["first_name"] != "poison" || row["id"] != uuidOf(57) || lsn != "0/1000" {
+		t.Fatalf("dead letter: type %s user %s payload %s lsn %s", errType, userID, payload, lsn)
+	}
+	if cp, _, _ := s.Checkpoint(ctx); cp.LSN != 0x40 {
+		t.Fatalf("checkpoint %s, want 0/40", cp.LSN)
+	}
+	if s.Stats.DeadLetters.Load() != 1 {
+		t.Fatalf("dead letters counted %d", s.Stats.DeadLetters.Load())
+	}
+}
+
+func TestSink_PartialUpdateKeepsUnsentColumns(t *testing.T) {
+	ctx := context.Background()
+	p := pgtest.NewPair(t, 0)
+	s := newSink(t, p)
+	tbl := s.Table()
+	b := sink.NewBatch(len(tbl.Columns), tbl.Key)
+	b.Add(user{id: uuidOf(1), first: "a", picture: "kept-picture"}.change(t, b, tbl, sink.OpUpsert))
+	if err := s.Apply(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	pic := -1
+	for i, c := range tbl.Columns {
+		if c.Name == "profile_picture" {
+			pic = i
+		}
+	}
+	b = sink.NewBatch(len(tbl.Columns), tbl.Key)
+	c := user{id: uuidOf(1), first: "b"}.change(t, b, tbl, sink.OpUpsert)
+	c.Unchanged = 1 << pic
+	b.Add(c)
+	missing := user{id: uuidOf(2), first: "ghost"}.change(t, b, tbl, sink.OpUpsert)
+	missing.Unchanged = 1 << pic
+	b.Add(missing)
+	b.Checkpoint = sink.Checkpoint{LSN: 0x50}
+	if err := s.Apply(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, p, "first_name = 'b' AND profile_picture = 'kept-picture'"); n != 1 {
+		t.Fatal("partial update lost the unsent column or did not apply")
+	}
+	if n := count(t, p, "first_name = 'ghost'"); n != 0 {
+		t.Fatal("a partial row without a chat row must not be inserted with NULLs")
+	}
+	var errType string
+	if err := p.Chat.QueryRow(ctx, "SELECT error_type FROM sync_errors WHERE user_id = $1", uuidOf(2)).Scan(&errType); err != nil || errType != "missing_row" {
+		t.Fatalf("missing row not recorded: %q %v", errType, err)
+	}
+}
+
+func TestSink_ReconnectsAfterItsConnectionIsKilled(t *testing.T) {
+	ctx := context.Background()
+	p := pgtest.NewPair(t, 0)
+	s := newSink(t, p)
+	tbl := s.Table()
+	for round := 1; round <= 3; round++ {
+		b := sink.NewBatch(len(tbl.Columns), tbl.Key)
+		b.Add(user{id: uuidOf(round), first: "r"}.change(t, b, tbl, sink.OpUpsert))
+		b.Checkpoint = sink.Checkpoint{LSN: pglogrepl.LSN(round * 0x100)}
+		if err := s.Apply(ctx, b); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		// Kill every cdc connection to chat; the sink must reconnect.
+		var killed int
+		if err := p.Chat.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = 'cdc' AND pid <> pg_backend_pid() AND state = 'idle' AND query LIKE '%cdc_checkpoint%'`).Scan(&killed); err != nil || killed != 1 {
+			t.Fatalf("terminated %d writer connections (want 1): %v", killed, err)
+		}
+	}
+	if n := count(t, p, "true"); n != 3 {
+		t.Fatalf("%d rows, want 3", n)
+	}
+}
+
+func TestSink_LoadSnapshotMergesIntoAPopulatedTable(t *testing.T) {
+	ctx := context.Background()
+	p := pgtest.NewPair(t, 1000)
+	// Chat holds what an older sync left: stale rows and rows the source
+	// no longer has.
+	pgtest.Exec(t, p.Chat, `INSERT INTO users (id, first_name, updated_at) VALUES
+('00000000-0000-0000-0000-00000000dead', 'gone from source', now())`)
+	src, err := p.Source.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Release()
+	copyOut := func(ctx context.Context, w io.Writer) error {
+		_, err := src.Conn().PgConn().CopyTo(ctx, w, "COPY users (id, first_name, last_name, email, phone, role, status, profile_picture, created_at, updated_at) TO STDOUT (FORMAT binary)")
+		return err
+	}
+	s := newSink(t, p)
+	if _, err := s.LoadSnapshot(ctx, copyOut, sink.Checkpoint{LSN: 0x60}); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, p.Chat, `UPDATE users SET first_name = 'stale' WHERE email LIKE 'user1%'`)
+	rows, err := s.LoadSnapshot(ctx, copyOut, sink.Checkpoint{LSN: 0x70})
+	if err != nil || rows != 1000 {
+		t.Fatalf("second load: %d rows, err %v", rows, err)
+	}
+	p.WaitEqual(t, time.Second)
+}
