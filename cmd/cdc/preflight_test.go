@@ -170,4 +170,3 @@ func TestMigrate_IsIdempotentAndRunSaysWhatToRun(t *testing.T) {
 		t.Fatalf("narrow sync copied %d rows with email and without last_name (want 10), err %v", n, err)
 	}
 }
-
