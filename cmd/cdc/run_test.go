@@ -5,6 +5,8 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/myusta/cdc/internal/demo"
+	"github.com/myusta/cdc/internal/pglocal"
 	"github.com/myusta/cdc/internal/pgtest"
 )
 
@@ -170,5 +173,78 @@ func TestRun_SlotHeldByAnotherProcessIsRetried(t *testing.T) {
 	p.WaitEqual(t, 30*time.Second)
 	if code := b.stop(t, 40*time.Second); code != 0 {
 		t.Fatalf("second cdc exit code %d", code)
+	}
+}
+
+// TestRun_SurvivesDatabaseOutage stops the PostgreSQL server holding both
+// databases while cdc runs: cdc keeps probing (loudly once past
+// MAX_RECONNECT_ATTEMPTS) instead of exiting, and catches up when the
+// server is back.
+func TestRun_SurvivesDatabaseOutage(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv, err := pglocal.Start(ctx, pglocal.Options{Fast: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Stop() })
+	p := pgtest.NewPairOn(t, srv, 1000)
+	env := with(p.Env(), "MAX_RECONNECT_ATTEMPTS", "2", "RETRY_MAX_DELAY", "300")
+	c := startCDC(t, env, "run")
+	p.WaitEqual(t, 30*time.Second)
+
+	if err := srv.Halt(pglocal.FastStop); err != nil {
+		t.Fatal(err)
+	}
+	c.waitOutput(t, "probing periodically", 20*time.Second)
+	if !c.running() {
+		t.Fatalf("cdc exited during the outage:\n%s", c.out.String())
+	}
+	if err := srv.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.Source.Reset() // the test's own pooled connections died with the server
+	p.Chat.Reset()
+	pgtest.Exec(t, p.Source, `UPDATE users SET status = 'after outage', updated_at = now() WHERE email LIKE 'user1%'`)
+	pgtest.Exec(t, p.Source, `DELETE FROM users WHERE email LIKE 'user2%'`)
+	p.WaitEqual(t, 30*time.Second)
+	if code := c.stop(t, 40*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+// TestDev_RunsTheEmbeddedDefault runs `cdc dev` as a newcomer would, with a
+// small load, and stops it with Ctrl-C.
+func TestDev_RunsTheEmbeddedDefault(t *testing.T) {
+	dir, err := os.MkdirTemp("", "cdc-dev-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := startCDC(t, map[string]string{"LOG_FORMAT": "json"}, "dev", "--dir", filepath.Join(dir, "pg"), "--users", "500", "--load", "100")
+	c.waitOutput(t, "streaming changes", 60*time.Second)
+	time.Sleep(2 * time.Second)
+	_ = c.cmd.Process.Signal(os.Interrupt)
+	if code := c.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("cdc dev exit %d:\n%s", code, c.out.String())
+	}
+	out := c.out.String()
+	for _, w := range []string{"seeding 500 demo users", `"msg":"first copy done"`, `"msg":"cdc stopped"`} {
+		if !strings.Contains(out, w) {
+			t.Errorf("cdc dev output lacks %q:\n%s", w, out)
+		}
+	}
+	if strings.Contains(out, `"updates":0,`) {
+		t.Errorf("no updates were synced under --load:\n%s", out)
+	}
+	// The data directory is reused: a second start finds the data.
+	c = startCDC(t, map[string]string{"LOG_FORMAT": "json"}, "dev", "--dir", filepath.Join(dir, "pg"), "--users", "500")
+	c.waitOutput(t, "streaming changes", 60*time.Second)
+	_ = c.cmd.Process.Signal(os.Interrupt)
+	if code := c.wait(t, 60*time.Second); code != 0 || strings.Contains(c.out.String(), "seeding") {
+		t.Fatalf("second cdc dev: exit %d, output:\n%s", code, c.out.String())
 	}
 }

@@ -152,6 +152,9 @@ var Vars = []Var{
 		if err == nil && len(cols) == 0 {
 			err = errors.New("is empty: list the columns to copy, e.g. " + DefaultColumns)
 		}
+		if err == nil && len(cols) > 64 {
+			err = fmt.Errorf("names %d columns: at most 64 are supported", len(cols))
+		}
 		return err
 	}},
 	{"KEY_COLUMN", "id", "primary-key column (single column)", func(c *Config, s string) error {

@@ -1,0 +1,17 @@
+# The README's two commands: `make dev` and `make test`.
+GO ?= go
+
+.PHONY: test dev build vet
+
+test: vet
+	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+vet:
+	$(GO) vet ./...
+
+dev:
+	$(GO) run ./cmd/cdc dev
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/cdc ./cmd/cdc

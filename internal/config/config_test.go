@@ -1,0 +1,605 @@
+package config_test
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/myusta/cdc/internal/config"
+)
+
+// validDSN parses with pgconn without touching the network.
+const validDSN = "postgres://u:p@localhost:5432/db?sslmode=disable"
+
+// mustLoad loads from a map source and fails the test on error.
+func mustLoad(t *testing.T, m map[string]string) *config.Config {
+	t.Helper()
+	cfg, err := config.Load(config.MapSource(m))
+	if err != nil {
+		t.Fatalf("Load(%v): unexpected error: %v", m, err)
+	}
+	return cfg
+}
+
+// configError asserts err is a *config.Error and returns it.
+func configError(t *testing.T, err error) *config.Error {
+	t.Helper()
+	if err == nil {
+		t.Fatal("expected an error, got nil")
+	}
+	var ce *config.Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("error %v (%T) is not a *config.Error", err, err)
+	}
+	return ce
+}
+
+func TestLoad_Defaults(t *testing.T) {
+	cfg := mustLoad(t, map[string]string{})
+
+	want := &config.Config{
+		SourceURL:             "",
+		ChatURL:               "",
+		Mode:                  config.ModeReplication,
+		SyncInterval:          time.Minute,
+		WindowMultiplier:      3,
+		FullReconcileInterval: time.Hour,
+		SourcePoolSize:        10,
+		ChatPoolSize:          10,
+		MaxRetries:            3,
+		RetryInitialDelay:     time.Second,
+		RetryMaxDelay:         30 * time.Second,
+		RetryMultiplier:       2,
+		MaxReconnectAttempts:  10,
+		SlotName:              "cdc_users",
+		PublicationName:       "cdc_users",
+		BatchMaxRows:          10000,
+		StatusInterval:        10 * time.Second,
+		HTTPAddr:              "127.0.0.1:8080",
+		LogLevel:              slog.LevelInfo,
+		LogFormat:             "auto",
+		SourceTable:           "public.users",
+		ChatTable:             "public.users",
+		Columns:               strings.Split(config.DefaultColumns, ","),
+		KeyColumn:             "id",
+		UpdatedAtColumn:       "updated_at",
+		SecretColumns:         []string{"password_hash"},
+	}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("defaults:\n got %+v\nwant %+v", *cfg, *want)
+	}
+	for _, c := range cfg.Columns {
+		if c == "password_hash" {
+			t.Errorf("default SYNC_COLUMNS contains password_hash: %v", cfg.Columns)
+		}
+	}
+}
+
+// TestLoad_DefaultsMatchVars checks the documented Default of each Var is
+// what an empty source produces, and that every default is itself valid.
+func TestLoad_DefaultsMatchVars(t *testing.T) {
+	m := map[string]string{}
+	for _, v := range config.Vars {
+		if v.Default != "" {
+			m[v.Name] = v.Default
+		}
+	}
+	explicit := mustLoad(t, m)
+	implicit := mustLoad(t, map[string]string{})
+	if !reflect.DeepEqual(explicit, implicit) {
+		t.Errorf("explicit defaults differ from implicit ones:\n got %+v\nwant %+v", *explicit, *implicit)
+	}
+}
+
+func TestLoad_RejectsBadValues(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantVar string
+		wantMsg string // fragment of what is accepted
+	}{
+		{"source dsn malformed url", map[string]string{"SOURCE_DATABASE_URL": "postgres://u@host:notaport/db"}, "SOURCE_DATABASE_URL", "not a valid PostgreSQL DSN"},
+		{"source dsn malformed kv", map[string]string{"SOURCE_DATABASE_URL": "host=x port=abc"}, "SOURCE_DATABASE_URL", "postgres://user:pass@host:5432/db"},
+		{"chat dsn malformed", map[string]string{"CHAT_DATABASE_URL": "postgres://u@host:99x/db"}, "CHAT_DATABASE_URL", "not a valid PostgreSQL DSN"},
+		{"sync mode", map[string]string{"SYNC_MODE": "x"}, "SYNC_MODE", "use replication or notify"},
+		{"sync mode empty", map[string]string{"SYNC_MODE": ""}, "SYNC_MODE", "use replication or notify"},
+		{"sync interval zero", map[string]string{"SYNC_INTERVAL_MINUTES": "0"}, "SYNC_INTERVAL_MINUTES", "from 0.001 to 1440"},
+		{"sync interval negative", map[string]string{"SYNC_INTERVAL_MINUTES": "-1"}, "SYNC_INTERVAL_MINUTES", "from 0.001 to 1440"},
+		{"sync interval text", map[string]string{"SYNC_INTERVAL_MINUTES": "abc"}, "SYNC_INTERVAL_MINUTES", "a number of minutes"},
+		{"sync interval NaN", map[string]string{"SYNC_INTERVAL_MINUTES": "NaN"}, "SYNC_INTERVAL_MINUTES", "a number of minutes"},
+		{"sync interval Inf", map[string]string{"SYNC_INTERVAL_MINUTES": "+Inf"}, "SYNC_INTERVAL_MINUTES", "a number of minutes"},
+		{"sync interval too big", map[string]string{"SYNC_INTERVAL_MINUTES": "1441"}, "SYNC_INTERVAL_MINUTES", "from 0.001 to 1440"},
+		{"window multiplier below 1", map[string]string{"SYNC_WINDOW_MULTIPLIER": "0.5"}, "SYNC_WINDOW_MULTIPLIER", "from 1 to 1000"},
+		{"window multiplier NaN", map[string]string{"SYNC_WINDOW_MULTIPLIER": "nan"}, "SYNC_WINDOW_MULTIPLIER", "from 1 to 1000"},
+		{"full reconcile without unit", map[string]string{"FULL_RECONCILE_INTERVAL": "5"}, "FULL_RECONCILE_INTERVAL", "0 for off"},
+		{"full reconcile negative", map[string]string{"FULL_RECONCILE_INTERVAL": "-1h"}, "FULL_RECONCILE_INTERVAL", "such as 1h or 30m"},
+		{"full reconcile too long", map[string]string{"FULL_RECONCILE_INTERVAL": "721h"}, "FULL_RECONCILE_INTERVAL", "such as 1h or 30m"},
+		{"source pool zero", map[string]string{"SOURCE_DB_POOL_SIZE": "0"}, "SOURCE_DB_POOL_SIZE", "from 1 to 1000"},
+		{"source pool text", map[string]string{"SOURCE_DB_POOL_SIZE": "ten"}, "SOURCE_DB_POOL_SIZE", "an integer"},
+		{"chat pool zero", map[string]string{"CHAT_DB_POOL_SIZE": "0"}, "CHAT_DB_POOL_SIZE", "from 2 to 1000"},
+		{"chat pool one", map[string]string{"CHAT_DB_POOL_SIZE": "1"}, "CHAT_DB_POOL_SIZE", "from 2 to 1000"},
+		{"max retries negative", map[string]string{"MAX_RETRIES": "-1"}, "MAX_RETRIES", "from 0 to 100"},
+		{"max retries fractional", map[string]string{"MAX_RETRIES": "1.5"}, "MAX_RETRIES", "an integer"},
+		{"retry initial zero", map[string]string{"RETRY_INITIAL_DELAY": "0"}, "RETRY_INITIAL_DELAY", "milliseconds from 1 to 3600000"},
+		{"retry initial with unit", map[string]string{"RETRY_INITIAL_DELAY": "1s"}, "RETRY_INITIAL_DELAY", "milliseconds"},
+		{"retry max zero", map[string]string{"RETRY_MAX_DELAY": "0"}, "RETRY_MAX_DELAY", "milliseconds from 1 to 3600000"},
+		{"retry max below initial", map[string]string{"RETRY_INITIAL_DELAY": "5000", "RETRY_MAX_DELAY": "4999"}, "RETRY_MAX_DELAY", "at least RETRY_INITIAL_DELAY (5000 ms)"},
+		{"retry multiplier below 1", map[string]string{"RETRY_BACKOFF_MULTIPLIER": "0.5"}, "RETRY_BACKOFF_MULTIPLIER", "from 1 to 10"},
+		{"reconnect attempts text", map[string]string{"MAX_RECONNECT_ATTEMPTS": "x"}, "MAX_RECONNECT_ATTEMPTS", "an integer from 0 to 1000"},
+		{"slot name upper and dash", map[string]string{"SLOT_NAME": "Bad-Name"}, "SLOT_NAME", "lower-case letters, digits or underscores"},
+		{"slot name too long", map[string]string{"SLOT_NAME": strings.Repeat("a", 64)}, "SLOT_NAME", "1-63"},
+		{"publication name with space", map[string]string{"PUBLICATION_NAME": "has space"}, "PUBLICATION_NAME", "plain identifier"},
+		{"batch max rows zero", map[string]string{"BATCH_MAX_ROWS": "0"}, "BATCH_MAX_ROWS", "from 1 to 1000000"},
+		{"status interval too long", map[string]string{"STANDBY_STATUS_INTERVAL": "11s"}, "STANDBY_STATUS_INTERVAL", "from 100ms to 10s"},
+		{"status interval too short", map[string]string{"STANDBY_STATUS_INTERVAL": "99ms"}, "STANDBY_STATUS_INTERVAL", "from 100ms to 10s"},
+		{"status interval zero", map[string]string{"STANDBY_STATUS_INTERVAL": "0"}, "STANDBY_STATUS_INTERVAL", "from 100ms to 10s"},
+		{"http addr nonsense", map[string]string{"HTTP_ADDR": "nonsense"}, "HTTP_ADDR", "host:port"},
+		{"http addr without port", map[string]string{"HTTP_ADDR": "127.0.0.1:"}, "HTTP_ADDR", "e.g. 127.0.0.1:8080"},
+		{"log level", map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL", "debug, info, warn or error"},
+		{"log format", map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT", "text, json or auto"},
+		{"source table three parts", map[string]string{"SOURCE_TABLE": "a.b.c"}, "SOURCE_TABLE", "table or schema.table"},
+		{"source table upper case", map[string]string{"SOURCE_TABLE": "Users"}, "SOURCE_TABLE", "lower-case identifiers"},
+		{"chat table empty schema", map[string]string{"CHAT_TABLE": ".users"}, "CHAT_TABLE", "table or schema.table"},
+		{"sync columns empty", map[string]string{"SYNC_COLUMNS": ""}, "SYNC_COLUMNS", "is empty"},
+		{"sync columns only commas", map[string]string{"SYNC_COLUMNS": " , ,"}, "SYNC_COLUMNS", "list the columns to copy"},
+		{"sync columns duplicate", map[string]string{"SYNC_COLUMNS": "id,email,updated_at,email"}, "SYNC_COLUMNS", `names "email" twice`},
+		{"sync columns bad identifier", map[string]string{"SYNC_COLUMNS": "id,updated_at,E-mail"}, "SYNC_COLUMNS", "plain identifier"},
+		{"sync columns without key", map[string]string{"SYNC_COLUMNS": "email,updated_at"}, "SYNC_COLUMNS", `KEY_COLUMN "id"`},
+		{"sync columns without updated_at", map[string]string{"SYNC_COLUMNS": "id,email"}, "SYNC_COLUMNS", `UPDATED_AT_COLUMN "updated_at"`},
+		{"sync columns with secret", map[string]string{"SYNC_COLUMNS": "id,updated_at,password_hash"}, "SYNC_COLUMNS", "SECRET_COLUMNS"},
+		{"sync columns with custom secret", map[string]string{"SECRET_COLUMNS": "email", "SYNC_COLUMNS": "id,email,updated_at"}, "SYNC_COLUMNS", "SECRET_COLUMNS"},
+		{"key column injection", map[string]string{"KEY_COLUMN": "Id;drop"}, "KEY_COLUMN", "plain identifier"},
+		{"key column not in columns", map[string]string{"KEY_COLUMN": "uuid"}, "SYNC_COLUMNS", `KEY_COLUMN "uuid"`},
+		{"updated_at column bad", map[string]string{"UPDATED_AT_COLUMN": "updated at"}, "UPDATED_AT_COLUMN", "plain identifier"},
+		{"secret columns bad", map[string]string{"SECRET_COLUMNS": "password_hash,Token"}, "SECRET_COLUMNS", "plain identifier"},
+		{"secret columns duplicate", map[string]string{"SECRET_COLUMNS": "a,a"}, "SECRET_COLUMNS", `names "a" twice`},
+	}
+
+	covered := map[string]bool{}
+	for _, tt := range tests {
+		covered[tt.wantVar] = true
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := config.Load(config.MapSource(tt.env))
+			if cfg != nil {
+				t.Errorf("Load returned a config alongside the error: %+v", *cfg)
+			}
+			ce := configError(t, err)
+			if ce.Var != tt.wantVar {
+				t.Errorf("Var = %q, want %q (error: %v)", ce.Var, tt.wantVar, err)
+			}
+			if !strings.Contains(ce.Msg, tt.wantMsg) {
+				t.Errorf("Msg = %q, want it to contain %q", ce.Msg, tt.wantMsg)
+			}
+			if got, want := err.Error(), tt.wantVar+": "; !strings.HasPrefix(got, want) {
+				t.Errorf("Error() = %q, want prefix %q", got, want)
+			}
+		})
+	}
+
+	// Every variable can be set to something invalid; make sure the table
+	// exercises each one so a new variable without a case is noticed.
+	t.Run("every var covered", func(t *testing.T) {
+		for _, name := range config.Names() {
+			if !covered[name] {
+				t.Errorf("no bad-value case for %s", name)
+			}
+		}
+	})
+}
+
+// TestLoad_ParseErrorsNameTheFlag checks that a bad value reports the flag
+// that sets it (SLOT_NAME -> --slot-name).
+func TestLoad_ParseErrorsNameTheFlag(t *testing.T) {
+	_, err := config.Load(config.MapSource(map[string]string{"SLOT_NAME": "Bad-Name"}))
+	ce := configError(t, err)
+	if ce.Flag != "--slot-name" {
+		t.Errorf("Flag = %q, want --slot-name", ce.Flag)
+	}
+}
+
+func TestLoad_ErrorsNeverContainDSNPassword(t *testing.T) {
+	const secret = "Sup3rSecret"
+	tests := []struct {
+		name, varName, dsn string
+	}{
+		{"url bad port", "SOURCE_DATABASE_URL", "postgres://u:" + secret + "@host:notaport/db"},
+		{"url bad port chat", "CHAT_DATABASE_URL", "postgres://u:" + secret + "@host:notaport/db"},
+		{"url bad sslmode", "SOURCE_DATABASE_URL", "postgres://u:" + secret + "@host/db?sslmode=" + secret},
+		{"kv bad port", "SOURCE_DATABASE_URL", "host=x password=" + secret + " port=notaport"},
+		{"kv unterminated quote", "SOURCE_DATABASE_URL", "host=x password='" + secret},
+		{"url bad escape", "SOURCE_DATABASE_URL", "postgres://u:" + secret + "%zz@host/db"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := config.Load(config.MapSource(map[string]string{tt.varName: tt.dsn}))
+			ce := configError(t, err)
+			if ce.Var != tt.varName {
+				t.Errorf("Var = %q, want %q", ce.Var, tt.varName)
+			}
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("error message leaks the password: %q", err.Error())
+			}
+		})
+	}
+}
+
+func TestLoad_AcceptsValues(t *testing.T) {
+	tests := []struct {
+		name  string
+		env   map[string]string
+		check func(t *testing.T, c *config.Config)
+	}{
+		{"fractional interval", map[string]string{"SYNC_INTERVAL_MINUTES": "0.05"}, func(t *testing.T, c *config.Config) {
+			if c.SyncInterval != 3*time.Second {
+				t.Errorf("SyncInterval = %v, want 3s", c.SyncInterval)
+			}
+		}},
+		{"smallest interval", map[string]string{"SYNC_INTERVAL_MINUTES": "0.001"}, func(t *testing.T, c *config.Config) {
+			if c.SyncInterval != 60*time.Millisecond {
+				t.Errorf("SyncInterval = %v, want 60ms", c.SyncInterval)
+			}
+		}},
+		{"full reconcile off", map[string]string{"FULL_RECONCILE_INTERVAL": "0"}, func(t *testing.T, c *config.Config) {
+			if c.FullReconcileInterval != 0 {
+				t.Errorf("FullReconcileInterval = %v, want 0 (off)", c.FullReconcileInterval)
+			}
+		}},
+		{"full reconcile 30m", map[string]string{"FULL_RECONCILE_INTERVAL": "30m"}, func(t *testing.T, c *config.Config) {
+			if c.FullReconcileInterval != 30*time.Minute {
+				t.Errorf("FullReconcileInterval = %v, want 30m", c.FullReconcileInterval)
+			}
+		}},
+		{"unqualified tables", map[string]string{"SOURCE_TABLE": "users", "CHAT_TABLE": "chat_users"}, func(t *testing.T, c *config.Config) {
+			if c.SourceTable != "public.users" || c.ChatTable != "public.chat_users" {
+				t.Errorf("tables = %q, %q; want public.users, public.chat_users", c.SourceTable, c.ChatTable)
+			}
+		}},
+		{"qualified table kept", map[string]string{"SOURCE_TABLE": "app.users"}, func(t *testing.T, c *config.Config) {
+			if c.SourceTable != "app.users" {
+				t.Errorf("SourceTable = %q, want app.users", c.SourceTable)
+			}
+		}},
+		{"values are trimmed", map[string]string{"SYNC_MODE": "  notify\t", "SLOT_NAME": " s1 "}, func(t *testing.T, c *config.Config) {
+			if c.Mode != config.ModeNotify || c.SlotName != "s1" {
+				t.Errorf("Mode, SlotName = %q, %q; want notify, s1", c.Mode, c.SlotName)
+			}
+		}},
+		{"column list trimmed", map[string]string{"SYNC_COLUMNS": " id , email,,updated_at "}, func(t *testing.T, c *config.Config) {
+			if want := []string{"id", "email", "updated_at"}; !reflect.DeepEqual(c.Columns, want) {
+				t.Errorf("Columns = %q, want %q", c.Columns, want)
+			}
+		}},
+		{"no secret columns", map[string]string{"SECRET_COLUMNS": "", "SYNC_COLUMNS": "id,updated_at,password_hash"}, func(t *testing.T, c *config.Config) {
+			if len(c.SecretColumns) != 0 {
+				t.Errorf("SecretColumns = %q, want none", c.SecretColumns)
+			}
+		}},
+		{"retry delays in ms", map[string]string{"RETRY_INITIAL_DELAY": "250", "RETRY_MAX_DELAY": "250", "MAX_RETRIES": "0"}, func(t *testing.T, c *config.Config) {
+			if c.RetryInitialDelay != 250*time.Millisecond || c.RetryMaxDelay != 250*time.Millisecond || c.MaxRetries != 0 {
+				t.Errorf("retry = %v, %v, %d; want 250ms, 250ms, 0", c.RetryInitialDelay, c.RetryMaxDelay, c.MaxRetries)
+			}
+		}},
+		{"log level and format", map[string]string{"LOG_LEVEL": "DEBUG", "LOG_FORMAT": "json"}, func(t *testing.T, c *config.Config) {
+			if c.LogLevel != slog.LevelDebug || c.LogFormat != "json" {
+				t.Errorf("log = %v, %q; want DEBUG, json", c.LogLevel, c.LogFormat)
+			}
+		}},
+		{"dsns kept verbatim", map[string]string{"SOURCE_DATABASE_URL": validDSN, "CHAT_DATABASE_URL": "host=localhost user=u dbname=chat"}, func(t *testing.T, c *config.Config) {
+			if c.SourceURL != validDSN || c.ChatURL != "host=localhost user=u dbname=chat" {
+				t.Errorf("URLs = %q, %q", c.SourceURL, c.ChatURL)
+			}
+		}},
+		{"chat pool two", map[string]string{"CHAT_DB_POOL_SIZE": "2", "SOURCE_DB_POOL_SIZE": "1"}, func(t *testing.T, c *config.Config) {
+			if c.ChatPoolSize != 2 || c.SourcePoolSize != 1 {
+				t.Errorf("pools = %d, %d; want 2, 1", c.ChatPoolSize, c.SourcePoolSize)
+			}
+		}},
+		{"http addr any host", map[string]string{"HTTP_ADDR": ":9090"}, func(t *testing.T, c *config.Config) {
+			if c.HTTPAddr != ":9090" {
+				t.Errorf("HTTPAddr = %q, want :9090", c.HTTPAddr)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.check(t, mustLoad(t, tt.env))
+		})
+	}
+}
+
+// isolateEnv removes every configuration variable from the process
+// environment for the duration of the test (restored by t.Setenv).
+func isolateEnv(t *testing.T) {
+	t.Helper()
+	for _, name := range config.Names() {
+		t.Setenv(name, "")
+		os.Unsetenv(name)
+	}
+}
+
+func writeDotenv(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), ".env")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestLoader_Precedence(t *testing.T) {
+	isolateEnv(t)
+	path := writeDotenv(t, strings.Join([]string{
+		"# layered configuration",
+		"SLOT_NAME=from_file",
+		"PUBLICATION_NAME=from_file",
+		"BATCH_MAX_ROWS=42",
+		"",
+	}, "\n"))
+	t.Setenv("SLOT_NAME", "from_env")
+	t.Setenv("PUBLICATION_NAME", "from_env")
+
+	src, err := config.EnvSource(path)
+	if err != nil {
+		t.Fatalf("EnvSource: %v", err)
+	}
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	loader := config.NewLoader(src, fs)
+	if err := fs.Parse([]string{"--slot-name=from_flag"}); err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	cfg, err := loader.Load()
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+
+	tests := []struct {
+		layer, got, want string
+	}{
+		{"flag beats env and file", cfg.SlotName, "from_flag"},
+		{"env beats file", cfg.PublicationName, "from_env"},
+		{"default when set nowhere", cfg.HTTPAddr, "127.0.0.1:8080"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.layer, func(t *testing.T) {
+			if tt.got != tt.want {
+				t.Errorf("got %q, want %q", tt.got, tt.want)
+			}
+		})
+	}
+	t.Run("file beats default", func(t *testing.T) {
+		if cfg.BatchMaxRows != 42 {
+			t.Errorf("BatchMaxRows = %d, want 42 from .env", cfg.BatchMaxRows)
+		}
+	})
+}
+
+func TestLoader_FlagErrorsAndUnsetFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		src     map[string]string
+		args    []string
+		wantVar string // "" = no error
+		check   func(t *testing.T, c *config.Config)
+	}{
+		{
+			name: "bad flag value beats good env", src: map[string]string{"SLOT_NAME": "ok"},
+			args: []string{"--slot-name", "Bad-Name"}, wantVar: "SLOT_NAME",
+		},
+		{
+			name: "good flag value beats bad env", src: map[string]string{"BATCH_MAX_ROWS": "0"},
+			args: []string{"--batch-max-rows=5"},
+			check: func(t *testing.T, c *config.Config) {
+				if c.BatchMaxRows != 5 {
+					t.Errorf("BatchMaxRows = %d, want 5", c.BatchMaxRows)
+				}
+			},
+		},
+		{
+			name: "unset flags leave source values", src: map[string]string{"SYNC_MODE": "notify"},
+			args: nil,
+			check: func(t *testing.T, c *config.Config) {
+				if c.Mode != config.ModeNotify {
+					t.Errorf("Mode = %q, want notify", c.Mode)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := flag.NewFlagSet("test", flag.ContinueOnError)
+			fs.SetOutput(io.Discard)
+			loader := config.NewLoader(config.MapSource(tt.src), fs)
+			if err := fs.Parse(tt.args); err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			cfg, err := loader.Load()
+			if tt.wantVar != "" {
+				if ce := configError(t, err); ce.Var != tt.wantVar {
+					t.Errorf("Var = %q, want %q", ce.Var, tt.wantVar)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			tt.check(t, cfg)
+		})
+	}
+}
+
+func TestNewLoader_RegistersOneFlagPerVar(t *testing.T) {
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	config.NewLoader(config.MapSource(nil), fs)
+	for _, v := range config.Vars {
+		f := fs.Lookup(v.FlagName())
+		if f == nil {
+			t.Errorf("no flag --%s for %s", v.FlagName(), v.Name)
+			continue
+		}
+		if !strings.Contains(f.Usage, v.Name) {
+			t.Errorf("usage of --%s does not name %s: %q", f.Name, v.Name, f.Usage)
+		}
+	}
+	if got := (config.Var{Name: "SLOT_NAME"}).FlagName(); got != "slot-name" {
+		t.Errorf("FlagName(SLOT_NAME) = %q, want slot-name", got)
+	}
+}
+
+func TestEnvSource(t *testing.T) {
+	tests := []struct {
+		name    string
+		path    func(t *testing.T) string
+		wantErr bool
+		lookup  string // variable to look up when no error
+		want    string
+		wantOK  bool
+	}{
+		{
+			name: "missing file is fine",
+			path: func(t *testing.T) string { return filepath.Join(t.TempDir(), "absent.env") },
+			lookup: "SLOT_NAME", wantOK: false,
+		},
+		{
+			name: "empty path is fine",
+			path: func(t *testing.T) string { return "" },
+			lookup: "SLOT_NAME", wantOK: false,
+		},
+		{
+			name: "values read from file",
+			path: func(t *testing.T) string {
+				return writeDotenv(t, "export SLOT_NAME=s_file\nPUBLICATION_NAME='pub_quoted' # comment\n")
+			},
+			lookup: "PUBLICATION_NAME", want: "pub_quoted", wantOK: true,
+		},
+		{
+			name:    "directory fails to read",
+			path:    func(t *testing.T) string { return t.TempDir() },
+			wantErr: true,
+		},
+		{
+			name: "path through a regular file fails",
+			path: func(t *testing.T) string {
+				return filepath.Join(writeDotenv(t, "A=b\n"), ".env")
+			},
+			wantErr: true,
+		},
+		{
+			name:    "unparsable file fails",
+			path:    func(t *testing.T) string { return writeDotenv(t, "SLOT_NAME='unterminated\n") },
+			wantErr: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			isolateEnv(t)
+			path := tt.path(t)
+			src, err := config.EnvSource(path)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("EnvSource(%q): want error, got nil", path)
+				}
+				if !strings.Contains(err.Error(), path) {
+					t.Errorf("error %q does not name the path %q", err, path)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("EnvSource(%q): %v", path, err)
+			}
+			got, ok := src.Lookup(tt.lookup)
+			if ok != tt.wantOK || got != tt.want {
+				t.Errorf("Lookup(%s) = %q, %v; want %q, %v", tt.lookup, got, ok, tt.want, tt.wantOK)
+			}
+			// A missing file still yields a usable source with defaults.
+			if _, err := config.NewLoader(src, nil).Load(); err != nil {
+				t.Errorf("Load: %v", err)
+			}
+		})
+	}
+}
+
+func TestEnvSource_EnvironmentOverFile(t *testing.T) {
+	isolateEnv(t)
+	path := writeDotenv(t, "SLOT_NAME=from_file\nSYNC_MODE=notify\n")
+	t.Setenv("SLOT_NAME", "from_env")
+	src, err := config.EnvSource(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ name, want string }{
+		{"SLOT_NAME", "from_env"},
+		{"SYNC_MODE", "notify"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got, ok := src.Lookup(tt.name); !ok || got != tt.want {
+				t.Errorf("Lookup(%s) = %q, %v; want %q, true", tt.name, got, ok, tt.want)
+			}
+		})
+	}
+}
+
+func TestNames(t *testing.T) {
+	names := config.Names()
+	if !sort.StringsAreSorted(names) {
+		t.Errorf("Names() not sorted: %v", names)
+	}
+	if len(names) != len(config.Vars) {
+		t.Fatalf("len(Names()) = %d, want %d", len(names), len(config.Vars))
+	}
+	count := map[string]int{}
+	for _, n := range names {
+		count[n]++
+	}
+	for _, v := range config.Vars {
+		if count[v.Name] != 1 {
+			t.Errorf("%s appears %d times in Names(), want 1", v.Name, count[v.Name])
+		}
+	}
+	for _, want := range []string{"SOURCE_DATABASE_URL", "CHAT_DATABASE_URL", "SLOT_NAME", "SECRET_COLUMNS"} {
+		if count[want] != 1 {
+			t.Errorf("Names() lacks %s", want)
+		}
+	}
+}
+
+func TestConfig_RequireDatabases(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantVar string // "" = no error
+		wantMsg string
+	}{
+		{"both missing names source first", map[string]string{}, "SOURCE_DATABASE_URL", "is required"},
+		{"source missing", map[string]string{"CHAT_DATABASE_URL": validDSN}, "SOURCE_DATABASE_URL", "backend database"},
+		{"chat missing", map[string]string{"SOURCE_DATABASE_URL": validDSN}, "CHAT_DATABASE_URL", "chat database"},
+		{"both set", map[string]string{"SOURCE_DATABASE_URL": validDSN, "CHAT_DATABASE_URL": validDSN}, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := mustLoad(t, tt.env).RequireDatabases()
+			if tt.wantVar == "" {
+				if err != nil {
+					t.Fatalf("RequireDatabases: %v", err)
+				}
+				return
+			}
+			ce := configError(t, err)
+			if ce.Var != tt.wantVar {
+				t.Errorf("Var = %q, want %q", ce.Var, tt.wantVar)
+			}
+			if !strings.Contains(ce.Msg, tt.wantMsg) {
+				t.Errorf("Msg = %q, want it to contain %q", ce.Msg, tt.wantMsg)
+			}
+		})
+	}
+}
