@@ -251,9 +251,17 @@ func (r *reader) drain() error {
 			break
 		}
 	}
-	err := r.status(true)
+	if err := r.status(true); err != nil {
+		return err
+	}
+	// End COPY BOTH cleanly: the server handles messages in order, so once
+	// it answers CopyDone it has also processed the final confirmation.
+	_ = r.conn.Conn().SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := pglogrepl.SendStandbyCopyDone(context.Background(), r.conn); err != nil {
+		r.s.log.Warn("ending replication cleanly failed; the slot may confirm a little less than was applied", "err", err)
+	}
 	r.s.log.Info("stream stopped", "applied_lsn", r.committed.LSN, "confirmed_lsn", r.reported)
-	return err
+	return nil
 }
 
 // flushPos is what may be confirmed: the committed checkpoint, or a later
