@@ -40,7 +40,8 @@ func Preflight(ctx context.Context, pool *pgxpool.Pool, src Source) (*schema.Tab
 	var walLevel, user string
 	var replication bool
 	err := pool.QueryRow(ctx, `SELECT current_setting('server_version_num')::int, current_setting('wal_level'), current_user,
-       (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)`).Scan(&version, &walLevel, &user, &replication)
+       (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)
+         OR (EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication') AND pg_has_role('rds_replication', 'member'))`).Scan(&version, &walLevel, &user, &replication)
 	if err != nil {
 		return nil, fmt.Errorf("read source settings: %w", err)
 	}

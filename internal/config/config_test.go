@@ -464,13 +464,13 @@ func TestEnvSource(t *testing.T) {
 		wantOK  bool
 	}{
 		{
-			name: "missing file is fine",
-			path: func(t *testing.T) string { return filepath.Join(t.TempDir(), "absent.env") },
+			name:   "missing file is fine",
+			path:   func(t *testing.T) string { return filepath.Join(t.TempDir(), "absent.env") },
 			lookup: "SLOT_NAME", wantOK: false,
 		},
 		{
-			name: "empty path is fine",
-			path: func(t *testing.T) string { return "" },
+			name:   "empty path is fine",
+			path:   func(t *testing.T) string { return "" },
 			lookup: "SLOT_NAME", wantOK: false,
 		},
 		{
