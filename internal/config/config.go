@@ -68,6 +68,10 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Var + ": " + e.Msg }
 
+func newError(name, msg string) *Error {
+	return &Error{Var: name, Msg: msg, Flag: "--" + Var{Name: name}.FlagName()}
+}
+
 // Source tells where configuration values come from. Lookup reports the raw
 // value of a variable and whether it is set.
 type Source struct {
@@ -139,15 +143,17 @@ func (l *Loader) Load() (*Config, error) {
 	}
 	cfg := &Config{}
 	for _, v := range Vars {
+		// An empty value means "not set", as compose files pass unset
+		// variables through as empty strings.
 		raw := v.Default
-		if s, ok := l.src.Lookup(v.Name); ok {
+		if s, ok := l.src.Lookup(v.Name); ok && strings.TrimSpace(s) != "" {
 			raw = s
 		}
-		if p := l.flags[v.Name]; p != nil && l.set[v.FlagName()] {
+		if p := l.flags[v.Name]; p != nil && l.set[v.FlagName()] && strings.TrimSpace(*p) != "" {
 			raw = *p
 		}
 		if err := v.parse(cfg, strings.TrimSpace(raw)); err != nil {
-			return nil, &Error{Var: v.Name, Msg: err.Error(), Flag: "--" + v.FlagName()}
+			return nil, newError(v.Name, err.Error())
 		}
 	}
 	if err := cfg.check(); err != nil {
@@ -162,17 +168,17 @@ func Load(src Source) (*Config, error) { return NewLoader(src, nil).Load() }
 // check validates relations between values.
 func (c *Config) check() error {
 	if c.RetryMaxDelay < c.RetryInitialDelay {
-		return &Error{Var: "RETRY_MAX_DELAY", Msg: fmt.Sprintf("must be at least RETRY_INITIAL_DELAY (%d ms)", c.RetryInitialDelay.Milliseconds())}
+		return newError("RETRY_MAX_DELAY", fmt.Sprintf("must be at least RETRY_INITIAL_DELAY (%d ms)", c.RetryInitialDelay.Milliseconds()))
 	}
 	if !contains(c.Columns, c.KeyColumn) {
-		return &Error{Var: "SYNC_COLUMNS", Msg: fmt.Sprintf("must include KEY_COLUMN %q", c.KeyColumn)}
+		return newError("SYNC_COLUMNS", fmt.Sprintf("must include KEY_COLUMN %q", c.KeyColumn))
 	}
 	if !contains(c.Columns, c.UpdatedAtColumn) {
-		return &Error{Var: "SYNC_COLUMNS", Msg: fmt.Sprintf("must include UPDATED_AT_COLUMN %q", c.UpdatedAtColumn)}
+		return newError("SYNC_COLUMNS", fmt.Sprintf("must include UPDATED_AT_COLUMN %q", c.UpdatedAtColumn))
 	}
 	for _, s := range c.SecretColumns {
 		if contains(c.Columns, s) {
-			return &Error{Var: "SYNC_COLUMNS", Msg: fmt.Sprintf("must not include %q: it is listed in SECRET_COLUMNS and never leaves the source", s)}
+			return newError("SYNC_COLUMNS", fmt.Sprintf("must not include %q: it is listed in SECRET_COLUMNS and never leaves the source", s))
 		}
 	}
 	return nil
@@ -181,10 +187,10 @@ func (c *Config) check() error {
 // RequireDatabases reports a missing SOURCE_DATABASE_URL or CHAT_DATABASE_URL.
 func (c *Config) RequireDatabases() error {
 	if c.SourceURL == "" {
-		return &Error{Var: "SOURCE_DATABASE_URL", Msg: "is required: a postgres:// URL or key=value DSN of the backend database (myusta_backend)"}
+		return newError("SOURCE_DATABASE_URL", "is required: a postgres:// URL or key=value DSN of the backend database (myusta_backend)")
 	}
 	if c.ChatURL == "" {
-		return &Error{Var: "CHAT_DATABASE_URL", Msg: "is required: a postgres:// URL or key=value DSN of the chat database (myusta_chatapp)"}
+		return newError("CHAT_DATABASE_URL", "is required: a postgres:// URL or key=value DSN of the chat database (myusta_chatapp)")
 	}
 	return nil
 }

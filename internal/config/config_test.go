@@ -110,7 +110,6 @@ func TestLoad_RejectsBadValues(t *testing.T) {
 		{"source dsn malformed kv", map[string]string{"SOURCE_DATABASE_URL": "host=x port=abc"}, "SOURCE_DATABASE_URL", "postgres://user:pass@host:5432/db"},
 		{"chat dsn malformed", map[string]string{"CHAT_DATABASE_URL": "postgres://u@host:99x/db"}, "CHAT_DATABASE_URL", "not a valid PostgreSQL DSN"},
 		{"sync mode", map[string]string{"SYNC_MODE": "x"}, "SYNC_MODE", "use replication or notify"},
-		{"sync mode empty", map[string]string{"SYNC_MODE": ""}, "SYNC_MODE", "use replication or notify"},
 		{"sync interval zero", map[string]string{"SYNC_INTERVAL_MINUTES": "0"}, "SYNC_INTERVAL_MINUTES", "from 0.001 to 1440"},
 		{"sync interval negative", map[string]string{"SYNC_INTERVAL_MINUTES": "-1"}, "SYNC_INTERVAL_MINUTES", "from 0.001 to 1440"},
 		{"sync interval text", map[string]string{"SYNC_INTERVAL_MINUTES": "abc"}, "SYNC_INTERVAL_MINUTES", "a number of minutes"},
@@ -143,12 +142,12 @@ func TestLoad_RejectsBadValues(t *testing.T) {
 		{"status interval zero", map[string]string{"STANDBY_STATUS_INTERVAL": "0"}, "STANDBY_STATUS_INTERVAL", "from 100ms to 10s"},
 		{"http addr nonsense", map[string]string{"HTTP_ADDR": "nonsense"}, "HTTP_ADDR", "host:port"},
 		{"http addr without port", map[string]string{"HTTP_ADDR": "127.0.0.1:"}, "HTTP_ADDR", "e.g. 127.0.0.1:8080"},
+		{"http addr port out of range", map[string]string{"HTTP_ADDR": "127.0.0.1:99999"}, "HTTP_ADDR", "host:port"},
 		{"log level", map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL", "debug, info, warn or error"},
 		{"log format", map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT", "text, json or auto"},
 		{"source table three parts", map[string]string{"SOURCE_TABLE": "a.b.c"}, "SOURCE_TABLE", "table or schema.table"},
 		{"source table upper case", map[string]string{"SOURCE_TABLE": "Users"}, "SOURCE_TABLE", "lower-case identifiers"},
 		{"chat table empty schema", map[string]string{"CHAT_TABLE": ".users"}, "CHAT_TABLE", "table or schema.table"},
-		{"sync columns empty", map[string]string{"SYNC_COLUMNS": ""}, "SYNC_COLUMNS", "is empty"},
 		{"sync columns only commas", map[string]string{"SYNC_COLUMNS": " , ,"}, "SYNC_COLUMNS", "list the columns to copy"},
 		{"sync columns duplicate", map[string]string{"SYNC_COLUMNS": "id,email,updated_at,email"}, "SYNC_COLUMNS", `names "email" twice`},
 		{"sync columns bad identifier", map[string]string{"SYNC_COLUMNS": "id,updated_at,E-mail"}, "SYNC_COLUMNS", "plain identifier"},
@@ -277,9 +276,13 @@ func TestLoad_AcceptsValues(t *testing.T) {
 				t.Errorf("Columns = %q, want %q", c.Columns, want)
 			}
 		}},
-		{"no secret columns", map[string]string{"SECRET_COLUMNS": "", "SYNC_COLUMNS": "id,updated_at,password_hash"}, func(t *testing.T, c *config.Config) {
-			if len(c.SecretColumns) != 0 {
-				t.Errorf("SecretColumns = %q, want none", c.SecretColumns)
+		{"empty values mean the default", map[string]string{"SYNC_MODE": "", "SYNC_COLUMNS": " ", "SECRET_COLUMNS": ""}, func(t *testing.T, c *config.Config) {
+			if c.Mode != config.ModeReplication || strings.Join(c.Columns, ",") != config.DefaultColumns {
+				t.Errorf("Mode = %q, Columns = %q; want the defaults", c.Mode, c.Columns)
+			}
+			// An empty SECRET_COLUMNS cannot switch the protection off.
+			if strings.Join(c.SecretColumns, ",") != "password_hash" {
+				t.Errorf("SecretColumns = %q, want [password_hash]", c.SecretColumns)
 			}
 		}},
 		{"retry delays in ms", map[string]string{"RETRY_INITIAL_DELAY": "250", "RETRY_MAX_DELAY": "250", "MAX_RETRIES": "0"}, func(t *testing.T, c *config.Config) {

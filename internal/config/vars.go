@@ -118,7 +118,7 @@ var Vars = []Var{
 		return err
 	}},
 	{"HTTP_ADDR", "127.0.0.1:8080", "health, stats and metrics listener (host:port)", func(c *Config, s string) error {
-		if _, port, err := net.SplitHostPort(s); err != nil || port == "" {
+		if _, port, err := net.SplitHostPort(s); err != nil || !validPort(port) {
 			return fmt.Errorf("%q is not host:port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080", s)
 		}
 		c.HTTPAddr = s
@@ -236,6 +236,11 @@ func checkDSN(s string) error {
 	return nil
 }
 
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 0 && n <= 65535
+}
+
 func parseInt(s string, lo, hi int, want string) (int, error) {
 	n, err := strconv.Atoi(s)
 	if err != nil || n < lo || n > hi {
@@ -253,9 +258,6 @@ func parseFloat(s string, lo, hi float64, want string) (float64, error) {
 }
 
 func parseDuration(s string, lo, hi time.Duration, want string) (time.Duration, error) {
-	if s == "0" {
-		s = "0s"
-	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d < lo || d > hi {
 		return d, fmt.Errorf("%q is invalid: want %s", s, want)

@@ -8,8 +8,10 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/lmittmann/tint"
 	"github.com/mattn/go-isatty"
 )
@@ -36,21 +38,29 @@ func New(w io.Writer, level slog.Leveler, format string) *slog.Logger {
 	return slog.New(h)
 }
 
-var kvPassword = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+var (
+	// kvPassword is password=… in a key=value DSN, quoted or with escapes.
+	kvPassword = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|(?:[^\s\\]|\\.)+)`)
+	// urlUserinfo is scheme://user:password@ up to the last @, also when
+	// the URL is malformed.
+	urlUserinfo = regexp.MustCompile(`^([a-zA-Z][a-zA-Z0-9+.-]*://[^:@/]*):.*@`)
+	// urlPassword is password=… in a URL query.
+	urlPassword = regexp.MustCompile(`([?&]password=)[^&]*`)
+)
 
 // RedactDSN hides the password of a PostgreSQL URL or key=value DSN so the
-// rest of it can be shown to a person.
+// rest of it can be shown to a person. It masks the password wherever the
+// driver would find one, even in a DSN that net/url cannot parse.
 func RedactDSN(dsn string) string {
-	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
-		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	out := urlUserinfo.ReplaceAllString(dsn, "${1}:xxxxx@")
+	out = urlPassword.ReplaceAllString(out, "${1}xxxxx")
+	out = kvPassword.ReplaceAllString(out, "${1}xxxxx")
+	if cfg, err := pgconn.ParseConfig(dsn); err == nil && len(cfg.Password) >= 4 {
+		// Whatever the driver reads as the password must not survive in
+		// any spelling. (Shorter strings would mask ordinary text.)
+		for _, p := range []string{cfg.Password, url.QueryEscape(cfg.Password), url.PathEscape(cfg.Password)} {
+			out = strings.ReplaceAll(out, p, "xxxxx")
 		}
-		q := u.Query()
-		if q.Has("password") {
-			q.Set("password", "xxxxx")
-			u.RawQuery = q.Encode()
-		}
-		return u.String()
 	}
-	return kvPassword.ReplaceAllString(dsn, "${1}xxxxx")
+	return out
 }

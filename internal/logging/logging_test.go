@@ -24,10 +24,6 @@ func TestRedactDSN_MasksPasswords(t *testing.T) {
 		secrets  []string // must not appear in the result
 		want     string   // exact result when not ""
 		contains []string // parts of the DSN that must survive
-		// knownBug describes a confirmed defect: the subtest is skipped
-		// (not failed) while the defect is present, and enforces the
-		// expectation once it is fixed.
-		knownBug string
 	}{
 		{
 			name: "url user:pass", dsn: "postgres://app:Sup3rSecret@db.example:5432/myusta?sslmode=require",
@@ -99,36 +95,30 @@ func TestRedactDSN_MasksPasswords(t *testing.T) {
 			secrets: []string{"secret"},
 			want:    "password=xxxxx host=x",
 		},
-		// The cases below are DSNs pgconn.ParseConfig accepts (so they pass
-		// config validation and reach the "cdc starting" log line), yet
-		// RedactDSN returns them with the password: net/url rejects them and
-		// the key=value fallback does not apply to URLs.
+		// DSNs pgconn.ParseConfig accepts (so they pass config validation
+		// and reach the "cdc starting" log line) although net/url rejects
+		// them.
 		{
 			name: "url password with #", dsn: "postgres://app:Sup3r#Secret@localhost/db",
-			secrets:  []string{"Sup3r#Secret", "Secret"},
-			knownBug: "net/url cannot parse the URL, and the key=value fallback leaves it unchanged",
+			secrets: []string{"Sup3r#Secret", "Secret"},
 		},
 		{
 			name: "url password with ?", dsn: "postgres://app:Sup3r?Secret@localhost/db",
-			secrets:  []string{"Sup3r?Secret", "Secret"},
-			knownBug: "net/url cannot parse the URL, and the key=value fallback leaves it unchanged",
+			secrets: []string{"Sup3r?Secret", "Secret"},
 		},
 		{
 			name: "url password with ^", dsn: "postgres://app:Sup3r^Secret@localhost/db",
-			secrets:  []string{"Sup3r^Secret", "Secret"},
-			knownBug: "net/url cannot parse the URL, and the key=value fallback leaves it unchanged",
+			secrets: []string{"Sup3r^Secret", "Secret"},
 		},
 		{
 			name: "kv unquoted escaped space", dsn: `host=x password=Sup3r\ Secret user=y`,
-			secrets:  []string{"Sup3r", "Secret"},
-			knownBug: `the \S+ alternative stops at the escaped space, leaving " Secret" (pgconn reads the password as "Sup3r Secret")`,
+			secrets: []string{"Sup3r", "Secret"},
 		},
 		// Malformed URL (rejected by config with a redacted message, but
 		// RedactDSN promises never to return the password).
 		{
 			name: "malformed url bad port", dsn: "postgres://u:Sup3rSecret@host:notaport/db",
-			secrets:  []string{"Sup3rSecret"},
-			knownBug: "net/url cannot parse the URL, and the key=value fallback leaves it unchanged",
+			secrets: []string{"Sup3rSecret"},
 		},
 	}
 	for _, tt := range tests {
@@ -155,18 +145,15 @@ func TestRedactDSN_MasksPasswords(t *testing.T) {
 				return
 			}
 			msg := "RedactDSN(" + strconv.Quote(tt.dsn) + ") = " + strconv.Quote(got) + ": " + strings.Join(problems, "; ")
-			if tt.knownBug != "" {
-				t.Skip("KNOWN BUG (logging.RedactDSN): " + tt.knownBug + ": " + msg)
-			}
 			t.Error(msg)
 		})
 	}
 }
 
-// TestRedactDSN_KnownBugInputsAreValidDSNs documents that the known-bug
-// URL inputs above are real configurations: pgconn accepts them and
-// reads the full password, so config.Load lets them through.
-func TestRedactDSN_KnownBugInputsAreValidDSNs(t *testing.T) {
+// TestRedactDSN_OddInputsAreValidDSNs documents that the odd URL inputs
+// above are real configurations: pgconn accepts them and reads the full
+// password, so config.Load lets them through.
+func TestRedactDSN_OddInputsAreValidDSNs(t *testing.T) {
 	tests := []struct{ dsn, password string }{
 		{"postgres://app:Sup3r#Secret@localhost/db", "Sup3r#Secret"},
 		{"postgres://app:Sup3r?Secret@localhost/db", "Sup3r?Secret"},
