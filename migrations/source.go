@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/myusta/cdc/internal/config"
 	"github.com/myusta/cdc/internal/schema"
 )
 
@@ -21,6 +22,14 @@ type Spec struct {
 	Key         string
 	UpdatedAt   string
 	Publication string
+}
+
+// SpecFor is the Spec of a configuration.
+func SpecFor(cfg *config.Config) Spec {
+	return Spec{
+		SourceTable: cfg.SourceTable, ChatTable: cfg.ChatTable, Columns: cfg.Columns,
+		Key: cfg.KeyColumn, UpdatedAt: cfg.UpdatedAtColumn, Publication: cfg.PublicationName,
+	}
 }
 
 // EnsurePublication creates the publication for the source table with the
@@ -48,10 +57,8 @@ func EnsurePublication(ctx context.Context, pool *pgxpool.Pool, spec Spec) (stri
 	if allTables {
 		return "", fmt.Errorf("publication %s is FOR ALL TABLES and would publish secret columns: drop it or set PUBLICATION_NAME to another name", spec.Publication)
 	}
-	var cols []string
-	err = pool.QueryRow(ctx, "SELECT attnames FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
-		spec.Publication, t.Schema, t.Name).Scan(&cols)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+	cols, _, err := schema.PublishedColumns(ctx, pool, spec.Publication, t)
+	if err != nil {
 		return "", fmt.Errorf("read publication %s: %w", spec.Publication, err)
 	}
 	want := slices.Sorted(slices.Values(spec.Columns))

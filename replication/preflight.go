@@ -122,15 +122,13 @@ func checkPublication(ctx context.Context, pool *pgxpool.Pool, src Source, table
 	if !exists {
 		return missing
 	}
-	var cols []string
-	err := pool.QueryRow(ctx, `SELECT attnames FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3`,
-		src.Publication, table.Schema, table.Name).Scan(&cols)
-	if errors.Is(err, pgx.ErrNoRows) {
-		missing.Cause = fmt.Sprintf("publication %q does not include %s", src.Publication, table)
-		return missing
-	}
+	cols, ok, err := schema.PublishedColumns(ctx, pool, src.Publication, table)
 	if err != nil {
 		return fmt.Errorf("check publication: %w", err)
+	}
+	if !ok {
+		missing.Cause = fmt.Sprintf("publication %q does not include %s", src.Publication, table)
+		return missing
 	}
 	for _, c := range cols {
 		if slices.Contains(src.Secret, c) {

@@ -47,9 +47,6 @@ type Checkpoint struct {
 	PartialChanges int64
 }
 
-// Position is the LSN that may be confirmed to the slot for this checkpoint.
-func (c Checkpoint) Position() pglogrepl.LSN { return c.LSN }
-
 // Batch collects changes from consecutive source transactions for one chat
 // transaction, keeping only the last change per key. Values given to Add
 // must come from Copy or NewValues so they stay valid until Reset.

@@ -62,10 +62,7 @@ func migrate(ctx context.Context, out io.Writer, log *slog.Logger, cfg *config.C
 	} else {
 		fmt.Fprintf(out, "chat: applied %d migration(s)\n", n)
 	}
-	spec := migrations.Spec{
-		SourceTable: cfg.SourceTable, ChatTable: cfg.ChatTable, Columns: cfg.Columns,
-		Key: cfg.KeyColumn, UpdatedAt: cfg.UpdatedAtColumn, Publication: cfg.PublicationName,
-	}
+	spec := migrations.SpecFor(cfg)
 	created, err := migrations.EnsureChatTable(ctx, srcPool, chatPool, spec)
 	if err != nil {
 		return err

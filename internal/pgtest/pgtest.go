@@ -148,8 +148,7 @@ func (p *Pair) Migrate(t testing.TB) {
 	if _, err := migrations.MigrateChat(ctx, p.Chat, nil); err != nil {
 		t.Fatal(err)
 	}
-	spec := migrations.Spec{SourceTable: cfg.SourceTable, ChatTable: cfg.ChatTable, Columns: cfg.Columns,
-		Key: cfg.KeyColumn, UpdatedAt: cfg.UpdatedAtColumn, Publication: cfg.PublicationName}
+	spec := migrations.SpecFor(cfg)
 	if _, err := migrations.EnsureChatTable(ctx, p.Source, p.Chat, spec); err != nil {
 		t.Fatal(err)
 	}

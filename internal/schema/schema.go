@@ -173,3 +173,14 @@ func Compatible(src, dst *Table) error {
 	}
 	return nil
 }
+
+// PublishedColumns returns the columns publication pub publishes of t; ok
+// is false when t is not in the publication.
+func PublishedColumns(ctx context.Context, q Querier, pub string, t *Table) (cols []string, ok bool, err error) {
+	err = q.QueryRow(ctx, "SELECT attnames FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+		pub, t.Schema, t.Name).Scan(&cols)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, false, nil
+	}
+	return cols, err == nil, err
+}
