@@ -20,6 +20,7 @@ import (
 	"github.com/myusta/cdc/internal/db"
 	"github.com/myusta/cdc/internal/demo"
 	"github.com/myusta/cdc/internal/pglocal"
+	"github.com/myusta/cdc/internal/tablediff"
 	"github.com/myusta/cdc/migrations"
 )
 
@@ -183,49 +184,10 @@ func (p *Pair) drop(srv *pglocal.Server, dbs ...string) {
 // Columns is the default synced column list, for comparisons.
 var Columns = strings.Split(config.DefaultColumns, ",")
 
-// rowHashes returns key -> md5 of the synced columns for every row.
-func rowHashes(ctx context.Context, pool *pgxpool.Pool, table string, cols []string) (map[string]string, error) {
-	rows, err := pool.Query(ctx, fmt.Sprintf("SELECT id::text, md5(ROW(%s)::text) FROM %s", strings.Join(cols, ", "), table))
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]string{}
-	var k, h string
-	_, err = pgx.ForEachRow(rows, []any{&k, &h}, func() error {
-		out[k] = h
-		return nil
-	})
-	return out, err
-}
-
 // Diff compares the users tables row by row over the synced columns and
 // describes up to 10 differences; empty means equal.
 func (p *Pair) Diff(ctx context.Context) ([]string, error) {
-	src, err := rowHashes(ctx, p.Source, "public.users", Columns)
-	if err != nil {
-		return nil, fmt.Errorf("read source: %w", err)
-	}
-	chat, err := rowHashes(ctx, p.Chat, "public.users", Columns)
-	if err != nil {
-		return nil, fmt.Errorf("read chat: %w", err)
-	}
-	var diff []string
-	for k, h := range src {
-		if c, ok := chat[k]; !ok {
-			diff = append(diff, "missing in chat: "+k)
-		} else if c != h {
-			diff = append(diff, "differs: "+k)
-		}
-	}
-	for k := range chat {
-		if _, ok := src[k]; !ok {
-			diff = append(diff, "extra in chat: "+k)
-		}
-	}
-	if len(diff) > 10 {
-		diff = append(diff[:10], fmt.Sprintf("… %d differences in all (source %d rows, chat %d rows)", len(diff), len(src), len(chat)))
-	}
-	return diff, nil
+	return tablediff.Diff(ctx, p.Source, p.Chat, "public.users", "id", Columns, 10)
 }
 
 // WaitEqual polls until chat equals source row by row, or fails the test

@@ -1,0 +1,67 @@
+// Command cdc-bench measures cdc against PostgreSQL's native logical
+// replication on this machine, in one run, and prints one table. It starts
+// its own throw-away PostgreSQL servers; see BENCHMARKS.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/myusta/cdc/internal/bench"
+)
+
+func main() {
+	o := bench.Options{Log: os.Stderr}
+	flag.IntVar(&o.Rows, "rows", 1_000_000, "rows in the users table")
+	flag.IntVar(&o.Reps, "reps", 3, "repetitions of the copy and backlog phases (medians are reported)")
+	flag.IntVar(&o.SteadyTPS, "tps", 2000, "single-row transactions per second in the steady phase")
+	flag.DurationVar(&o.SteadyFor, "steady", 30*time.Second, "length of the steady phase")
+	flag.IntVar(&o.BacklogClients, "clients", 4, "concurrent clients writing the backlog's single-row updates")
+	flag.StringVar(&o.CDC, "cdc", "", "cdc binary (default: build ./cmd/cdc)")
+	flag.BoolVar(&o.Fast, "fast", false, "run both servers with fsync off")
+	out := flag.String("out", "", "also write the table to this file")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "cdc-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o bench.Options, out string) error {
+	if o.CDC == "" {
+		dir, err := os.MkdirTemp("", "cdc-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		o.CDC = filepath.Join(dir, "cdc")
+		build := exec.CommandContext(ctx, "go", "build", "-o", o.CDC, "./cmd/cdc")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("build cdc: %w", err)
+		}
+	}
+	r, err := bench.Run(ctx, o)
+	if err != nil {
+		return err
+	}
+	r.Write(os.Stdout)
+	if out != "" {
+		f, err := os.Create(out)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		r.Write(f)
+	}
+	return nil
+}

@@ -1,0 +1,360 @@
+// Package bench measures cdc against PostgreSQL's native logical
+// replication on the same machine, doing the same work, in one run: the
+// initial copy (with a binary COPY pipe as the practical limit), catching up
+// on a backlog, steady-state latency, and cdc's peak memory.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/myusta/cdc/internal/config"
+	"github.com/myusta/cdc/internal/db"
+	"github.com/myusta/cdc/internal/demo"
+	"github.com/myusta/cdc/internal/pglocal"
+	"github.com/myusta/cdc/internal/tablediff"
+	"github.com/myusta/cdc/migrations"
+)
+
+// Options configure a run.
+type Options struct {
+	Rows           int           // users rows (default 1,000,000)
+	Reps           int           // repetitions of the copy and backlog phases (median reported)
+	SteadyTPS      int           // single-row transactions per second in the steady phase
+	SteadyFor      time.Duration // length of the steady phase
+	BacklogClients int           // concurrent clients writing the backlog's single-row updates
+	CDC            string        // path of the cdc binary
+	Fast           bool          // fsync off on both servers (default: durable)
+	Log            io.Writer     // progress
+}
+
+// Result is everything one run measured.
+type Result struct {
+	Options
+	PGVersion string
+
+	CopyPipe, CopyCDC, CopyNative []time.Duration
+
+	BacklogChanges               int
+	BacklogCDC, BacklogNative    []time.Duration
+	SteadyDone                   int64
+	SteadyCDC, SteadyNative      [3]float64 // p50, p95, p99 ms
+	SteadyCDCRows, SteadyNatRows int
+
+	RSSCopy, RSSBacklog, RSSSteady int64
+}
+
+const (
+	slot       = "bench_cdc"
+	subName    = "bench_native"
+	sourceDB   = "bench_source"
+	chatCDC    = "bench_chat_cdc"
+	chatNative = "bench_chat_native"
+	chatPipe   = "bench_chat_pipe"
+)
+
+// servers are the two throw-away PostgreSQL servers and the pools the
+// benchmark uses.
+type servers struct {
+	src, chat                 *pglocal.Server
+	source, cdc, native, pipe *pgxpool.Pool
+	sourceDSN, cdcDSN, natDSN string
+	cfg                       *config.Config
+}
+
+func (s *servers) close() {
+	for _, p := range []*pgxpool.Pool{s.source, s.cdc, s.native, s.pipe} {
+		if p != nil {
+			p.Close()
+		}
+	}
+	for _, srv := range []*pglocal.Server{s.src, s.chat} {
+		if srv != nil {
+			_ = srv.Stop()
+		}
+	}
+}
+
+// Run performs the whole benchmark.
+func Run(ctx context.Context, o Options) (*Result, error) {
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+	r := &Result{Options: o}
+	s, err := setup(ctx, o, r)
+	if s != nil {
+		defer s.close()
+	}
+	if err != nil {
+		return nil, err
+	}
+	nat := &native{chat: s.native, sourceDSN: s.sourceDSN, name: subName}
+	env := map[string]string{
+		"SOURCE_DATABASE_URL": s.sourceDSN, "CHAT_DATABASE_URL": s.cdcDSN, "SLOT_NAME": slot,
+		"LOG_LEVEL": "debug", "HTTP_ADDR": "127.0.0.1:0",
+	}
+	step := func(format string, a ...any) { fmt.Fprintf(o.Log, "bench: "+format+"\n", a...) }
+
+	// 1. Initial copy.
+	var proc *cdcProc
+	for rep := 0; rep < o.Reps; rep++ {
+		d, err := pipeCopy(ctx, s)
+		if err != nil {
+			return nil, err
+		}
+		r.CopyPipe = append(r.CopyPipe, d)
+
+		if proc != nil {
+			if err := proc.stop(); err != nil {
+				return nil, err
+			}
+		}
+		if err := resetCDC(ctx, s); err != nil {
+			return nil, err
+		}
+		if proc, err = startCDC(o.CDC, env, o.Log); err != nil {
+			return nil, err
+		}
+		if _, err := proc.waitLog(ctx, "first copy done"); err != nil {
+			return nil, err
+		}
+		r.CopyCDC = append(r.CopyCDC, time.Since(proc.started))
+		r.RSSCopy = max(r.RSSCopy, proc.peak())
+
+		if err := nat.drop(ctx); err != nil {
+			return nil, err
+		}
+		if _, err := s.native.Exec(ctx, "TRUNCATE users"); err != nil {
+			return nil, err
+		}
+		start := time.Now()
+		if err := nat.create(ctx); err != nil {
+			return nil, err
+		}
+		if err := nat.waitReady(ctx); err != nil {
+			return nil, err
+		}
+		r.CopyNative = append(r.CopyNative, time.Since(start))
+		step("copy %d/%d: pipe %s, cdc %s, native %s", rep+1, o.Reps, r.CopyPipe[rep], r.CopyCDC[rep], r.CopyNative[rep])
+	}
+
+	// 2. Backlog: both consumers stopped while it is written.
+	ids, err := loadIDs(ctx, s.source)
+	if err != nil {
+		return nil, err
+	}
+	for rep := 0; rep < o.Reps; rep++ {
+		if proc != nil {
+			if err := proc.stop(); err != nil {
+				return nil, err
+			}
+			proc = nil
+		}
+		if err := nat.enable(ctx, false); err != nil {
+			return nil, err
+		}
+		marker := fmt.Sprintf("00000000-0000-0000-0000-%012d", rep+1)
+		n, err := makeBacklog(ctx, s.source, ids, o.BacklogClients, marker, uint64(rep))
+		if err != nil {
+			return nil, err
+		}
+		r.BacklogChanges = n
+		if proc, err = startCDC(o.CDC, env, o.Log); err != nil {
+			return nil, err
+		}
+		if err := waitMarker(ctx, s.cdc, marker); err != nil {
+			return nil, err
+		}
+		r.BacklogCDC = append(r.BacklogCDC, time.Since(proc.started))
+		r.RSSBacklog = max(r.RSSBacklog, proc.peak())
+
+		start := time.Now()
+		if err := nat.enable(ctx, true); err != nil {
+			return nil, err
+		}
+		if err := waitMarker(ctx, s.native, marker); err != nil {
+			return nil, err
+		}
+		r.BacklogNative = append(r.BacklogNative, time.Since(start))
+		step("backlog %d/%d (%d changes): cdc %s, native %s", rep+1, o.Reps, n, r.BacklogCDC[rep], r.BacklogNative[rep])
+	}
+
+	// 3. Steady latency, both consumers running.
+	for _, p := range []*pgxpool.Pool{s.cdc, s.native} {
+		if _, err := p.Exec(ctx, latencyTrigger); err != nil {
+			return nil, fmt.Errorf("install latency trigger: %w", err)
+		}
+	}
+	proc.peak()
+	since := time.Now()
+	r.SteadyDone, err = steadyLoad(ctx, s.source, ids, o.SteadyTPS, o.SteadyFor, 8, o.Log)
+	if err != nil {
+		return nil, err
+	}
+	marker := "00000000-0000-0000-0000-0000000fffff"
+	if err := insertMarker(ctx, s.source, marker); err != nil {
+		return nil, err
+	}
+	step("steady load done (%d transactions); waiting for both consumers", r.SteadyDone)
+	for name, p := range map[string]*pgxpool.Pool{"cdc": s.cdc, "native": s.native} {
+		if err := waitMarker(ctx, p, marker); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	r.RSSSteady = proc.peak()
+	if r.SteadyCDC, r.SteadyCDCRows, err = percentiles(ctx, s.cdc, since); err != nil {
+		return nil, err
+	}
+	if r.SteadyNative, r.SteadyNatRows, err = percentiles(ctx, s.native, since); err != nil {
+		return nil, err
+	}
+	step("steady: %d transactions in %s; p99 cdc %.1f ms, native %.1f ms", r.SteadyDone, o.SteadyFor, r.SteadyCDC[2], r.SteadyNative[2])
+
+	// Both sides must end equal to the source, row by row.
+	if err := proc.stop(); err != nil {
+		return nil, err
+	}
+	for name, p := range map[string]*pgxpool.Pool{"cdc": s.cdc, "native": s.native} {
+		diff, err := tablediff.Diff(ctx, s.source, p, "users", "id", s.cfg.Columns, 5)
+		if err != nil {
+			return nil, err
+		}
+		if len(diff) > 0 {
+			return nil, fmt.Errorf("%s's chat table differs from the source: %v", name, diff)
+		}
+	}
+	if err := nat.drop(ctx); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// setup starts the servers, loads the source and prepares the three chat
+// databases with identical tables.
+func setup(ctx context.Context, o Options, r *Result) (*servers, error) {
+	s := &servers{}
+	// wal_retrieve_retry_interval: the launcher would otherwise take up to
+	// 5 s to start an enabled subscription's worker, which is not apply speed.
+	settings := map[string]string{"max_wal_size": "4GB", "shared_buffers": "256MB", "checkpoint_timeout": "30min",
+		"wal_retrieve_retry_interval": "100ms"}
+	var err error
+	if s.src, err = pglocal.Start(ctx, pglocal.Options{Fast: o.Fast, Settings: settings}); err != nil {
+		return s, err
+	}
+	if s.chat, err = pglocal.Start(ctx, pglocal.Options{Fast: o.Fast, Settings: settings}); err != nil {
+		return s, err
+	}
+	if err := s.src.CreateDatabase(ctx, sourceDB); err != nil {
+		return s, err
+	}
+	for _, name := range []string{chatCDC, chatNative, chatPipe} {
+		if err := s.chat.CreateDatabase(ctx, name); err != nil {
+			return s, err
+		}
+	}
+	s.sourceDSN, s.cdcDSN, s.natDSN = s.src.DSN(sourceDB), s.chat.DSN(chatCDC), s.chat.DSN(chatNative)
+	for _, x := range []struct {
+		p   **pgxpool.Pool
+		dsn string
+	}{{&s.source, s.sourceDSN}, {&s.cdc, s.cdcDSN}, {&s.native, s.natDSN}, {&s.pipe, s.chat.DSN(chatPipe)}} {
+		if *x.p, err = db.NewPool(ctx, x.dsn, 16); err != nil {
+			return s, err
+		}
+	}
+	if err := s.source.QueryRow(ctx, "SHOW server_version").Scan(&r.PGVersion); err != nil {
+		return s, err
+	}
+	if s.cfg, err = config.Load(config.MapSource(nil)); err != nil {
+		return s, err
+	}
+	fmt.Fprintf(o.Log, "bench: seeding %d users …\n", o.Rows)
+	if err := demo.CreateSchema(ctx, s.source); err != nil {
+		return s, err
+	}
+	if err := demo.Seed(ctx, s.source, o.Rows); err != nil {
+		return s, err
+	}
+	if _, err := s.source.Exec(ctx, "VACUUM ANALYZE users"); err != nil {
+		return s, err
+	}
+	spec := migrations.SpecFor(s.cfg)
+	if _, err := migrations.EnsurePublication(ctx, s.source, spec); err != nil {
+		return s, err
+	}
+	if _, err := migrations.MigrateChat(ctx, s.cdc, nil); err != nil {
+		return s, err
+	}
+	for _, p := range []*pgxpool.Pool{s.cdc, s.native, s.pipe} {
+		if _, err := migrations.EnsureChatTable(ctx, s.source, p, spec); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}
+
+// pipeCopy is the practical limit of a first copy: binary COPY out of the
+// source piped into COPY into an empty chat table.
+func pipeCopy(ctx context.Context, s *servers) (time.Duration, error) {
+	if _, err := s.pipe.Exec(ctx, "TRUNCATE users"); err != nil {
+		return 0, err
+	}
+	src, err := s.source.Acquire(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer src.Release()
+	dst, err := s.pipe.Acquire(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer dst.Release()
+	cols := migrations.SpecFor(s.cfg).Columns
+	list := ""
+	for i, c := range cols {
+		if i > 0 {
+			list += ", "
+		}
+		list += c
+	}
+	start := time.Now()
+	pr, pw := io.Pipe()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := src.Conn().PgConn().CopyTo(ctx, pw, "COPY users ("+list+") TO STDOUT (FORMAT binary)")
+		pw.CloseWithError(err)
+		errc <- err
+	}()
+	_, err = dst.Conn().PgConn().CopyFrom(ctx, pr, "COPY users ("+list+") FROM STDIN (FORMAT binary)")
+	if oerr := <-errc; oerr != nil {
+		return 0, oerr
+	}
+	if err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+// resetCDC makes the next cdc start a first start: no slot, no checkpoint,
+// an empty chat table.
+func resetCDC(ctx context.Context, s *servers) error {
+	if _, err := s.source.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", slot); err != nil {
+		return fmt.Errorf("drop slot: %w", err)
+	}
+	_, err := s.cdc.Exec(ctx, "TRUNCATE users; DELETE FROM cdc_checkpoint")
+	return err
+}
+
+// median of durations.
+func median(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}

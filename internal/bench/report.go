@@ -1,0 +1,81 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Targets are the product's goals the report checks.
+var Targets = struct {
+	BacklogSpeedup float64 // native time / cdc time, at least
+	CopyVsPipe     float64 // cdc copy / COPY pipe, at most
+	P99            float64 // ms at the steady rate, at most
+	RSS            int64   // bytes, at most
+}{2, 1.1, 50, 64 << 20}
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+func mb(b int64) string           { return fmt.Sprintf("%.1f MB", float64(b)/(1<<20)) }
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
+}
+
+// Machine describes where the run happened.
+func (r *Result) Machine() string {
+	mem := "?"
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		if f := strings.Fields(string(b)); len(f) > 1 {
+			var kb int64
+			fmt.Sscan(f[1], &kb)
+			mem = fmt.Sprintf("%.0f GiB", float64(kb)/(1<<20))
+		}
+	}
+	durability := "durable (fsync on)"
+	if r.Fast {
+		durability = "fsync off"
+	}
+	return fmt.Sprintf("%d cores, %s RAM, PostgreSQL %s, %s, %s", runtime.NumCPU(), mem, r.PGVersion, durability, runtime.Version())
+}
+
+// Write prints the result as one table, in Markdown.
+func (r *Result) Write(w io.Writer) {
+	cp, cc, cn := median(r.CopyPipe), median(r.CopyCDC), median(r.CopyNative)
+	bc, bn := median(r.BacklogCDC), median(r.BacklogNative)
+	rate := func(d time.Duration) string {
+		return fmt.Sprintf("%.0f rows/s", float64(r.BacklogChanges)/d.Seconds())
+	}
+	ms := func(p [3]float64) string { return fmt.Sprintf("%.1f / %.1f / %.1f ms", p[0], p[1], p[2]) }
+	peak := max(r.RSSCopy, r.RSSBacklog, r.RSSSteady)
+
+	fmt.Fprintf(w, "%d rows · %s · medians of %d runs where marked\n\n", r.Rows, r.Machine(), r.Reps)
+	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
+	fmt.Fprintln(tw, "| phase\t cdc\t native\t COPY pipe\t ratio\t target\t")
+	fmt.Fprintln(tw, "|---\t---\t---\t---\t---\t---\t")
+	fmt.Fprintf(tw, "| initial copy (median)\t %s\t %s\t %s\t cdc/pipe %.2f, native/cdc %.2f\t cdc ≤ %.1f× pipe: %s\t\n",
+		secs(cc), secs(cn), secs(cp), cc.Seconds()/cp.Seconds(), cn.Seconds()/cc.Seconds(), Targets.CopyVsPipe, verdict(cc.Seconds() <= Targets.CopyVsPipe*cp.Seconds()))
+	fmt.Fprintf(tw, "| backlog catch-up, %d changes (median)\t %s (%s)\t %s (%s)\t –\t native/cdc %.2f\t ≥ %.0f×: %s\t\n",
+		r.BacklogChanges, secs(bc), rate(bc), secs(bn), rate(bn), bn.Seconds()/bc.Seconds(), Targets.BacklogSpeedup, verdict(bn.Seconds() >= Targets.BacklogSpeedup*bc.Seconds()))
+	fmt.Fprintf(tw, "| steady %d tps × %s: p50 / p95 / p99\t %s\t %s\t –\t p99 native/cdc %.2f\t p99 ≤ %.0f ms: %s\t\n",
+		r.SteadyTPS, r.SteadyFor, ms(r.SteadyCDC), ms(r.SteadyNative), r.SteadyNative[2]/r.SteadyCDC[2], Targets.P99, verdict(r.SteadyCDC[2] <= Targets.P99))
+	fmt.Fprintf(tw, "| cdc peak RSS: copy / backlog / steady\t %s / %s / %s\t –\t –\t –\t ≤ %s: %s\t\n",
+		mb(r.RSSCopy), mb(r.RSSBacklog), mb(r.RSSSteady), mb(Targets.RSS), verdict(peak <= Targets.RSS))
+	tw.Flush()
+	fmt.Fprintf(w, "\nall runs: copy pipe %v, cdc %v, native %v; backlog cdc %v, native %v; steady: %d transactions sent, latency rows cdc %d, native %d\n",
+		round(r.CopyPipe), round(r.CopyCDC), round(r.CopyNative), round(r.BacklogCDC), round(r.BacklogNative), r.SteadyDone, r.SteadyCDCRows, r.SteadyNatRows)
+}
+
+func round(d []time.Duration) []string {
+	out := make([]string, len(d))
+	for i, x := range d {
+		out[i] = x.Round(10 * time.Millisecond).String()
+	}
+	return out
+}
