@@ -177,7 +177,11 @@ func (s *Sink) writer(ctx context.Context) (*pgxpool.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to chat database: %w", err)
 	}
-	stmts := make(map[string]*pgconn.StatementDescription, 3)
+	if err := execSimple(ctx, c.Conn().PgConn(), s.sql.createStage); err != nil {
+		c.Release()
+		return nil, fmt.Errorf("create staging table: %w", err)
+	}
+	stmts := make(map[string]*pgconn.StatementDescription, 4)
 	for name, sql := range s.sql.prepared() {
 		// A pooled connection may hold these names from an earlier sink,
 		// perhaps for another table layout: replace them.

@@ -261,3 +261,52 @@ func TestSink_LoadSnapshotMergesIntoAPopulatedTable(t *testing.T) {
 	}
 	p.WaitEqual(t, time.Second)
 }
+
+// TestSink_LargeBatchIsStaged covers batches big enough to go through COPY
+// into the staging table: upserts, deletes, the checkpoint, and a poison
+// row that sends the batch down the isolating path.
+func TestSink_LargeBatchIsStaged(t *testing.T) {
+	ctx := context.Background()
+	p := pgtest.NewPair(t, 0)
+	pgtest.Exec(t, p.Chat, `ALTER TABLE users ADD CONSTRAINT no_poison CHECK (first_name <> 'poison')`)
+	s := newSink(t, p)
+	tbl := s.Table()
+	b := sink.NewBatch(len(tbl.Columns), tbl.Key)
+	for i := 1; i <= 3000; i++ {
+		b.Add(user{id: uuidOf(i), first: fmt.Sprintf("n%d", i)}.change(t, b, tbl, sink.OpUpsert))
+	}
+	b.Checkpoint = sink.Checkpoint{LSN: 0x100}
+	if err := s.Apply(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	b = sink.NewBatch(len(tbl.Columns), tbl.Key)
+	for i := 1; i <= 2500; i++ {
+		name := fmt.Sprintf("again%d", i)
+		if i == 1234 {
+			name = "poison"
+		}
+		b.Add(user{id: uuidOf(i), first: name}.change(t, b, tbl, sink.OpUpsert))
+	}
+	for i := 2501; i <= 2600; i++ {
+		b.Add(user{id: uuidOf(i)}.change(t, b, tbl, sink.OpDelete))
+	}
+	b.Checkpoint = sink.Checkpoint{LSN: 0x200}
+	if err := s.Apply(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, p, "first_name LIKE 'again%'"); n != 2499 {
+		t.Fatalf("%d rows updated, want 2499", n)
+	}
+	if n := count(t, p, "true"); n != 2900 {
+		t.Fatalf("%d rows after 100 deletes, want 2900", n)
+	}
+	if n := count(t, p, "first_name = 'n1234'"); n != 1 {
+		t.Fatal("the rejected change must leave the old row as it was")
+	}
+	if cp, _, _ := s.Checkpoint(ctx); cp.LSN != 0x200 {
+		t.Fatalf("checkpoint %s", cp.LSN)
+	}
+	if s.Stats.DeadLetters.Load() != 1 {
+		t.Fatalf("dead letters %d", s.Stats.DeadLetters.Load())
+	}
+}

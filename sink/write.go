@@ -20,17 +20,20 @@ type preparedSQL struct {
 
 // statementSQL is the SQL the sink runs against the chat table.
 type statementSQL struct {
-	table      *schema.Table
-	upsert     preparedSQL // all synced columns as arrays, unnested
-	delete     preparedSQL // key array
-	checkpoint preparedSQL
-	truncate   string
+	table        *schema.Table
+	createStage  string      // the writer connection's staging table
+	upsertStaged preparedSQL // from the staging table
+	upsert       preparedSQL // all synced columns as arrays, unnested
+	delete       preparedSQL // key array
+	checkpoint   preparedSQL
+	truncate     string
 }
 
 const (
-	stmtUpsert     = "cdc_upsert"
-	stmtDelete     = "cdc_delete"
-	stmtCheckpoint = "cdc_checkpoint"
+	stmtUpsert       = "cdc_upsert"
+	stmtUpsertStaged = "cdc_upsert_staged"
+	stmtDelete       = "cdc_delete"
+	stmtCheckpoint   = "cdc_checkpoint"
 )
 
 func buildSQL(t *schema.Table) statementSQL {
@@ -49,8 +52,11 @@ func buildSQL(t *schema.Table) statementSQL {
 	if len(set) > 0 {
 		onConflict = "DO UPDATE SET " + strings.Join(set, ", ")
 	}
+	createStage, upsertStaged := stageSQL(t)
 	return statementSQL{
-		table: t,
+		table:        t,
+		createStage:  createStage,
+		upsertStaged: preparedSQL{text: upsertStaged},
 		upsert: preparedSQL{
 			text: fmt.Sprintf("INSERT INTO %s (%s) SELECT * FROM unnest(%s) ON CONFLICT (%s) %s",
 				t.Ident(), t.ColumnList(), strings.Join(args, ", "), key, onConflict),
@@ -71,7 +77,7 @@ ON CONFLICT (slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, partial_xact_lsn = EXC
 }
 
 func (q statementSQL) prepared() map[string]preparedSQL {
-	return map[string]preparedSQL{stmtUpsert: q.upsert, stmtDelete: q.delete, stmtCheckpoint: q.checkpoint}
+	return map[string]preparedSQL{stmtUpsert: q.upsert, stmtUpsertStaged: q.upsertStaged, stmtDelete: q.delete, stmtCheckpoint: q.checkpoint}
 }
 
 // encoder builds binary array parameters in a buffer reused across batches.
@@ -176,7 +182,13 @@ func cloneFormats(f []int16) []int16 { return append([]int16(nil), f...) }
 // in an explicit transaction that isolates the rejected rows.
 func (s *Sink) write(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead int, err error) {
 	dels, ups, partial := split(b.changes)
-	if len(partial) == 0 {
+	if len(partial) == 0 && len(ups) >= stageMinRows {
+		err = s.writeStaged(ctx, pc, b, dels, ups)
+		if err == nil || !rowRejected(err) {
+			return 0, err
+		}
+		s.log.Warn("chat database rejected a row; isolating it", "rows", len(b.changes), "err", err)
+	} else if len(partial) == 0 {
 		var batch pgconn.Batch
 		if b.truncate {
 			batch.ExecParams(s.sql.truncate, nil, nil, nil, nil)

@@ -40,11 +40,11 @@ type Result struct {
 
 	CopyPipe, CopyCDC, CopyNative []time.Duration
 
-	BacklogChanges               int
-	BacklogCDC, BacklogNative    []time.Duration
-	SteadyDone                   int64
-	SteadyCDC, SteadyNative      [3]float64 // p50, p95, p99 ms
-	SteadyCDCRows, SteadyNatRows int
+	BacklogChanges                         int
+	BacklogCeiling, BacklogCDC, BacklogNat []time.Duration
+	SteadyCDCDone, SteadyNatDone           int64      // transactions made while each consumer was measured
+	SteadyCDC, SteadyNative                [3]float64 // p50, p95, p99 ms
+	SteadyCDCRows, SteadyNatRows           int
 
 	RSSCopy, RSSBacklog, RSSSteady int64
 }
@@ -96,13 +96,16 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	nat := &native{chat: s.native, sourceDSN: s.sourceDSN, name: subName}
 	env := map[string]string{
 		"SOURCE_DATABASE_URL": s.sourceDSN, "CHAT_DATABASE_URL": s.cdcDSN, "SLOT_NAME": slot,
-		"LOG_LEVEL": "debug", "HTTP_ADDR": "127.0.0.1:0",
+		"LOG_LEVEL": "info", "HTTP_ADDR": "127.0.0.1:0",
 	}
 	step := func(format string, a ...any) { fmt.Fprintf(o.Log, "bench: "+format+"\n", a...) }
 
 	// 1. Initial copy.
 	var proc *cdcProc
 	for rep := 0; rep < o.Reps; rep++ {
+		if err := checkpoint(ctx, s); err != nil {
+			return nil, err
+		}
 		d, err := pipeCopy(ctx, s)
 		if err != nil {
 			return nil, err
@@ -115,6 +118,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			}
 		}
 		if err := resetCDC(ctx, s); err != nil {
+			return nil, err
+		}
+		if err := checkpoint(ctx, s); err != nil {
 			return nil, err
 		}
 		if proc, err = startCDC(o.CDC, env, o.Log); err != nil {
@@ -132,6 +138,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		if _, err := s.native.Exec(ctx, "TRUNCATE users"); err != nil {
 			return nil, err
 		}
+		if err := checkpoint(ctx, s); err != nil {
+			return nil, err
+		}
 		start := time.Now()
 		if err := nat.create(ctx); err != nil {
 			return nil, err
@@ -143,11 +152,13 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		step("copy %d/%d: pipe %s, cdc %s, native %s", rep+1, o.Reps, r.CopyPipe[rep], r.CopyCDC[rep], r.CopyNative[rep])
 	}
 
-	// 2. Backlog: both consumers stopped while it is written.
+	// 2. Backlog: every consumer stopped while it is written, then each
+	// catches up alone: the bare walsender (the floor), cdc, native.
 	ids, err := loadIDs(ctx, s.source)
 	if err != nil {
 		return nil, err
 	}
+	floor := &ceiling{dsn: s.sourceDSN, slot: "bench_ceiling"}
 	for rep := 0; rep < o.Reps; rep++ {
 		if proc != nil {
 			if err := proc.stop(); err != nil {
@@ -158,12 +169,24 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		if err := nat.enable(ctx, false); err != nil {
 			return nil, err
 		}
+		if err := floor.create(ctx); err != nil {
+			return nil, err
+		}
 		marker := fmt.Sprintf("00000000-0000-0000-0000-%012d", rep+1)
 		n, err := makeBacklog(ctx, s.source, ids, o.BacklogClients, marker, uint64(rep))
 		if err != nil {
 			return nil, err
 		}
 		r.BacklogChanges = n
+		if err := checkpoint(ctx, s); err != nil {
+			return nil, err
+		}
+		d, err := floor.drain(ctx, marker)
+		if err != nil {
+			return nil, err
+		}
+		r.BacklogCeiling = append(r.BacklogCeiling, d)
+
 		if proc, err = startCDC(o.CDC, env, o.Log); err != nil {
 			return nil, err
 		}
@@ -172,6 +195,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		}
 		r.BacklogCDC = append(r.BacklogCDC, time.Since(proc.started))
 		r.RSSBacklog = max(r.RSSBacklog, proc.peak())
+		if err := proc.stop(); err != nil {
+			return nil, err
+		}
+		proc = nil
 
 		start := time.Now()
 		if err := nat.enable(ctx, true); err != nil {
@@ -180,40 +207,54 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		if err := waitMarker(ctx, s.native, marker); err != nil {
 			return nil, err
 		}
-		r.BacklogNative = append(r.BacklogNative, time.Since(start))
-		step("backlog %d/%d (%d changes): cdc %s, native %s", rep+1, o.Reps, n, r.BacklogCDC[rep], r.BacklogNative[rep])
+		r.BacklogNat = append(r.BacklogNat, time.Since(start))
+		step("backlog %d/%d (%d changes): walsender alone %s, cdc %s, native %s", rep+1, o.Reps, n,
+			r.BacklogCeiling[rep], r.BacklogCDC[rep], r.BacklogNat[rep])
 	}
 
-	// 3. Steady latency, both consumers running.
+	// 3. Steady latency, each consumer measured alone.
 	for _, p := range []*pgxpool.Pool{s.cdc, s.native} {
 		if _, err := p.Exec(ctx, latencyTrigger); err != nil {
 			return nil, fmt.Errorf("install latency trigger: %w", err)
 		}
 	}
-	proc.peak()
-	since := time.Now()
-	r.SteadyDone, err = steadyLoad(ctx, s.source, ids, o.SteadyTPS, o.SteadyFor, 8, o.Log)
-	if err != nil {
+	if err := nat.enable(ctx, false); err != nil {
+		return nil, err
+	}
+	if proc, err = startCDC(o.CDC, env, o.Log); err != nil {
+		return nil, err
+	}
+	if _, err := proc.waitLog(ctx, "streaming changes"); err != nil {
+		return nil, err
+	}
+	if r.SteadyCDCDone, r.SteadyCDC, r.SteadyCDCRows, err = steadyPhase(ctx, s, s.cdc, ids, o, "…cdc"); err != nil {
+		return nil, err
+	}
+	r.RSSSteady = proc.peak()
+	if err := proc.stop(); err != nil {
+		return nil, err
+	}
+	if err := nat.enable(ctx, true); err != nil {
+		return nil, err
+	}
+	if r.SteadyNatDone, r.SteadyNative, r.SteadyNatRows, err = steadyPhase(ctx, s, s.native, ids, o, "…native"); err != nil {
+		return nil, err
+	}
+	step("steady %d tps: p99 cdc %.1f ms, native %.1f ms", o.SteadyTPS, r.SteadyCDC[2], r.SteadyNative[2])
+
+	// cdc catches up on what native's steady phase wrote, then stops.
+	if proc, err = startCDC(o.CDC, env, o.Log); err != nil {
 		return nil, err
 	}
 	marker := "00000000-0000-0000-0000-0000000fffff"
 	if err := insertMarker(ctx, s.source, marker); err != nil {
 		return nil, err
 	}
-	step("steady load done (%d transactions); waiting for both consumers", r.SteadyDone)
-	for name, p := range map[string]*pgxpool.Pool{"cdc": s.cdc, "native": s.native} {
+	for _, p := range []*pgxpool.Pool{s.cdc, s.native} {
 		if err := waitMarker(ctx, p, marker); err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
+			return nil, err
 		}
 	}
-	r.RSSSteady = proc.peak()
-	if r.SteadyCDC, r.SteadyCDCRows, err = percentiles(ctx, s.cdc, since); err != nil {
-		return nil, err
-	}
-	if r.SteadyNative, r.SteadyNatRows, err = percentiles(ctx, s.native, since); err != nil {
-		return nil, err
-	}
-	step("steady: %d transactions in %s; p99 cdc %.1f ms, native %.1f ms", r.SteadyDone, o.SteadyFor, r.SteadyCDC[2], r.SteadyNative[2])
 
 	// Both sides must end equal to the source, row by row.
 	if err := proc.stop(); err != nil {
@@ -232,6 +273,36 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// steadyPhase makes the steady load and returns the latency percentiles
+// one consumer achieved.
+func steadyPhase(ctx context.Context, s *servers, chat *pgxpool.Pool, ids []string, o Options, name string) (int64, [3]float64, int, error) {
+	since := time.Now()
+	done, err := steadyLoad(ctx, s.source, ids, o.SteadyTPS, o.SteadyFor, 8, o.Log)
+	if err != nil {
+		return 0, [3]float64{}, 0, err
+	}
+	marker := fmt.Sprintf("00000000-0000-0000-0000-%012x", since.UnixNano()&0xffffffffffff)
+	if err := insertMarker(ctx, s.source, marker); err != nil {
+		return 0, [3]float64{}, 0, err
+	}
+	if err := waitMarker(ctx, chat, marker); err != nil {
+		return 0, [3]float64{}, 0, fmt.Errorf("%s: %w", name, err)
+	}
+	p, n, err := percentiles(ctx, chat, since)
+	return done, p, n, err
+}
+
+// checkpoint flushes both servers so no checkpoint lands inside a timed
+// phase by accident.
+func checkpoint(ctx context.Context, s *servers) error {
+	for _, p := range []*pgxpool.Pool{s.source, s.cdc} {
+		if _, err := p.Exec(ctx, "CHECKPOINT"); err != nil {
+			return fmt.Errorf("checkpoint: %w", err)
+		}
+	}
+	return nil
 }
 
 // setup starts the servers, loads the source and prepares the three chat

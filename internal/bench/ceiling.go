@@ -1,0 +1,79 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/myusta/cdc/internal/db"
+)
+
+// ceiling is a consumer that reads the slot and discards everything: the
+// time it takes is what the source's walsender alone needs to decode and
+// send the backlog, a floor no consumer can beat.
+type ceiling struct {
+	dsn, slot string
+}
+
+// create makes the slot; it must exist before the backlog is written.
+func (c *ceiling) create(ctx context.Context) error {
+	conn, err := db.ConnectReplication(ctx, c.dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = pglogrepl.CreateReplicationSlot(ctx, conn, c.slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication})
+	if err != nil {
+		return fmt.Errorf("create ceiling slot: %w", err)
+	}
+	return nil
+}
+
+// drain reads the slot until the insert of the marker row arrives (its
+// uuid's 16 bytes appear in an Insert message), returns how long that took,
+// and drops the slot.
+func (c *ceiling) drain(ctx context.Context, marker string) (time.Duration, error) {
+	var id pgtype.UUID
+	if err := id.Scan(marker); err != nil {
+		return 0, err
+	}
+	conn, err := db.ConnectReplication(ctx, c.dsn)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		_ = conn.Close(context.Background())
+		if conn, err := db.ConnectReplication(context.Background(), c.dsn); err == nil {
+			_ = pglogrepl.DropReplicationSlot(context.Background(), conn, c.slot, pglogrepl.DropReplicationSlotOptions{Wait: true})
+			_ = conn.Close(context.Background())
+		}
+	}()
+	start := time.Now()
+	err = pglogrepl.StartReplication(ctx, conn, c.slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names 'cdc_users'", "binary 'true'"},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("start ceiling replication: %w", err)
+	}
+	for {
+		msg, err := conn.ReceiveMessage(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("ceiling receive: %w", err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			return 0, pgconn.ErrorResponseToPgError(m)
+		case *pgproto3.CopyData:
+			// XLogData: 'w', 24 bytes of header, then the pgoutput message.
+			if len(m.Data) > 25 && m.Data[0] == pglogrepl.XLogDataByteID && m.Data[25] == 'I' && bytes.Contains(m.Data[26:], id.Bytes[:]) {
+				return time.Since(start), nil
+			}
+		}
+	}
+}
