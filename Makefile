@@ -1,7 +1,7 @@
 # The README's two commands: `make dev` and `make test`.
 GO ?= go
 
-.PHONY: test dev build vet
+.PHONY: test dev build vet bench
 
 test: vet
 	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
@@ -15,3 +15,8 @@ dev:
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/cdc ./cmd/cdc
+
+# cdc against PostgreSQL's native logical replication, one run, one table
+# (about 10 minutes on 2 cores); see BENCHMARKS.md.
+bench:
+	$(GO) run ./cmd/cdc-bench --rows 1000000 --out bench-result.md

@@ -43,7 +43,7 @@ type Result struct {
 	BacklogChanges                         int
 	BacklogCeiling, BacklogCDC, BacklogNat []time.Duration
 	SteadyCDCDone, SteadyNatDone           int64      // transactions made while each consumer was measured
-	SteadyCDC, SteadyNative                [3]float64 // p50, p95, p99 ms
+	SteadyCDC, SteadyNative, SteadyFloor   [3]float64 // p50, p95, p99 ms
 	SteadyCDCRows, SteadyNatRows           int
 
 	RSSCopy, RSSBacklog, RSSSteady int64
@@ -221,6 +221,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := nat.enable(ctx, false); err != nil {
 		return nil, err
 	}
+	if r.SteadyFloor, err = steadyFloor(ctx, s, floor, ids, o); err != nil {
+		return nil, err
+	}
 	if proc, err = startCDC(o.CDC, env, o.Log); err != nil {
 		return nil, err
 	}
@@ -240,7 +243,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if r.SteadyNatDone, r.SteadyNative, r.SteadyNatRows, err = steadyPhase(ctx, s, s.native, ids, o, "…native"); err != nil {
 		return nil, err
 	}
-	step("steady %d tps: p99 cdc %.1f ms, native %.1f ms", o.SteadyTPS, r.SteadyCDC[2], r.SteadyNative[2])
+	step("steady %d tps: p99 walsender alone %.1f ms, cdc %.1f ms, native %.1f ms", o.SteadyTPS, r.SteadyFloor[2], r.SteadyCDC[2], r.SteadyNative[2])
 
 	// cdc catches up on what native's steady phase wrote, then stops.
 	if proc, err = startCDC(o.CDC, env, o.Log); err != nil {
@@ -292,6 +295,46 @@ func steadyPhase(ctx context.Context, s *servers, chat *pgxpool.Pool, ids []stri
 	}
 	p, n, err := percentiles(ctx, chat, since)
 	return done, p, n, err
+}
+
+// steadyFloor makes the steady load with only the discarding consumer
+// reading, and returns the percentiles of commit -> arrival.
+func steadyFloor(ctx context.Context, s *servers, floor *ceiling, ids []string, o Options) ([3]float64, error) {
+	if err := floor.create(ctx); err != nil {
+		return [3]float64{}, err
+	}
+	lctx, stop := context.WithCancel(ctx)
+	type result struct {
+		ms  []float64
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		ms, err := floor.latency(lctx)
+		res <- result{ms, err}
+	}()
+	_, err := steadyLoad(ctx, s.source, ids, o.SteadyTPS, o.SteadyFor, 8, o.Log)
+	time.Sleep(time.Second) // let the last transactions arrive
+	stop()
+	out := <-res
+	if err != nil {
+		return [3]float64{}, err
+	}
+	if out.err != nil {
+		return [3]float64{}, out.err
+	}
+	return quantiles(out.ms), nil
+}
+
+// quantiles returns p50, p95, p99 of xs.
+func quantiles(xs []float64) [3]float64 {
+	if len(xs) == 0 {
+		return [3]float64{}
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	at := func(q float64) float64 { return s[min(len(s)-1, int(q*float64(len(s))))] }
+	return [3]float64{at(0.5), at(0.95), at(0.99)}
 }
 
 // checkpoint flushes both servers so no checkpoint lands inside a timed

@@ -77,3 +77,61 @@ func (c *ceiling) drain(ctx context.Context, marker string) (time.Duration, erro
 		}
 	}
 }
+
+// latency consumes the slot for as long as ctx lives and returns, for each
+// transaction, the time from its source commit (the Begin message's commit
+// timestamp) to its arrival here, in ms: replication's own latency, before
+// any consumer applies anything. The slot is dropped at the end.
+func (c *ceiling) latency(ctx context.Context) ([]float64, error) {
+	conn, err := db.ConnectReplication(context.Background(), c.dsn)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		_ = conn.Close(context.Background())
+		if conn, err := db.ConnectReplication(context.Background(), c.dsn); err == nil {
+			_ = pglogrepl.DropReplicationSlot(context.Background(), conn, c.slot, pglogrepl.DropReplicationSlotOptions{Wait: true})
+			_ = conn.Close(context.Background())
+		}
+	}()
+	err = pglogrepl.StartReplication(context.Background(), conn, c.slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names 'cdc_users'", "binary 'true'"},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start floor replication: %w", err)
+	}
+	var ms []float64
+	var last pglogrepl.LSN
+	next := time.Now().Add(time.Second)
+	for ctx.Err() == nil {
+		_ = conn.Conn().SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		msg, err := conn.ReceiveMessage(context.Background())
+		if pgconn.Timeout(err) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("floor receive: %w", err)
+		}
+		m, ok := msg.(*pgproto3.CopyData)
+		if !ok || len(m.Data) < 26 || m.Data[0] != pglogrepl.XLogDataByteID {
+			continue
+		}
+		x, err := pglogrepl.ParseXLogData(m.Data[1:])
+		if err != nil {
+			return nil, err
+		}
+		last = max(last, x.WALStart)
+		if x.WALData[0] == 'B' {
+			var b pglogrepl.BeginMessage
+			if err := b.Decode(x.WALData[1:]); err == nil {
+				ms = append(ms, float64(time.Since(b.CommitTime).Microseconds())/1000)
+			}
+		}
+		if time.Now().After(next) {
+			// Confirm what was read, as any healthy consumer would.
+			_ = pglogrepl.SendStandbyStatusUpdate(context.Background(), conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: last})
+			next = time.Now().Add(time.Second)
+		}
+	}
+	return ms, nil
+}

@@ -67,6 +67,7 @@ func (r *Result) Write(w io.Writer) {
 		secs(bf), rate(bf), bc.Seconds()/bf.Seconds(), bn.Seconds()/bf.Seconds())
 	fmt.Fprintf(tw, "| steady %d tps × %s, each alone: p50 / p95 / p99\t %s\t %s\t –\t p99 native/cdc %.2f\t p99 ≤ %.0f ms: %s\t\n",
 		r.SteadyTPS, r.SteadyFor, ms(r.SteadyCDC), ms(r.SteadyNative), r.SteadyNative[2]/r.SteadyCDC[2], Targets.P99, verdict(r.SteadyCDC[2] <= Targets.P99))
+	fmt.Fprintf(tw, "| steady: the source's walsender alone (floor)\t %s\t –\t –\t –\t –\t\n", ms(r.SteadyFloor))
 	fmt.Fprintf(tw, "| cdc peak RSS: copy / backlog / steady\t %s / %s / %s\t –\t –\t –\t ≤ %s: %s\t\n",
 		mb(r.RSSCopy), mb(r.RSSBacklog), mb(r.RSSSteady), mb(Targets.RSS), verdict(peak <= Targets.RSS))
 	tw.Flush()

@@ -1,0 +1,46 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBench_Smoke runs every phase at a small size: the phases must
+// complete and both consumers must end equal to the source row by row
+// (Run checks that). It never asserts speed.
+func TestBench_Smoke(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "cdc")
+	build := exec.Command("go", "build", "-o", bin, "../../cmd/cdc")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build cdc: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var log bytes.Buffer
+	r, err := Run(ctx, Options{Rows: 20_000, Reps: 1, SteadyTPS: 200, SteadyFor: 3 * time.Second, BacklogClients: 4, CDC: bin, Fast: true, Log: &log})
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, log.String())
+	}
+	for name, d := range map[string][]time.Duration{"copy pipe": r.CopyPipe, "copy cdc": r.CopyCDC, "copy native": r.CopyNative,
+		"backlog floor": r.BacklogCeiling, "backlog cdc": r.BacklogCDC, "backlog native": r.BacklogNat} {
+		if len(d) != 1 || d[0] <= 0 {
+			t.Errorf("%s: %v", name, d)
+		}
+	}
+	if r.SteadyCDCRows == 0 || r.SteadyNatRows == 0 || r.RSSCopy == 0 || r.RSSSteady == 0 {
+		t.Errorf("steady samples %d/%d, RSS %d/%d", r.SteadyCDCRows, r.SteadyNatRows, r.RSSCopy, r.RSSSteady)
+	}
+	var table bytes.Buffer
+	r.Write(&table)
+	for _, want := range []string{"initial copy", "backlog catch-up", "walsender alone", "steady", "peak RSS"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+	t.Logf("\n%s", table.String())
+}
