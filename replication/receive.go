@@ -356,6 +356,7 @@ func (r *reader) message(m []byte) error {
 		if !r.skipTx {
 			r.lastEnd = max(r.lastEnd, c.TransactionEndLSN)
 			r.cur.LastCommit = c.CommitTime
+			r.cur.ReceiveDelay = max(r.cur.ReceiveDelay, time.Since(c.CommitTime))
 		}
 	case 'R':
 		var rel pglogrepl.RelationMessage

@@ -61,6 +61,9 @@ type Batch struct {
 	Received   int        // changes added before compaction
 	Started    time.Time  // when the first change was added
 	LastCommit time.Time  // newest source commit time in the batch
+	// ReceiveDelay is the longest time between a transaction's source
+	// commit and its arrival, among the batch's transactions.
+	ReceiveDelay time.Duration
 }
 
 // NewBatch returns an empty batch for rows of ncols columns keyed by column key.
@@ -136,6 +139,7 @@ func (b *Batch) Reset() {
 	b.Received = 0
 	b.Started = time.Time{}
 	b.LastCommit = time.Time{}
+	b.ReceiveDelay = 0
 }
 
 // arena hands out byte and slice memory in large chunks, reused across

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -83,6 +84,7 @@ func (s *Sink) Close() {
 func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	start := time.Now()
 	attempt := 0
 	err := retry.Do(ctx, s.opts.Retry, s.log, "apply batch", func(ctx context.Context) error {
 		attempt++
@@ -115,6 +117,11 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 		return fmt.Errorf("apply batch: %w", err)
 	}
 	s.count(b)
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.log.Debug("batch applied", "rows", len(b.changes), "received", b.Received, "lsn", b.Checkpoint.LSN,
+			"apply_ms", time.Since(start).Milliseconds(), "age_ms", time.Since(b.Started).Milliseconds(),
+			"receive_delay_ms", b.ReceiveDelay.Milliseconds())
+	}
 	return nil
 }
 

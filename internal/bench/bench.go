@@ -42,9 +42,12 @@ type Result struct {
 
 	BacklogChanges                         int
 	BacklogCeiling, BacklogCDC, BacklogNat []time.Duration
-	SteadyCDCDone, SteadyNatDone           int64      // transactions made while each consumer was measured
-	SteadyCDC, SteadyNative, SteadyFloor   [3]float64 // p50, p95, p99 ms
-	SteadyCDCRows, SteadyNatRows           int
+	SteadyFloor                            [3]float64 // source updated_at -> arrival at a discarding consumer, p50/p95/p99 ms
+	SteadyCDC, SteadyNat                   Steady
+	// CDCInside is where cdc's own time goes in its steady window, from its
+	// debug log: batch apply, batch age (first change in -> committed), and
+	// receive delay (source commit -> change read by cdc), p50/p95/p99 ms.
+	CDCApply, CDCAge, CDCReceive [3]float64
 
 	RSSCopy, RSSBacklog, RSSSteady int64
 }
@@ -57,6 +60,14 @@ const (
 	chatNative = "bench_chat_native"
 	chatPipe   = "bench_chat_pipe"
 )
+
+// Steady is one consumer's steady-state window.
+type Steady struct {
+	Done    int64      // transactions made by the load
+	Latency [3]float64 // source updated_at -> chat write, p50/p95/p99 ms
+	Samples int        // rows measured
+	Commit  [3]float64 // the load's own statement+commit time on the source, p50/p95/p99 ms
+}
 
 // servers are the two throw-away PostgreSQL servers and the pools the
 // benchmark uses.
@@ -96,7 +107,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	nat := &native{chat: s.native, sourceDSN: s.sourceDSN, name: subName}
 	env := map[string]string{
 		"SOURCE_DATABASE_URL": s.sourceDSN, "CHAT_DATABASE_URL": s.cdcDSN, "SLOT_NAME": slot,
-		"LOG_LEVEL": "info", "HTTP_ADDR": "127.0.0.1:0",
+		"LOG_LEVEL": "debug", "HTTP_ADDR": "127.0.0.1:0", // debug: per-batch timings
 	}
 	step := func(format string, a ...any) { fmt.Fprintf(o.Log, "bench: "+format+"\n", a...) }
 
@@ -212,7 +223,13 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			r.BacklogCeiling[rep], r.BacklogCDC[rep], r.BacklogNat[rep])
 	}
 
-	// 3. Steady latency, each consumer measured alone.
+	// 3. Steady latency, each consumer measured alone, after a VACUUM so
+	// autovacuum of the backlog's dead rows does not land in a window.
+	for _, p := range []*pgxpool.Pool{s.source, s.cdc, s.native} {
+		if _, err := p.Exec(ctx, "VACUUM ANALYZE users"); err != nil {
+			return nil, fmt.Errorf("vacuum: %w", err)
+		}
+	}
 	for _, p := range []*pgxpool.Pool{s.cdc, s.native} {
 		if _, err := p.Exec(ctx, latencyTrigger); err != nil {
 			return nil, fmt.Errorf("install latency trigger: %w", err)
@@ -230,9 +247,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if _, err := proc.waitLog(ctx, "streaming changes"); err != nil {
 		return nil, err
 	}
-	if r.SteadyCDCDone, r.SteadyCDC, r.SteadyCDCRows, err = steadyPhase(ctx, s, s.cdc, ids, o, "…cdc"); err != nil {
+	first := 0
+	if r.SteadyCDC, err = steadyPhase(ctx, s, s.cdc, ids, o, "cdc", func() { first = proc.lineCount() }); err != nil {
 		return nil, err
 	}
+	r.CDCApply, r.CDCAge, r.CDCReceive = proc.batchTimings(first)
 	r.RSSSteady = proc.peak()
 	if err := proc.stop(); err != nil {
 		return nil, err
@@ -240,10 +259,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := nat.enable(ctx, true); err != nil {
 		return nil, err
 	}
-	if r.SteadyNatDone, r.SteadyNative, r.SteadyNatRows, err = steadyPhase(ctx, s, s.native, ids, o, "…native"); err != nil {
+	if r.SteadyNat, err = steadyPhase(ctx, s, s.native, ids, o, "native", func() {}); err != nil {
 		return nil, err
 	}
-	step("steady %d tps: p99 walsender alone %.1f ms, cdc %.1f ms, native %.1f ms", o.SteadyTPS, r.SteadyFloor[2], r.SteadyCDC[2], r.SteadyNative[2])
+	step("steady %d tps: p99 walsender alone %.1f ms, cdc %.1f ms, native %.1f ms", o.SteadyTPS, r.SteadyFloor[2], r.SteadyCDC.Latency[2], r.SteadyNat.Latency[2])
 
 	// cdc catches up on what native's steady phase wrote, then stops.
 	if proc, err = startCDC(o.CDC, env, o.Log); err != nil {
@@ -278,23 +297,36 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	return r, nil
 }
 
-// steadyPhase makes the steady load and returns the latency percentiles
-// one consumer achieved.
-func steadyPhase(ctx context.Context, s *servers, chat *pgxpool.Pool, ids []string, o Options, name string) (int64, [3]float64, int, error) {
+// steadyPhase makes the steady load and measures one consumer's latency;
+// begin is called when the measured window starts.
+func steadyPhase(ctx context.Context, s *servers, chat *pgxpool.Pool, ids []string, o Options, name string, begin func()) (Steady, error) {
+	var st Steady
+	// The consumer first catches up on what was written while it was
+	// stopped, so the window measures steady state, not a backlog.
+	caughtUp := func() error {
+		marker := fmt.Sprintf("00000000-0000-0000-0000-%012x", time.Now().UnixNano()&0xffffffffffff)
+		if err := insertMarker(ctx, s.source, marker); err != nil {
+			return err
+		}
+		if err := waitMarker(ctx, chat, marker); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		return nil
+	}
+	if err := caughtUp(); err != nil {
+		return st, err
+	}
+	begin()
 	since := time.Now()
-	done, err := steadyLoad(ctx, s.source, ids, o.SteadyTPS, o.SteadyFor, 8, o.Log)
-	if err != nil {
-		return 0, [3]float64{}, 0, err
+	var err error
+	if st.Done, st.Commit, err = steadyLoad(ctx, s.source, ids, o.SteadyTPS, o.SteadyFor, 8, o.Log); err != nil {
+		return st, err
 	}
-	marker := fmt.Sprintf("00000000-0000-0000-0000-%012x", since.UnixNano()&0xffffffffffff)
-	if err := insertMarker(ctx, s.source, marker); err != nil {
-		return 0, [3]float64{}, 0, err
+	if err := caughtUp(); err != nil {
+		return st, err
 	}
-	if err := waitMarker(ctx, chat, marker); err != nil {
-		return 0, [3]float64{}, 0, fmt.Errorf("%s: %w", name, err)
-	}
-	p, n, err := percentiles(ctx, chat, since)
-	return done, p, n, err
+	st.Latency, st.Samples, err = percentiles(ctx, chat, since)
+	return st, err
 }
 
 // steadyFloor makes the steady load with only the discarding consumer
@@ -313,7 +345,7 @@ func steadyFloor(ctx context.Context, s *servers, floor *ceiling, ids []string, 
 		ms, err := floor.latency(lctx)
 		res <- result{ms, err}
 	}()
-	_, err := steadyLoad(ctx, s.source, ids, o.SteadyTPS, o.SteadyFor, 8, o.Log)
+	_, _, err := steadyLoad(ctx, s.source, ids, o.SteadyTPS, o.SteadyFor, 8, o.Log)
 	time.Sleep(time.Second) // let the last transactions arrive
 	stop()
 	out := <-res

@@ -32,8 +32,8 @@ func TestBench_Smoke(t *testing.T) {
 			t.Errorf("%s: %v", name, d)
 		}
 	}
-	if r.SteadyCDCRows == 0 || r.SteadyNatRows == 0 || r.RSSCopy == 0 || r.RSSSteady == 0 {
-		t.Errorf("steady samples %d/%d, RSS %d/%d", r.SteadyCDCRows, r.SteadyNatRows, r.RSSCopy, r.RSSSteady)
+	if r.SteadyCDC.Samples == 0 || r.SteadyNat.Samples == 0 || r.RSSCopy == 0 || r.RSSSteady == 0 || r.CDCApply[2] == 0 && r.CDCAge[2] == 0 {
+		t.Errorf("steady samples %d/%d, RSS %d/%d, cdc timings %v %v", r.SteadyCDC.Samples, r.SteadyNat.Samples, r.RSSCopy, r.RSSSteady, r.CDCApply, r.CDCAge)
 	}
 	var table bytes.Buffer
 	r.Write(&table)

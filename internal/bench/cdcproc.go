@@ -166,3 +166,28 @@ func (p *cdcProc) stop() error {
 	}
 	return nil
 }
+
+// lineCount is how many log lines were read so far.
+func (p *cdcProc) lineCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.lines)
+}
+
+// batchTimings summarizes the "batch applied" debug lines logged after the
+// first-th line: apply time, batch age and receive delay, p50/p95/p99 ms.
+func (p *cdcProc) batchTimings(first int) (apply, age, receive [3]float64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var a, g, r []float64
+	for _, m := range p.lines[first:] {
+		if m["msg"] != "batch applied" {
+			continue
+		}
+		x, _ := m["apply_ms"].(float64)
+		y, _ := m["age_ms"].(float64)
+		z, _ := m["receive_delay_ms"].(float64)
+		a, g, r = append(a, x), append(g, y), append(r, z)
+	}
+	return quantiles(a), quantiles(g), quantiles(r)
+}

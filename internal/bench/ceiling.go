@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -79,9 +80,10 @@ func (c *ceiling) drain(ctx context.Context, marker string) (time.Duration, erro
 }
 
 // latency consumes the slot for as long as ctx lives and returns, for each
-// transaction, the time from its source commit (the Begin message's commit
-// timestamp) to its arrival here, in ms: replication's own latency, before
-// any consumer applies anything. The slot is dropped at the end.
+// updated row, the time from its updated_at (set by clock_timestamp() in the
+// source transaction, as for the consumers) to its arrival here, in ms:
+// replication's own latency, before any consumer applies anything. The slot
+// is dropped at the end.
 func (c *ceiling) latency(ctx context.Context) ([]float64, error) {
 	conn, err := db.ConnectReplication(context.Background(), c.dsn)
 	if err != nil {
@@ -121,11 +123,8 @@ func (c *ceiling) latency(ctx context.Context) ([]float64, error) {
 			return nil, err
 		}
 		last = max(last, x.WALStart)
-		if x.WALData[0] == 'B' {
-			var b pglogrepl.BeginMessage
-			if err := b.Decode(x.WALData[1:]); err == nil {
-				ms = append(ms, float64(time.Since(b.CommitTime).Microseconds())/1000)
-			}
+		if t, ok := updatedAt(x.WALData); ok {
+			ms = append(ms, float64(time.Since(t).Microseconds())/1000)
 		}
 		if time.Now().After(next) {
 			// Confirm what was read, as any healthy consumer would.
@@ -134,4 +133,63 @@ func (c *ceiling) latency(ctx context.Context) ([]float64, error) {
 		}
 	}
 	return ms, nil
+}
+
+// updatedAtColumn is updated_at's position among the published columns of
+// the reference table.
+const updatedAtColumn = 9
+
+// updatedAt reads updated_at from a pgoutput Update message in binary form.
+func updatedAt(m []byte) (time.Time, bool) {
+	if len(m) < 8 || m[0] != 'U' {
+		return time.Time{}, false
+	}
+	m = m[5:]
+	if m[0] == 'K' || m[0] == 'O' {
+		var ok bool
+		if m, ok = skipTuple(m); !ok {
+			return time.Time{}, false
+		}
+	}
+	if len(m) < 3 || m[0] != 'N' {
+		return time.Time{}, false
+	}
+	n := int(binary.BigEndian.Uint16(m[1:3]))
+	m = m[3:]
+	for i := 0; i < n && len(m) > 0; i++ {
+		kind := m[0]
+		m = m[1:]
+		if kind != 'b' && kind != 't' {
+			continue
+		}
+		l := int(binary.BigEndian.Uint32(m))
+		v := m[4 : 4+l]
+		m = m[4+l:]
+		if i == updatedAtColumn && kind == 'b' && l == 8 {
+			us := int64(binary.BigEndian.Uint64(v))
+			return time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(us) * time.Microsecond), true
+		}
+	}
+	return time.Time{}, false
+}
+
+// skipTuple returns what follows a tuple introduced by its tag byte.
+func skipTuple(m []byte) ([]byte, bool) {
+	if len(m) < 3 {
+		return nil, false
+	}
+	n := int(binary.BigEndian.Uint16(m[1:3]))
+	m = m[3:]
+	for i := 0; i < n; i++ {
+		if len(m) < 1 {
+			return nil, false
+		}
+		kind := m[0]
+		m = m[1:]
+		if kind == 'b' || kind == 't' {
+			l := int(binary.BigEndian.Uint32(m))
+			m = m[4+l:]
+		}
+	}
+	return m, true
 }

@@ -88,9 +88,14 @@ func waitMarker(ctx context.Context, chat *pgxpool.Pool, marker string) error {
 }
 
 // steadyLoad makes tps single-row update transactions per second for d,
-// paced evenly across workers, and returns how many it made.
-func steadyLoad(ctx context.Context, pool *pgxpool.Pool, ids []string, tps int, d time.Duration, workers int, log io.Writer) (int64, error) {
+// paced evenly across workers, and returns how many it made and the
+// percentiles of their own duration (statement + commit on the source), in
+// ms: latency a consumer cannot remove, since updated_at is set before the
+// commit.
+func steadyLoad(ctx context.Context, pool *pgxpool.Pool, ids []string, tps int, d time.Duration, workers int, log io.Writer) (int64, [3]float64, error) {
 	var done atomic.Int64
+	var mu sync.Mutex
+	var durations []float64
 	start := time.Now()
 	interval := time.Duration(float64(time.Second) * float64(workers) / float64(tps))
 	errs := make(chan error, workers)
@@ -106,10 +111,15 @@ func steadyLoad(ctx context.Context, pool *pgxpool.Pool, ids []string, tps int, 
 					time.Sleep(wait)
 				}
 				next = next.Add(interval)
+				t0 := time.Now()
 				if _, err := pool.Exec(ctx, updateOne, ids[rng.IntN(len(ids))], "steady"); err != nil {
 					errs <- err
 					return
 				}
+				took := float64(time.Since(t0).Microseconds()) / 1000
+				mu.Lock()
+				durations = append(durations, took)
+				mu.Unlock()
 				done.Add(1)
 			}
 		}(w)
@@ -117,9 +127,9 @@ func steadyLoad(ctx context.Context, pool *pgxpool.Pool, ids []string, tps int, 
 	wg.Wait()
 	close(errs)
 	if err := <-errs; err != nil {
-		return done.Load(), fmt.Errorf("steady load: %w", err)
+		return done.Load(), [3]float64{}, fmt.Errorf("steady load: %w", err)
 	}
-	return done.Load(), nil
+	return done.Load(), quantiles(durations), nil
 }
 
 // latencyTrigger records, for every row a consumer writes into chat, the

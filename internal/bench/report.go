@@ -66,14 +66,16 @@ func (r *Result) Write(w io.Writer) {
 	fmt.Fprintf(tw, "| backlog: the source's walsender alone (floor)\t %s (%s)\t –\t –\t cdc/floor %.2f, native/floor %.2f\t –\t\n",
 		secs(bf), rate(bf), bc.Seconds()/bf.Seconds(), bn.Seconds()/bf.Seconds())
 	fmt.Fprintf(tw, "| steady %d tps × %s, each alone: p50 / p95 / p99\t %s\t %s\t –\t p99 native/cdc %.2f\t p99 ≤ %.0f ms: %s\t\n",
-		r.SteadyTPS, r.SteadyFor, ms(r.SteadyCDC), ms(r.SteadyNative), r.SteadyNative[2]/r.SteadyCDC[2], Targets.P99, verdict(r.SteadyCDC[2] <= Targets.P99))
+		r.SteadyTPS, r.SteadyFor, ms(r.SteadyCDC.Latency), ms(r.SteadyNat.Latency), r.SteadyNat.Latency[2]/r.SteadyCDC.Latency[2], Targets.P99, verdict(r.SteadyCDC.Latency[2] <= Targets.P99))
 	fmt.Fprintf(tw, "| steady: the source's walsender alone (floor)\t %s\t –\t –\t –\t –\t\n", ms(r.SteadyFloor))
+	fmt.Fprintf(tw, "| steady: source statement + commit, during each window\t %s\t %s\t –\t –\t –\t\n", ms(r.SteadyCDC.Commit), ms(r.SteadyNat.Commit))
+	fmt.Fprintf(tw, "| steady, inside cdc: receive delay / batch age / apply p99\t %.0f / %.0f / %.0f ms\t –\t –\t –\t –\t\n", r.CDCReceive[2], r.CDCAge[2], r.CDCApply[2])
 	fmt.Fprintf(tw, "| cdc peak RSS: copy / backlog / steady\t %s / %s / %s\t –\t –\t –\t ≤ %s: %s\t\n",
 		mb(r.RSSCopy), mb(r.RSSBacklog), mb(r.RSSSteady), mb(Targets.RSS), verdict(peak <= Targets.RSS))
 	tw.Flush()
 	fmt.Fprintf(w, "\nall runs: copy pipe %v, cdc %v, native %v; backlog floor %v, cdc %v, native %v; steady transactions made %d (cdc) / %d (native), latency samples %d / %d\n",
 		round(r.CopyPipe), round(r.CopyCDC), round(r.CopyNative), round(r.BacklogCeiling), round(r.BacklogCDC), round(r.BacklogNat),
-		r.SteadyCDCDone, r.SteadyNatDone, r.SteadyCDCRows, r.SteadyNatRows)
+		r.SteadyCDC.Done, r.SteadyNat.Done, r.SteadyCDC.Samples, r.SteadyNat.Samples)
 }
 
 func round(d []time.Duration) []string {
