@@ -92,6 +92,10 @@ func (r *reader) run(ctx context.Context) (err error) {
 	defer close(r.work)
 	stop := context.AfterFunc(ctx, r.wake)
 	defer stop()
+	wake := r.wake
+	r.s.wake.Store(&wake)
+	defer r.s.wake.Store(nil)
+	r.publishPosition()
 	defer func() {
 		if r.inflight != nil {
 			if werr := r.handle(<-r.done); err == nil {
@@ -105,6 +109,9 @@ func (r *reader) run(ctx context.Context) (err error) {
 	for {
 		if err := r.poll(); err != nil {
 			return err
+		}
+		if r.s.nudged.Swap(false) {
+			r.replyDue = true
 		}
 		if ctx.Err() != nil {
 			return r.drain()
@@ -190,6 +197,7 @@ func (r *reader) handle(a applied) error {
 	r.committed = a.b.Checkpoint
 	st := &r.s.Stats
 	st.Applied.Store(uint64(r.committed.LSN))
+	r.publishPosition()
 	if !a.b.LastCommit.IsZero() {
 		st.LastCommit.Store(a.b.LastCommit.UnixNano())
 		st.Latency.Store(int64(time.Since(a.b.LastCommit)))
@@ -223,6 +231,7 @@ func (r *reader) dispatch(force bool) {
 				// Only skipped or empty transactions since the last
 				// commit: nothing to write, the position simply moves.
 				r.committed = sink.Checkpoint{LSN: r.lastEnd}
+				r.publishPosition()
 			}
 			return
 		}
@@ -263,6 +272,9 @@ func (r *reader) drain() error {
 	r.s.log.Info("stream stopped", "applied_lsn", r.committed.LSN, "confirmed_lsn", r.reported)
 	return nil
 }
+
+// publishPosition makes flushPos visible to Sync.
+func (r *reader) publishPosition() { r.s.Stats.Position.Store(uint64(r.flushPos())) }
 
 // flushPos is what may be confirmed: the committed checkpoint, or a later
 // keepalive WAL end seen while nothing was in flight.
@@ -310,6 +322,7 @@ func (r *reader) copyData(data []byte) error {
 			// Everything the server sent before this keepalive is applied;
 			// its WAL end may be confirmed so a quiet table pins no WAL.
 			r.idleLSN = max(r.idleLSN, k.ServerWALEnd)
+			r.publishPosition()
 		}
 		r.replyDue = r.replyDue || k.ReplyRequested
 	case pglogrepl.XLogDataByteID:

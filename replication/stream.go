@@ -53,6 +53,10 @@ type Stats struct {
 	LastCommit atomic.Int64  // source commit time (unix ns) of the newest change committed in chat
 	Latency    atomic.Int64  // source commit -> chat commit of the last batch, ns
 	Streaming  atomic.Bool   // a replication connection is streaming
+	// Position is the source position up to which every change is
+	// committed in chat: the applied checkpoint, or the WAL end of a
+	// keepalive received while nothing was in flight.
+	Position atomic.Uint64
 }
 
 // Stream consumes the slot with pgoutput and feeds the sink. It owns its
@@ -66,6 +70,35 @@ type Stream struct {
 
 	// Stats is updated as the stream runs.
 	Stats Stats
+
+	nudged atomic.Bool            // Sync asks the reader for a keepalive
+	wake   atomic.Pointer[func()] // interrupts the active reader's receive
+}
+
+// Sync waits until every change the source had committed when Sync was
+// called is committed in chat (or ctx ends). An idle stream is nudged to
+// ask the server for a keepalive, so its position moves at once.
+func (s *Stream) Sync(ctx context.Context) error {
+	var now string
+	if err := s.pool.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&now); err != nil {
+		return fmt.Errorf("read source position: %w", err)
+	}
+	target, err := pglogrepl.ParseLSN(now)
+	if err != nil {
+		return err
+	}
+	for pglogrepl.LSN(s.Stats.Position.Load()) < target {
+		s.nudged.Store(true)
+		if w := s.wake.Load(); w != nil {
+			(*w)()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stream at %s, source at %s: %w", pglogrepl.LSN(s.Stats.Position.Load()), target, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // New returns a stream reading the source through pool and opts.SourceURL

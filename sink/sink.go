@@ -63,7 +63,7 @@ func New(pool *pgxpool.Pool, table *schema.Table, opts Options) *Sink {
 		table: table,
 		opts:  opts,
 		log:   log.With("component", "sink"),
-		sql:   buildSQL(table),
+		sql:   buildSQL(table, opts.Slot),
 	}
 }
 

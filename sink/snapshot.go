@@ -30,7 +30,7 @@ func (s *Sink) LoadSnapshot(ctx context.Context, copyOut CopyOut, cp Checkpoint)
 	}
 	defer s.dropBroken()
 	pc := conn.Conn().PgConn()
-	if err := execSimple(ctx, pc, "BEGIN"); err != nil {
+	if err := s.beginLocked(ctx, pc); err != nil {
 		return 0, fmt.Errorf("begin copy: %w", err)
 	}
 	defer func() {

@@ -67,7 +67,7 @@ func (e *encoder) copyRows(changes []Change, idx []int, ncols int) []byte {
 // then the deletes and the checkpoint follow with the COMMIT in one round
 // trip.
 func (s *Sink) writeStaged(ctx context.Context, pc *pgconn.PgConn, b *Batch, dels, ups []int) (err error) {
-	if err := execSimple(ctx, pc, "BEGIN"); err != nil {
+	if err := s.beginLocked(ctx, pc); err != nil {
 		return err
 	}
 	defer func() {

@@ -2,9 +2,9 @@ package sink
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -27,6 +27,7 @@ type statementSQL struct {
 	delete       preparedSQL // key array
 	checkpoint   preparedSQL
 	truncate     string
+	lock         string // the writer lock, held until the transaction ends
 }
 
 const (
@@ -36,7 +37,7 @@ const (
 	stmtCheckpoint   = "cdc_checkpoint"
 )
 
-func buildSQL(t *schema.Table) statementSQL {
+func buildSQL(t *schema.Table, slot string) statementSQL {
 	oids := make([]uint32, len(t.Columns))
 	args := make([]string, len(t.Columns))
 	var set []string
@@ -73,7 +74,23 @@ ON CONFLICT (slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, partial_xact_lsn = EXC
   partial_changes = EXCLUDED.partial_changes, updated_at = EXCLUDED.updated_at`,
 		},
 		truncate: "DELETE FROM " + t.Ident(),
+		lock:     WriterLock(slot),
 	}
+}
+
+// WriterLock is the transaction-scoped advisory lock every chat write of a
+// stream takes first (keyed by slot). Repairs take it before reading the
+// source, so whatever they write is at least as new as anything already
+// written, by this process or another one (cdc reconcile beside cdc run).
+func WriterLock(slot string) string {
+	h := fnv.New64a()
+	h.Write([]byte("cdc writer " + slot))
+	return fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", int64(h.Sum64()))
+}
+
+// beginLocked opens a transaction holding the writer lock.
+func (s *Sink) beginLocked(ctx context.Context, pc *pgconn.PgConn) error {
+	return execSimple(ctx, pc, "BEGIN; "+s.sql.lock)
 }
 
 func (q statementSQL) prepared() map[string]preparedSQL {
@@ -94,32 +111,16 @@ func (e *encoder) arrays(t *schema.Table, changes []Change, idx []int, keyOnly b
 	e.params = e.params[:0]
 	e.formats = e.formats[:0]
 	var offsets []int
+	vals := make([][]byte, len(idx))
 	for col, c := range t.Columns {
 		if keyOnly && col != t.Key {
 			continue
 		}
 		offsets = append(offsets, len(e.buf))
-		hasNull := uint32(0)
-		for _, i := range idx {
-			if changes[i].Values[col] == nil {
-				hasNull = 1
-				break
-			}
+		for j, i := range idx {
+			vals[j] = changes[i].Values[col]
 		}
-		e.buf = binary.BigEndian.AppendUint32(e.buf, 1) // dimensions
-		e.buf = binary.BigEndian.AppendUint32(e.buf, hasNull)
-		e.buf = binary.BigEndian.AppendUint32(e.buf, c.TypeOID)
-		e.buf = binary.BigEndian.AppendUint32(e.buf, uint32(len(idx)))
-		e.buf = binary.BigEndian.AppendUint32(e.buf, 1) // lower bound
-		for _, i := range idx {
-			v := changes[i].Values[col]
-			if v == nil {
-				e.buf = binary.BigEndian.AppendUint32(e.buf, 0xFFFFFFFF)
-				continue
-			}
-			e.buf = binary.BigEndian.AppendUint32(e.buf, uint32(len(v)))
-			e.buf = append(e.buf, v...)
-		}
+		e.buf = appendArray(e.buf, c.TypeOID, vals)
 	}
 	offsets = append(offsets, len(e.buf))
 	for i := 0; i+1 < len(offsets); i++ {
@@ -190,6 +191,7 @@ func (s *Sink) write(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead int
 		s.log.Warn("chat database rejected a row; isolating it", "rows", len(b.changes), "err", err)
 	} else if len(partial) == 0 {
 		var batch pgconn.Batch
+		batch.ExecParams(s.sql.lock, nil, nil, nil, nil)
 		if b.truncate {
 			batch.ExecParams(s.sql.truncate, nil, nil, nil, nil)
 		}
@@ -226,7 +228,7 @@ func execSimple(ctx context.Context, pc *pgconn.PgConn, sql string) error {
 // changes under savepoints until every rejected change stands alone and is
 // recorded as a dead letter.
 func (s *Sink) writeCareful(ctx context.Context, pc *pgconn.PgConn, b *Batch, dels, ups, partial []int) (dead int, err error) {
-	if err := execSimple(ctx, pc, "BEGIN"); err != nil {
+	if err := s.beginLocked(ctx, pc); err != nil {
 		return 0, err
 	}
 	defer func() {

@@ -45,9 +45,11 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"run":     {"stream changes from the source to the chat database (the daemon)", cmdRun},
-	"migrate": {"create cdc's tables in chat, the chat table if absent, and the source publication", cmdMigrate},
-	"dev":     {"start a throw-away local PostgreSQL with demo data and run the daemon against it", cmdDev},
+	"run":       {"stream changes from the source to the chat database (the daemon)", cmdRun},
+	"migrate":   {"create cdc's tables in chat, the chat table if absent, and the source publication", cmdMigrate},
+	"dev":       {"start a throw-away local PostgreSQL with demo data and run the daemon against it", cmdDev},
+	"reconcile": {"compare a window (--since, --from/--to) or the whole table (--full) and repair chat", cmdReconcile},
+	"verify":    {"prove chat equals the source (--full: every row); exit 3 on drift", cmdVerify},
 }
 
 // env is what a subcommand may touch of the outside world.

@@ -18,6 +18,7 @@ import (
 	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/internal/schema"
 	"github.com/myusta/cdc/migrations"
+	"github.com/myusta/cdc/reconcile"
 	"github.com/myusta/cdc/replication"
 	"github.com/myusta/cdc/sink"
 )
@@ -74,7 +75,9 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	sk := sink.New(chatPool, chatTable, sink.Options{Slot: cfg.SlotName, Retry: writePolicy(cfg), Logger: log})
+	src := reconcile.Side{Pool: srcPool, Table: srcTable}
+	chat := reconcile.Side{Pool: chatPool, Table: chatTable}
+	sk := newSink(cfg, log, chat)
 	defer sk.Close()
 	st := replication.New(srcPool, sk, replication.Options{
 		SourceURL:      cfg.SourceURL,
@@ -87,7 +90,11 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		Logger:         log,
 	})
 	go reportProgress(ctx, log, st, progressEvery)
+	rec := newReconciler(cfg, log, src, chat, sk, st.Sync)
+	recDone := make(chan error, 1)
+	go func() { recDone <- rec.Run(ctx) }()
 	err = st.Run(ctx)
+	<-recDone
 	logFinalStats(log, st, sk, start)
 	return err
 }

@@ -6,6 +6,7 @@ package pgtest
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -236,4 +237,30 @@ func (p *Pair) Applies(t testing.TB) (total, twice int) {
 		t.Fatal(err)
 	}
 	return total, twice
+}
+
+// CopyToChat copies the source users rows into the (empty) chat table with
+// a binary COPY pipe, as a first copy would.
+func (p *Pair) CopyToChat(t testing.TB) {
+	t.Helper()
+	ctx := context.Background()
+	src, err := p.Source.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Release()
+	dst, err := p.Chat.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Release()
+	cols := strings.Join(Columns, ", ")
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := src.Conn().PgConn().CopyTo(ctx, pw, "COPY users ("+cols+") TO STDOUT (FORMAT binary)")
+		pw.CloseWithError(err)
+	}()
+	if _, err := dst.Conn().PgConn().CopyFrom(ctx, pr, "COPY users ("+cols+") FROM STDIN (FORMAT binary)"); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -1,0 +1,198 @@
+package reconcile
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/myusta/cdc/internal/pgtest"
+	"github.com/myusta/cdc/internal/retry"
+	"github.com/myusta/cdc/internal/schema"
+	"github.com/myusta/cdc/sink"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// setup returns a reconciler for a pair whose chat table holds a copy of
+// the source's users.
+func setup(t *testing.T, users int, opts Options) (*pgtest.Pair, *Reconciler, *sink.Sink) {
+	t.Helper()
+	p := pgtest.NewPair(t, users)
+	p.CopyToChat(t)
+	cfg := p.Config(t)
+	ctx := context.Background()
+	st, err := schema.Load(ctx, p.Source, cfg.SourceTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := schema.Load(ctx, p.Chat, cfg.ChatTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk := sink.New(p.Chat, ct, sink.Options{Slot: p.Slot, Logger: quiet,
+		Retry: retry.Policy{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond, Multiplier: 2, Loud: 3}})
+	t.Cleanup(sk.Close)
+	if opts.Logger == nil {
+		opts.Logger = quiet
+	}
+	if opts.Interval == 0 {
+		opts.Interval, opts.Multiplier = time.Minute, 3
+	}
+	return p, New(Side{Pool: p.Source, Table: st}, Side{Pool: p.Chat, Table: ct}, sk, opts), sk
+}
+
+// seq selects seeded rows by their sequence number (emails are
+// user<g>-….@example.com).
+func seq(gs string) string {
+	return "split_part(split_part(email, '-', 1), 'user', 2) IN (" + gs + ")"
+}
+
+// drift damages chat, for recent and for old rows: 3 rows deleted
+// (missing), 3 changed (stale) and 3 rows the source does not have
+// (extra). Seeded row g was updated g seconds ago (rows 1001+: over 16
+// minutes); rows 1–9 are first made recent on
+// both sides alike.
+func drift(t *testing.T, p *pgtest.Pair) {
+	t.Helper()
+	recent := time.Now().Add(-time.Second)
+	for _, pool := range []*pgxpool.Pool{p.Source, p.Chat} {
+		pgtest.Exec(t, pool, "UPDATE users SET updated_at = $1 WHERE "+seq("'1','2','3','4','5','6','7','8','9'"), recent)
+	}
+	pgtest.Exec(t, p.Chat, "DELETE FROM users WHERE "+seq("'1','2','3','1001','1002','1003'"))
+	pgtest.Exec(t, p.Chat, "UPDATE users SET status = 'tampered' WHERE "+seq("'4','5','6','1004','1005','1006'"))
+	pgtest.Exec(t, p.Chat, `INSERT INTO users (id, first_name, updated_at)
+SELECT gen_random_uuid(), 'ghost', t FROM generate_series(1, 3), (VALUES (now()), (now() - interval '5 hours')) v(t)`)
+}
+
+func TestVerifyAndFull_FindAndRepairDrift(t *testing.T) {
+	ctx := context.Background()
+	settle = 100 * time.Millisecond
+	p, r, _ := setup(t, 5000, Options{})
+	rep, err := r.Verify(ctx, true)
+	if err != nil || !rep.Consistent {
+		t.Fatalf("an exact copy must verify: %+v %v", rep, err)
+	}
+	drift(t, p)
+	rep, err = r.Verify(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Consistent || rep.Missing != 6 || rep.Stale != 6 || rep.Extra != 6 || len(rep.Drifted) != 18 {
+		t.Fatalf("verify --full: %+v", rep)
+	}
+	for _, d := range rep.Drifted {
+		if len(d.ID) != 36 || (d.Kind != sink.KindMissing && d.Kind != sink.KindStale && d.Kind != sink.KindExtra) {
+			t.Fatalf("drifted entry %+v", d)
+		}
+	}
+	res, err := r.Full(ctx, true)
+	if err != nil || res.Repair.Missing != 6 || res.Repair.Stale != 6 || res.Repair.Extra != 6 {
+		t.Fatalf("dry run: %+v %v", res, err)
+	}
+	if diff, _ := p.Diff(ctx); len(diff) == 0 {
+		t.Fatal("a dry run must not repair")
+	}
+	res, err = r.Full(ctx, false)
+	if err != nil || res.Repair.Repairs() != 18 {
+		t.Fatalf("full repair: %+v %v", res, err)
+	}
+	p.WaitEqual(t, time.Second)
+	if rep, err = r.Verify(ctx, true); err != nil || !rep.Consistent {
+		t.Fatalf("after repair: %+v %v", rep, err)
+	}
+}
+
+func TestWindow_RepairsOnlyRecentRows(t *testing.T) {
+	ctx := context.Background()
+	p, r, _ := setup(t, 5000, Options{})
+	drift(t, p)
+	res, err := r.Window(ctx, 10*time.Minute, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Repair.Missing != 3 || res.Repair.Stale != 3 || res.Repair.Extra != 3 {
+		t.Fatalf("window repairs: %+v", res.Repair)
+	}
+	// The old drift is outside every window: only the full compare sees it.
+	if diff, _ := p.Diff(ctx); len(diff) != 9 {
+		t.Fatalf("after the window, %d differences remain, want the 9 old ones: %v", len(diff), diff)
+	}
+}
+
+func TestWindow_HandlesSkewedClocks(t *testing.T) {
+	ctx := context.Background()
+	p, r, _ := setup(t, 1000, Options{})
+	// Rows stamped a little in the future and near the window's start.
+	pgtest.Exec(t, p.Source, `UPDATE users SET updated_at = now() + interval '90 seconds' WHERE `+seq("'1','2','3'"))
+	pgtest.Exec(t, p.Source, `UPDATE users SET updated_at = now() - interval '170 seconds' WHERE `+seq("'4','5','6'"))
+	res, err := r.Window(ctx, 3*time.Minute, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Repair.Stale != 6 {
+		t.Fatalf("stale repaired %d, want 6", res.Repair.Stale)
+	}
+	p.WaitEqual(t, time.Second)
+}
+
+func TestRun_RepairsWithinAFewIntervalsAndNeverOverlaps(t *testing.T) {
+	var logs syncBuffer
+	var running, overlaps atomic.Int32
+	opts := Options{Interval: 100 * time.Millisecond, Multiplier: 3,
+		Logger: slog.New(slog.NewJSONHandler(&logs, nil)),
+		afterCompare: func() {
+			if running.Add(1) > 1 {
+				overlaps.Add(1)
+			}
+			time.Sleep(150 * time.Millisecond) // slower than the interval
+			running.Add(-1)
+		}}
+	p, r, _ := setup(t, 1000, opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	pgtest.Exec(t, p.Source, `UPDATE users SET updated_at = now() WHERE `+seq("'5','50','500'"))
+	pgtest.Exec(t, p.Chat, `UPDATE users SET status = 'corrupt' WHERE `+seq("'5','50','500'"))
+	p.WaitEqual(t, 10*time.Second)
+	time.Sleep(500 * time.Millisecond)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if overlaps.Load() != 0 {
+		t.Fatalf("%d runs overlapped", overlaps.Load())
+	}
+	if r.Stats.Runs.Load() < 2 || r.Stats.Stale.Load() == 0 {
+		t.Fatalf("runs %d, stale repairs %d", r.Stats.Runs.Load(), r.Stats.Stale.Load())
+	}
+	if !strings.Contains(logs.String(), `"level":"WARN","msg":"reconcile run took more than 80% of the interval`) {
+		t.Fatalf("no WARN for slow runs:\n%s", logs.String())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,0 +1,263 @@
+package reconcile
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/myusta/cdc/sink"
+)
+
+// Repairer is the sink as the reconciler sees it: Repair re-reads the
+// source rows of keys under the writer lock and writes what differs.
+type Repairer interface {
+	Repair(ctx context.Context, keys [][]byte, fetch sink.Fetch) (sink.RepairResult, error)
+}
+
+// Options configure a Reconciler.
+type Options struct {
+	Interval     time.Duration // SYNC_INTERVAL_MINUTES: pause between the end of a run and the next
+	Multiplier   float64       // SYNC_WINDOW_MULTIPLIER: window = Interval × Multiplier
+	FullInterval time.Duration // FULL_RECONCILE_INTERVAL: period of the full compare, 0 = off
+	// Sync, when set, waits until the change stream has applied everything
+	// the source had committed when it was called, so a comparison does not
+	// mistake changes in flight for drift.
+	Sync   func(ctx context.Context) error
+	Logger *slog.Logger
+
+	afterCompare func() // test hook: runs between compare and repair
+}
+
+// Stats describe the reconciler's work since start.
+type Stats struct {
+	Runs        atomic.Int64
+	FullRuns    atomic.Int64
+	LastRun     atomic.Int64 // unix ns of the last run's end
+	LastRunTook atomic.Int64 // ns
+	Checked     atomic.Int64 // rows compared, both sides
+	Missing     atomic.Int64
+	Stale       atomic.Int64
+	Extra       atomic.Int64
+	Failures    atomic.Int64
+}
+
+// Reconciler compares the source and chat tables and repairs differences
+// through the sink: every Interval over the recent updated_at window, and
+// every FullInterval over the whole table.
+type Reconciler struct {
+	src, chat Side
+	repairer  Repairer
+	opts      Options
+	log       *slog.Logger
+
+	// Stats is updated after every run.
+	Stats Stats
+}
+
+// New returns a reconciler of src against chat.
+func New(src, chat Side, repairer Repairer, opts Options) *Reconciler {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	src.Name, chat.Name = "source", "chat"
+	return &Reconciler{src: src, chat: chat, repairer: repairer, opts: opts, log: opts.Logger.With("component", "reconciler")}
+}
+
+// Result is what one run found and did.
+type Result struct {
+	Full    bool
+	Checked int64 // rows compared, both sides
+	Found   int   // keys whose hashes differed
+	Repair  sink.RepairResult
+	Took    time.Duration
+}
+
+// Run reconciles until ctx ends. Runs never overlap: the next one is
+// scheduled one interval after the previous one ends. A run slower than 80 %
+// of the interval is logged at WARN; a failed run at ERROR (and retried at
+// the next interval).
+func (r *Reconciler) Run(ctx context.Context) error {
+	lastFull := time.Now()
+	timer := time.NewTimer(r.opts.Interval)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		}
+		full := r.opts.FullInterval > 0 && time.Since(lastFull) >= r.opts.FullInterval
+		var res Result
+		var err error
+		if full {
+			res, err = r.Full(ctx, false)
+			lastFull = time.Now()
+		} else {
+			res, err = r.Window(ctx, time.Duration(float64(r.opts.Interval)*r.opts.Multiplier), false)
+		}
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			r.Stats.Failures.Add(1)
+			r.log.Error("reconcile run failed; next run in one interval", "err", err)
+		case res.Took > r.opts.Interval*8/10:
+			r.log.Warn("reconcile run took more than 80% of the interval: runs are spaced one interval apart, so the window still covers every row, but consider a longer SYNC_INTERVAL_MINUTES",
+				"took", res.Took.Round(time.Millisecond).String(), "interval", r.opts.Interval.String(), "full", res.Full)
+		}
+		timer.Reset(r.opts.Interval)
+	}
+}
+
+// Window compares the rows updated within the last window (by the source
+// database's clock) and repairs what differs, unless dryRun.
+func (r *Reconciler) Window(ctx context.Context, window time.Duration, dryRun bool) (Result, error) {
+	var now time.Time
+	if err := r.src.Pool.QueryRow(ctx, "SELECT now()").Scan(&now); err != nil {
+		return Result{}, fmt.Errorf("read source clock: %w", err)
+	}
+	return r.Range(ctx, now.Add(-window), time.Time{}, dryRun)
+}
+
+// Range compares the rows whose updated_at lies in [from, to] (to zero: no
+// upper bound) and repairs what differs, unless dryRun.
+func (r *Reconciler) Range(ctx context.Context, from, to time.Time, dryRun bool) (Result, error) {
+	start := time.Now()
+	res := Result{}
+	src, err := r.src.windowHashes(ctx, from, to)
+	if err != nil {
+		return res, err
+	}
+	if err := r.sync(ctx); err != nil {
+		return res, err
+	}
+	chat, err := r.chat.windowHashes(ctx, from, to)
+	if err != nil {
+		return res, err
+	}
+	var d differences
+	d.add(diff(src, chat))
+	res.Checked = int64(len(src) + len(chat))
+	return r.finish(ctx, res, d, start, dryRun, "window", "from", from.UTC().Format(time.RFC3339))
+}
+
+// Full compares the whole table by key-range checksums and repairs what
+// differs, unless dryRun.
+func (r *Reconciler) Full(ctx context.Context, dryRun bool) (Result, error) {
+	start := time.Now()
+	res := Result{Full: true}
+	if err := r.sync(ctx); err != nil {
+		return res, err
+	}
+	d, srcRows, chatRows, err := fullDiff(ctx, r.src, r.chat)
+	if err != nil {
+		return res, err
+	}
+	res.Checked = srcRows + chatRows
+	return r.finish(ctx, res, d, start, dryRun, "full", "source_rows", srcRows, "chat_rows", chatRows)
+}
+
+// sync waits for the change stream, when there is one, for up to half an
+// interval; a stream that is behind only makes this run repair more.
+func (r *Reconciler) sync(ctx context.Context) error {
+	if r.opts.Sync == nil {
+		return nil
+	}
+	wait := max(r.opts.Interval/2, 2*time.Second)
+	sctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if err := r.opts.Sync(sctx); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.log.Warn("change stream is behind; comparing anyway", "waited", wait.String(), "err", err)
+	}
+	return nil
+}
+
+// repairChunk bounds how many keys one repair transaction (which holds the
+// writer lock, pausing the stream) handles.
+const repairChunk = 1000
+
+func (r *Reconciler) finish(ctx context.Context, res Result, d differences, start time.Time, dryRun bool, kind string, attrs ...any) (Result, error) {
+	if r.opts.afterCompare != nil {
+		r.opts.afterCompare()
+	}
+	keys := d.keys()
+	res.Found = len(keys)
+	fetch := r.fetch()
+	for i := 0; i < len(keys); i += repairChunk {
+		chunk := keys[i:min(i+repairChunk, len(keys))]
+		var part sink.RepairResult
+		var err error
+		if dryRun {
+			part, err = r.classify(ctx, chunk)
+		} else {
+			part, err = r.repairer.Repair(ctx, chunk, fetch)
+		}
+		if err != nil {
+			return res, err
+		}
+		res.Repair = res.Repair.Add(part)
+	}
+	res.Took = time.Since(start)
+	r.record(res, dryRun)
+	args := append([]any{"checked", res.Checked, "missing", res.Repair.Missing, "stale", res.Repair.Stale, "extra", res.Repair.Extra,
+		"already_equal", res.Repair.Same, "refused", res.Repair.Dead, "took", res.Took.Round(time.Millisecond).String(), "dry_run", dryRun}, attrs...)
+	r.log.Info("reconcile "+kind, args...)
+	return res, nil
+}
+
+func (r *Reconciler) record(res Result, dryRun bool) {
+	r.Stats.Runs.Add(1)
+	if res.Full {
+		r.Stats.FullRuns.Add(1)
+	}
+	r.Stats.LastRun.Store(time.Now().UnixNano())
+	r.Stats.LastRunTook.Store(int64(res.Took))
+	r.Stats.Checked.Add(res.Checked)
+	if !dryRun {
+		r.Stats.Missing.Add(int64(res.Repair.Missing))
+		r.Stats.Stale.Add(int64(res.Repair.Stale))
+		r.Stats.Extra.Add(int64(res.Repair.Extra))
+	}
+}
+
+// fetch reads source rows by key, for repairs.
+func (r *Reconciler) fetch() sink.Fetch {
+	return func(ctx context.Context, keys [][]byte) (map[string][][]byte, error) {
+		conn, err := r.src.Pool.Acquire(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer conn.Release()
+		return sink.ReadRows(ctx, conn.Conn().PgConn(), r.src.Table, keys)
+	}
+}
+
+// readBoth reads keys on both sides, outside any lock.
+func (r *Reconciler) readBoth(ctx context.Context, keys [][]byte) (src, chat map[string][][]byte, err error) {
+	if src, err = r.fetch()(ctx, keys); err != nil {
+		return nil, nil, err
+	}
+	conn, err := r.chat.Pool.Acquire(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer conn.Release()
+	chat, err = sink.ReadRows(ctx, conn.Conn().PgConn(), r.chat.Table, keys)
+	return src, chat, err
+}
+
+// classify is a dry-run repair: it reads both sides and counts, writing
+// nothing.
+func (r *Reconciler) classify(ctx context.Context, keys [][]byte) (sink.RepairResult, error) {
+	src, chat, err := r.readBoth(ctx, keys)
+	if err != nil {
+		return sink.RepairResult{}, err
+	}
+	res, _ := sink.Plan(r.chat.Table, keys, src, chat)
+	return res, nil
+}

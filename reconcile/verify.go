@@ -1,0 +1,139 @@
+package reconcile
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/myusta/cdc/internal/schema"
+	"github.com/myusta/cdc/sink"
+)
+
+// Drifted is one row that differs.
+type Drifted struct {
+	ID   string `json:"id"`
+	Kind string `json:"kind"` // missing, stale or extra
+}
+
+// Report is what Verify found. It writes nothing.
+type Report struct {
+	SourceRows            int64     `json:"source_rows"`
+	ChatRows              int64     `json:"chat_rows"`
+	Difference            int64     `json:"difference"` // chat − source
+	SourceUpdatedLastHour int64     `json:"source_updated_last_hour"`
+	ChatUpdatedLastHour   int64     `json:"chat_updated_last_hour"`
+	Full                  bool      `json:"full"`
+	Missing               int       `json:"missing"`
+	Stale                 int       `json:"stale"`
+	Extra                 int       `json:"extra"`
+	Drifted               []Drifted `json:"drifted,omitempty"` // up to 20
+	Consistent            bool      `json:"consistent"`
+	TookMS                int64     `json:"took_ms"`
+}
+
+// maxDrifted bounds the ids a report names.
+const maxDrifted = 20
+
+// settle is how long Verify waits before re-checking what it found, so a
+// change in flight is not reported as drift.
+var settle = 2 * time.Second
+
+// Verify compares row counts and, with full, every row by key-range
+// checksums. Differences are re-checked once after a short wait; only those
+// that persist count.
+func (r *Reconciler) Verify(ctx context.Context, full bool) (Report, error) {
+	start := time.Now()
+	rep := Report{Full: full}
+	if err := r.sync(ctx); err != nil {
+		return rep, err
+	}
+	if err := r.counts(ctx, &rep); err != nil {
+		return rep, err
+	}
+	if rep.Difference != 0 && !full {
+		// Re-count once: the difference may be changes in flight.
+		time.Sleep(settle)
+		if err := r.sync(ctx); err != nil {
+			return rep, err
+		}
+		if err := r.counts(ctx, &rep); err != nil {
+			return rep, err
+		}
+	}
+	rep.Consistent = rep.Difference == 0
+	if full {
+		d, _, _, err := fullDiff(ctx, r.src, r.chat)
+		if err != nil {
+			return rep, err
+		}
+		if !d.empty() {
+			time.Sleep(settle)
+			if err := r.sync(ctx); err != nil {
+				return rep, err
+			}
+		}
+		if err := r.recheck(ctx, d.keys(), &rep); err != nil {
+			return rep, err
+		}
+		rep.Consistent = rep.Missing+rep.Stale+rep.Extra == 0
+	}
+	rep.TookMS = time.Since(start).Milliseconds()
+	return rep, nil
+}
+
+// counts fills the row counts, and the rows updated in the last hour by
+// the source's clock, on both sides.
+func (r *Reconciler) counts(ctx context.Context, rep *Report) error {
+	var since time.Time
+	if err := r.src.Pool.QueryRow(ctx, "SELECT now() - interval '1 hour'").Scan(&since); err != nil {
+		return fmt.Errorf("read source clock: %w", err)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	count := func(s Side, total, recent *int64) func() error {
+		return func() error {
+			sql := fmt.Sprintf("SELECT count(*), count(*) FILTER (WHERE %s >= $1) FROM %s",
+				schema.Quote(s.Table.Columns[s.Table.UpdatedAt].Name), s.Table.Ident())
+			if err := s.Pool.QueryRow(gctx, sql, since).Scan(total, recent); err != nil {
+				return fmt.Errorf("count %s rows: %w", s.Name, err)
+			}
+			return nil
+		}
+	}
+	g.Go(count(r.src, &rep.SourceRows, &rep.SourceUpdatedLastHour))
+	g.Go(count(r.chat, &rep.ChatRows, &rep.ChatUpdatedLastHour))
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	rep.Difference = rep.ChatRows - rep.SourceRows
+	return nil
+}
+
+// recheck reads the keys on both sides and records those that differ.
+func (r *Reconciler) recheck(ctx context.Context, keys [][]byte, rep *Report) error {
+	for i := 0; i < len(keys); i += repairChunk {
+		chunk := keys[i:min(i+repairChunk, len(keys))]
+		src, chat, err := r.readBoth(ctx, chunk)
+		if err != nil {
+			return err
+		}
+		for _, k := range chunk {
+			kind := sink.KindOf(k, src, chat)
+			switch kind {
+			case "":
+				continue
+			case sink.KindMissing:
+				rep.Missing++
+			case sink.KindStale:
+				rep.Stale++
+			case sink.KindExtra:
+				rep.Extra++
+			}
+			if len(rep.Drifted) < maxDrifted {
+				rep.Drifted = append(rep.Drifted, Drifted{ID: sink.FormatValue(r.src.Table.KeyColumn(), k), Kind: kind})
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,211 @@
+package sink
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/myusta/cdc/internal/retry"
+	"github.com/myusta/cdc/internal/schema"
+)
+
+// Fetch reads the current source rows of keys (binary key values), each as
+// binary values of the synced columns in order; keys without a row are left
+// out of the map.
+type Fetch func(ctx context.Context, keys [][]byte) (map[string][][]byte, error)
+
+// RepairResult counts what Repair found and did.
+type RepairResult struct {
+	Missing int // rows chat lacked: inserted
+	Stale   int // rows that differed: updated
+	Extra   int // rows the source does not have: deleted
+	Same    int // rows already equal (the stream had caught up)
+	Dead    int // repairs the chat database refused: in sync_errors
+}
+
+// Repairs is the number of rows written.
+func (r RepairResult) Repairs() int { return r.Missing + r.Stale + r.Extra - r.Dead }
+
+// Add sums two results.
+func (r RepairResult) Add(o RepairResult) RepairResult {
+	return RepairResult{r.Missing + o.Missing, r.Stale + o.Stale, r.Extra + o.Extra, r.Same + o.Same, r.Dead + o.Dead}
+}
+
+// Repair makes the chat rows of keys equal to the source rows that fetch
+// reads. In one chat transaction it takes the writer lock, then calls fetch,
+// so the source state it writes is newer than anything any writer (the
+// stream, another repair, another cdc process) has committed: a repair never
+// replaces a newer version and never brings back a deleted row. Changes the
+// stream applies afterwards are newer still.
+func (s *Sink) Repair(ctx context.Context, keys [][]byte, fetch Fetch) (RepairResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var res RepairResult
+	err := retry.Do(ctx, s.opts.Retry, s.log, "repair rows", func(ctx context.Context) error {
+		res = RepairResult{}
+		conn, err := s.writer(ctx)
+		if err != nil {
+			return err
+		}
+		pc := conn.Conn().PgConn()
+		if err := s.repair(ctx, pc, keys, fetch, &res); err != nil {
+			if !pc.IsClosed() && pc.TxStatus() != 'I' {
+				_ = execSimple(context.WithoutCancel(ctx), pc, "ROLLBACK")
+			}
+			s.dropBroken()
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return res, fmt.Errorf("repair: %w", err)
+	}
+	s.Stats.DeadLetters.Add(int64(res.Dead))
+	return res, nil
+}
+
+func (s *Sink) repair(ctx context.Context, pc *pgconn.PgConn, keys [][]byte, fetch Fetch, res *RepairResult) error {
+	if err := s.beginLocked(ctx, pc); err != nil {
+		return err
+	}
+	src, err := fetch(ctx, keys)
+	if err != nil {
+		return fmt.Errorf("read source rows: %w", err)
+	}
+	chat, err := ReadRows(ctx, pc, s.table, keys)
+	if err != nil {
+		return fmt.Errorf("read chat rows: %w", err)
+	}
+	counts, b := Plan(s.table, keys, src, chat)
+	*res = counts
+	idx := make([]int, len(b.changes))
+	for i := range idx {
+		idx[i] = i
+	}
+	if res.Dead, err = s.isolate(ctx, pc, b.changes, idx); err != nil {
+		return err
+	}
+	return execSimple(ctx, pc, "COMMIT")
+}
+
+// Kinds of difference between a source and a chat row.
+const (
+	KindMissing = "missing" // in the source, not in chat
+	KindStale   = "stale"   // in both, different
+	KindExtra   = "extra"   // in chat, not in the source
+)
+
+// KindOf tells how key's chat row differs from its source row ("" when
+// they are equal or both absent), given rows as ReadRows returns them.
+func KindOf(key []byte, src, chat map[string][][]byte) string {
+	sv, inSrc := src[string(key)]
+	cv, inChat := chat[string(key)]
+	switch {
+	case inSrc && !inChat:
+		return KindMissing
+	case inSrc && !equalRows(sv, cv):
+		return KindStale
+	case !inSrc && inChat:
+		return KindExtra
+	}
+	return ""
+}
+
+// Plan compares the source and chat rows of keys (as ReadRows returns
+// them) and returns what differs, by kind, and the changes that make chat
+// equal to the source.
+func Plan(t *schema.Table, keys [][]byte, src, chat map[string][][]byte) (RepairResult, *Batch) {
+	var res RepairResult
+	b := NewBatch(len(t.Columns), t.Key)
+	for _, k := range keys {
+		switch KindOf(k, src, chat) {
+		case KindMissing:
+			res.Missing++
+		case KindStale:
+			res.Stale++
+		case KindExtra:
+			res.Extra++
+			v := b.NewValues()
+			v[t.Key] = b.Copy(k)
+			b.Add(Change{Op: OpDelete, Values: v})
+			continue
+		default:
+			res.Same++
+			continue
+		}
+		b.Add(Change{Op: OpUpsert, Values: src[string(k)]})
+	}
+	return res, b
+}
+
+func equalRows(a, b [][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if (a[i] == nil) != (b[i] == nil) || !bytes.Equal(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// ReadRows reads the synced columns of t for keys (binary key values), in
+// binary form, keyed by the key's bytes. It is how both sides of a repair
+// are read.
+func ReadRows(ctx context.Context, pc *pgconn.PgConn, t *schema.Table, keys [][]byte) (map[string][][]byte, error) {
+	out := make(map[string][][]byte, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	key := t.KeyColumn()
+	param := appendArray(nil, key.TypeOID, keys)
+	formats := make([]int16, len(t.Columns))
+	for i := range formats {
+		formats[i] = 1
+	}
+	sql := fmt.Sprintf("SELECT %s FROM %s WHERE %s = ANY($1)", t.ColumnList(), t.Ident(), schema.Quote(key.Name))
+	rr := pc.ExecParams(ctx, sql, [][]byte{param}, []uint32{key.ArrayOID}, []int16{1}, formats)
+	for rr.NextRow() {
+		vals := rr.Values()
+		row := make([][]byte, len(vals))
+		for i, v := range vals {
+			if v != nil {
+				row[i] = append([]byte{}, v...)
+			}
+		}
+		out[string(row[t.Key])] = row
+	}
+	if _, err := rr.Close(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// appendArray appends a one-dimensional binary array of elemOID values.
+func appendArray(buf []byte, elemOID uint32, vals [][]byte) []byte {
+	hasNull := uint32(0)
+	for _, v := range vals {
+		if v == nil {
+			hasNull = 1
+			break
+		}
+	}
+	buf = binary.BigEndian.AppendUint32(buf, 1) // dimensions
+	buf = binary.BigEndian.AppendUint32(buf, hasNull)
+	buf = binary.BigEndian.AppendUint32(buf, elemOID)
+	buf = binary.BigEndian.AppendUint32(buf, uint32(len(vals)))
+	buf = binary.BigEndian.AppendUint32(buf, 1) // lower bound
+	for _, v := range vals {
+		if v == nil {
+			buf = binary.BigEndian.AppendUint32(buf, 0xFFFFFFFF)
+			continue
+		}
+		buf = binary.BigEndian.AppendUint32(buf, uint32(len(v)))
+		buf = append(buf, v...)
+	}
+	return buf
+}
