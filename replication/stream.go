@@ -79,8 +79,11 @@ type Stream struct {
 // called is committed in chat (or ctx ends). An idle stream is nudged to
 // ask the server for a keepalive, so its position moves at once.
 func (s *Stream) Sync(ctx context.Context) error {
+	// The insert position, not pg_current_wal_lsn() (the write position):
+	// with asynchronous commit a committed transaction can lie beyond the
+	// write position for a moment.
 	var now string
-	if err := s.pool.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&now); err != nil {
+	if err := s.pool.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&now); err != nil {
 		return fmt.Errorf("read source position: %w", err)
 	}
 	target, err := pglogrepl.ParseLSN(now)

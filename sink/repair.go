@@ -71,6 +71,10 @@ func (s *Sink) repair(ctx context.Context, pc *pgconn.PgConn, keys [][]byte, fet
 	if err := s.beginLocked(ctx, pc); err != nil {
 		return err
 	}
+	// Shows in pg_stat_activity, and lets a trigger tell repairs apart.
+	if err := execSimple(ctx, pc, "SET LOCAL application_name = 'cdc-repair'"); err != nil {
+		return err
+	}
 	src, err := fetch(ctx, keys)
 	if err != nil {
 		return fmt.Errorf("read source rows: %w", err)
