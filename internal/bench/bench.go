@@ -50,6 +50,11 @@ type Result struct {
 	CDCApply, CDCAge, CDCReceive [3]float64
 
 	RSSCopy, RSSBacklog, RSSSteady int64
+
+	VerifyFull    []time.Duration // cdc verify --full on equal tables
+	Window        []time.Duration // one windowed reconcile run
+	WindowChanged int64           // rows changed in the window
+	WindowChecked int64           // rows the windowed run compared, both sides
 }
 
 const (
@@ -293,6 +298,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	if err := nat.drop(ctx); err != nil {
 		return nil, err
+	}
+	if err := reconcilePhase(ctx, s, o, r, env); err != nil {
+		return nil, fmt.Errorf("reconcile phase: %w", err)
 	}
 	return r, nil
 }

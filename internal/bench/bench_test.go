@@ -26,7 +26,7 @@ func TestBench_Smoke(t *testing.T) {
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, log.String())
 	}
-	for name, d := range map[string][]time.Duration{"copy pipe": r.CopyPipe, "copy cdc": r.CopyCDC, "copy native": r.CopyNative,
+	for name, d := range map[string][]time.Duration{"verify": r.VerifyFull, "window": r.Window, "copy pipe": r.CopyPipe, "copy cdc": r.CopyCDC, "copy native": r.CopyNative,
 		"backlog floor": r.BacklogCeiling, "backlog cdc": r.BacklogCDC, "backlog native": r.BacklogNat} {
 		if len(d) != 1 || d[0] <= 0 {
 			t.Errorf("%s: %v", name, d)

@@ -70,6 +70,10 @@ func (r *Result) Write(w io.Writer) {
 	fmt.Fprintf(tw, "| steady: the source's walsender alone (floor)\t %s\t –\t –\t –\t –\t\n", ms(r.SteadyFloor))
 	fmt.Fprintf(tw, "| steady: source statement + commit, during each window\t %s\t %s\t –\t –\t –\t\n", ms(r.SteadyCDC.Commit), ms(r.SteadyNat.Commit))
 	fmt.Fprintf(tw, "| steady, inside cdc: receive delay / batch age / apply p99\t %.0f / %.0f / %.0f ms\t –\t –\t –\t –\t\n", r.CDCReceive[2], r.CDCAge[2], r.CDCApply[2])
+	fmt.Fprintf(tw, "| cdc verify --full, %d equal rows (median)\t %s\t –\t –\t –\t ≤ 5 s: %s\t\n",
+		r.Rows, secs(median(r.VerifyFull)), verdict(median(r.VerifyFull) <= 5*time.Second))
+	fmt.Fprintf(tw, "| one windowed reconcile run, 3-min window, %d rows changed, %d compared (median)\t %s\t –\t –\t –\t ≤ 2 s: %s\t\n",
+		r.WindowChanged, r.WindowChecked, secs(median(r.Window)), verdict(median(r.Window) <= 2*time.Second))
 	fmt.Fprintf(tw, "| cdc peak RSS: copy / backlog / steady\t %s / %s / %s\t –\t –\t –\t ≤ %s: %s\t\n",
 		mb(r.RSSCopy), mb(r.RSSBacklog), mb(r.RSSSteady), mb(Targets.RSS), verdict(peak <= Targets.RSS))
 	tw.Flush()
