@@ -177,6 +177,9 @@ func (r *Reconciler) sync(ctx context.Context) error {
 	return nil
 }
 
+// progressEvery is how often a long repair reports progress.
+const progressEvery = 5 * time.Second
+
 // repairChunk bounds how many keys one repair transaction (which holds the
 // writer lock, pausing the stream) handles.
 const repairChunk = 1000
@@ -188,7 +191,14 @@ func (r *Reconciler) finish(ctx context.Context, res Result, d differences, star
 	keys := d.keys()
 	res.Found = len(keys)
 	fetch := r.fetch()
+	lastReport := time.Now()
 	for i := 0; i < len(keys); i += repairChunk {
+		if time.Since(lastReport) >= progressEvery {
+			lastReport = time.Now()
+			rate := float64(i) / max(time.Since(start).Seconds(), 1e-3)
+			r.log.Info("reconcile in progress", "kind", kind, "repaired", res.Repair.Repairs(), "rows_done", i, "rows_to_do", len(keys),
+				"rows_per_sec", int64(rate), "eta", (time.Duration(float64(len(keys)-i)/max(rate, 1))*time.Second).Round(time.Second).String())
+		}
 		chunk := keys[i:min(i+repairChunk, len(keys))]
 		var part sink.RepairResult
 		var err error
