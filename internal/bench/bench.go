@@ -39,6 +39,7 @@ type Result struct {
 	PGVersion string
 
 	CopyPipe, CopyCDC, CopyNative []time.Duration
+	CopyCDCStartup                []time.Duration // process start to the copy's start: preflight, slot creation
 
 	BacklogChanges                         int
 	BacklogCeiling, BacklogCDC, BacklogNat []time.Duration
@@ -116,7 +117,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	step := func(format string, a ...any) { fmt.Fprintf(o.Log, "bench: "+format+"\n", a...) }
 
-	// 1. Initial copy.
+	// 1. Initial copy. Autovacuum of one copy's fresh table would run
+	// during the next measurement, so it is off on the chat tables here.
+	if err := autovacuum(ctx, s, false); err != nil {
+		return nil, err
+	}
 	var proc *cdcProc
 	for rep := 0; rep < o.Reps; rep++ {
 		if err := checkpoint(ctx, s); err != nil {
@@ -142,10 +147,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		if proc, err = startCDC(o.CDC, env, o.Log); err != nil {
 			return nil, err
 		}
-		if _, err := proc.waitLog(ctx, "first copy done"); err != nil {
+		done, err := proc.waitLog(ctx, "first copy done")
+		if err != nil {
 			return nil, err
 		}
 		r.CopyCDC = append(r.CopyCDC, time.Since(proc.started))
+		if secs, ok := done["seconds"].(float64); ok {
+			r.CopyCDCStartup = append(r.CopyCDCStartup, time.Since(proc.started)-time.Duration(secs*float64(time.Second)))
+		}
 		r.RSSCopy = max(r.RSSCopy, proc.peak())
 
 		if err := nat.drop(ctx); err != nil {
@@ -166,6 +175,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		}
 		r.CopyNative = append(r.CopyNative, time.Since(start))
 		step("copy %d/%d: pipe %s, cdc %s, native %s", rep+1, o.Reps, r.CopyPipe[rep], r.CopyCDC[rep], r.CopyNative[rep])
+	}
+
+	if err := autovacuum(ctx, s, true); err != nil {
+		return nil, err
 	}
 
 	// 2. Backlog: every consumer stopped while it is written, then each
@@ -375,6 +388,16 @@ func quantiles(xs []float64) [3]float64 {
 	slices.Sort(s)
 	at := func(q float64) float64 { return s[min(len(s)-1, int(q*float64(len(s))))] }
 	return [3]float64{at(0.5), at(0.95), at(0.99)}
+}
+
+// autovacuum turns autovacuum of the chat tables on or off.
+func autovacuum(ctx context.Context, s *servers, on bool) error {
+	for _, p := range []*pgxpool.Pool{s.cdc, s.native, s.pipe} {
+		if _, err := p.Exec(ctx, fmt.Sprintf("ALTER TABLE users SET (autovacuum_enabled = %v)", on)); err != nil {
+			return fmt.Errorf("autovacuum: %w", err)
+		}
+	}
+	return nil
 }
 
 // checkpoint flushes both servers so no checkpoint lands inside a timed

@@ -77,8 +77,8 @@ func (r *Result) Write(w io.Writer) {
 	fmt.Fprintf(tw, "| cdc peak RSS: copy / backlog / steady\t %s / %s / %s\t –\t –\t –\t ≤ %s: %s\t\n",
 		mb(r.RSSCopy), mb(r.RSSBacklog), mb(r.RSSSteady), mb(Targets.RSS), verdict(peak <= Targets.RSS))
 	tw.Flush()
-	fmt.Fprintf(w, "\nall runs: copy pipe %v, cdc %v, native %v; backlog floor %v, cdc %v, native %v; steady transactions made %d (cdc) / %d (native), latency samples %d / %d\n",
-		round(r.CopyPipe), round(r.CopyCDC), round(r.CopyNative), round(r.BacklogCeiling), round(r.BacklogCDC), round(r.BacklogNat),
+	fmt.Fprintf(w, "\nall runs: copy pipe %v, cdc %v (of which startup and slot creation %v), native %v; backlog floor %v, cdc %v, native %v; steady transactions made %d (cdc) / %d (native), latency samples %d / %d\n",
+		round(r.CopyPipe), round(r.CopyCDC), round(r.CopyCDCStartup), round(r.CopyNative), round(r.BacklogCeiling), round(r.BacklogCDC), round(r.BacklogNat),
 		r.SteadyCDC.Done, r.SteadyNat.Done, r.SteadyCDC.Samples, r.SteadyNat.Samples)
 }
 
