@@ -1,12 +1,10 @@
 package reconcile
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -146,7 +144,7 @@ func TestWindow_HandlesSkewedClocks(t *testing.T) {
 }
 
 func TestRun_RepairsWithinAFewIntervalsAndNeverOverlaps(t *testing.T) {
-	var logs syncBuffer
+	var logs pgtest.Buffer
 	var running, overlaps atomic.Int32
 	opts := Options{Interval: 100 * time.Millisecond, Multiplier: 3,
 		Logger: slog.New(slog.NewJSONHandler(&logs, nil)),
@@ -178,21 +176,4 @@ func TestRun_RepairsWithinAFewIntervalsAndNeverOverlaps(t *testing.T) {
 	if !strings.Contains(logs.String(), `"level":"WARN","msg":"reconcile run took more than 80% of the interval`) {
 		t.Fatalf("no WARN for slow runs:\n%s", logs.String())
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

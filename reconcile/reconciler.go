@@ -197,7 +197,7 @@ func (r *Reconciler) finish(ctx context.Context, res Result, d differences, star
 			lastReport = time.Now()
 			rate := float64(i) / max(time.Since(start).Seconds(), 1e-3)
 			r.log.Info("reconcile in progress", "kind", kind, "repaired", res.Repair.Repairs(), "rows_done", i, "rows_to_do", len(keys),
-				"rows_per_sec", int64(rate), "eta", (time.Duration(float64(len(keys)-i)/max(rate, 1))*time.Second).Round(time.Second).String())
+				"rows_per_sec", int64(rate), "eta", (time.Duration(float64(len(keys)-i)/max(rate, 1)) * time.Second).Round(time.Second).String())
 		}
 		chunk := keys[i:min(i+repairChunk, len(keys))]
 		var part sink.RepairResult

@@ -4,6 +4,7 @@
 package pgtest
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -263,4 +264,24 @@ func (p *Pair) CopyToChat(t testing.TB) {
 	if _, err := dst.Conn().PgConn().CopyFrom(ctx, pr, "COPY users ("+cols+") FROM STDIN (FORMAT binary)"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Buffer is a bytes.Buffer safe for concurrent writers, for capturing logs
+// and process output in tests.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *Buffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what was written so far.
+func (s *Buffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
