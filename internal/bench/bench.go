@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -102,6 +103,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
+	// The log is written by cdc processes' output and several goroutines.
+	o.Log = &lockedWriter{w: o.Log}
 	r := &Result{Options: o}
 	s, err := setup(ctx, o, r)
 	if s != nil {
@@ -524,6 +527,18 @@ func resetCDC(ctx context.Context, s *servers) error {
 	}
 	_, err := s.cdc.Exec(ctx, "TRUNCATE users; DELETE FROM cdc_checkpoint")
 	return err
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // median of durations.
