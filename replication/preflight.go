@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/myusta/cdc/internal/schema"
+	"github.com/myusta/cdc/migrations"
 )
 
 // PreflightError is a problem with the source database's setup that cdc
@@ -149,4 +150,35 @@ func checkPublication(ctx context.Context, pool *pgxpool.Pool, src Source, table
 		}
 	}
 	return nil
+}
+
+// PreflightNotify checks that the source can be followed in notify mode
+// and returns the source table's description.
+func PreflightNotify(ctx context.Context, pool *pgxpool.Pool, src Source) (*schema.Table, error) {
+	table, err := LoadTable(ctx, pool, src, "source", "check SOURCE_TABLE and the database in the DSN")
+	if err != nil {
+		return nil, err
+	}
+	var user string
+	var canSelect bool
+	if err := pool.QueryRow(ctx, "SELECT current_user, has_table_privilege($1, 'SELECT')", table.Ident()).Scan(&user, &canSelect); err != nil {
+		return nil, fmt.Errorf("check privileges: %w", err)
+	}
+	if !canSelect {
+		return nil, &PreflightError{
+			Cause: fmt.Sprintf("role %q cannot SELECT from %s", user, table),
+			Fix:   fmt.Sprintf("run GRANT SELECT ON %s TO %s", table.Ident(), pgx.Identifier{user}.Sanitize()),
+		}
+	}
+	ok, err := migrations.NotifyTriggerExists(ctx, pool, table.String())
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, &PreflightError{
+			Cause: fmt.Sprintf("the notify trigger %s is not installed (or disabled) on %s", migrations.NotifyTrigger, table),
+			Fix:   "run cdc migrate with SYNC_MODE=notify",
+		}
+	}
+	return table, nil
 }

@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/myusta/cdc/internal/schema"
 	"github.com/myusta/cdc/sink"
 )
 
@@ -32,29 +35,42 @@ func (s *Stream) firstCopy(ctx context.Context, conn *pgconn.PgConn) (sink.Check
 		return sink.Checkpoint{}, fmt.Errorf("create slot %s: consistent point: %w", s.opts.Slot, err)
 	}
 	cp := sink.Checkpoint{LSN: lsn}
-	t := s.opts.Table
-	s.log.Info("created replication slot; copying the table under its snapshot", "consistent_lsn", lsn, "table", t.String())
+	s.log.Info("created replication slot; copying the table under its snapshot", "consistent_lsn", lsn, "table", s.opts.Table.String())
+	if err := copyTable(ctx, s.pool, s.opts.Table, res.SnapshotName, s.sink, cp, s.log); err != nil {
+		return cp, err
+	}
+	return cp, nil
+}
 
-	src, err := s.pool.Acquire(ctx)
+// copyTable copies every source row into chat through the sink with binary
+// COPY: under the exported snapshot when one is given, else under a fresh
+// repeatable-read snapshot. cp is stored with the rows (zero: none).
+// Progress (rows, rows/s, ETA) is logged every progressEvery.
+func copyTable(ctx context.Context, pool *pgxpool.Pool, t *schema.Table, snapshot string, sk interface {
+	LoadSnapshot(ctx context.Context, copyOut sink.CopyOut, cp sink.Checkpoint) (int64, error)
+}, cp sink.Checkpoint, log *slog.Logger) error {
+	src, err := pool.Acquire(ctx)
 	if err != nil {
-		return cp, fmt.Errorf("connect for first copy: %w", err)
+		return fmt.Errorf("connect for the first copy: %w", err)
 	}
 	defer src.Release()
 	start := time.Now()
-	var estimate float64
 	copyOut := func(ctx context.Context, w io.Writer) error {
 		tx, err := src.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 		if err != nil {
 			return fmt.Errorf("begin snapshot transaction: %w", err)
 		}
 		defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-		if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+quoteLiteral(res.SnapshotName)); err != nil {
-			return fmt.Errorf("import snapshot: %w", err)
+		if snapshot != "" {
+			if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+quoteLiteral(snapshot)); err != nil {
+				return fmt.Errorf("import snapshot: %w", err)
+			}
 		}
+		var estimate float64
 		if err := tx.QueryRow(ctx, "SELECT GREATEST(reltuples, 0) FROM pg_class WHERE oid = $1::regclass", t.Ident()).Scan(&estimate); err != nil {
 			return fmt.Errorf("estimate rows: %w", err)
 		}
-		stop := s.reportProgress(ctx, src.Conn().PgConn().PID(), estimate, start)
+		stop := reportProgress(ctx, pool, log, src.Conn().PgConn().PID(), estimate, start)
 		defer stop()
 		_, err = src.Conn().PgConn().CopyTo(ctx, w, fmt.Sprintf("COPY %s (%s) TO STDOUT (FORMAT binary)", t.Ident(), t.ColumnList()))
 		if err != nil {
@@ -62,18 +78,18 @@ func (s *Stream) firstCopy(ctx context.Context, conn *pgconn.PgConn) (sink.Check
 		}
 		return nil
 	}
-	rows, err := s.sink.LoadSnapshot(ctx, copyOut, cp)
+	rows, err := sk.LoadSnapshot(ctx, copyOut, cp)
 	if err != nil {
-		return cp, fmt.Errorf("first copy: %w", err)
+		return fmt.Errorf("first copy: %w", err)
 	}
 	d := time.Since(start)
-	s.log.Info("first copy done", "rows", rows, "seconds", d.Seconds(), "rows_per_sec", int64(float64(rows)/max(d.Seconds(), 1e-3)), "lsn", lsn)
-	return cp, nil
+	log.Info("first copy done", "rows", rows, "seconds", d.Seconds(), "rows_per_sec", int64(float64(rows)/max(d.Seconds(), 1e-3)), "lsn", cp.LSN)
+	return nil
 }
 
 // reportProgress logs the copy's progress every progressEvery, read from
 // pg_stat_progress_copy for the backend pid, until stop is called.
-func (s *Stream) reportProgress(ctx context.Context, pid uint32, estimate float64, start time.Time) (stop func()) {
+func reportProgress(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger, pid uint32, estimate float64, start time.Time) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -87,7 +103,7 @@ func (s *Stream) reportProgress(ctx context.Context, pid uint32, estimate float6
 			case <-t.C:
 			}
 			var rows int64
-			err := s.pool.QueryRow(ctx, "SELECT COALESCE(max(tuples_processed), 0) FROM pg_stat_progress_copy WHERE pid = $1", int32(pid)).Scan(&rows)
+			err := pool.QueryRow(ctx, "SELECT COALESCE(max(tuples_processed), 0) FROM pg_stat_progress_copy WHERE pid = $1", int32(pid)).Scan(&rows)
 			if err != nil {
 				continue
 			}
@@ -98,7 +114,7 @@ func (s *Stream) reportProgress(ctx context.Context, pid uint32, estimate float6
 				remaining := max(estimate-float64(rows), 0)
 				args = append(args, "of_about", int64(estimate), "eta", (time.Duration(remaining/max(rate, 1)) * time.Second).Round(time.Second))
 			}
-			s.log.Info("first copy in progress", args...)
+			log.Info("first copy in progress", args...)
 		}
 	}()
 	return func() { cancel(); <-done }

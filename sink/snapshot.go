@@ -17,8 +17,8 @@ type CopyOut func(ctx context.Context, w io.Writer) error
 
 // LoadSnapshot is the chat side of the first copy. In one transaction it
 // streams the rows from copyOut into the chat table with binary COPY and
-// stores cp, so a crash leaves either nothing or the whole copy with its
-// checkpoint. An empty chat table is filled directly; a table that already
+// stores cp (unless zero), so a crash leaves either nothing or the whole
+// copy with its checkpoint. An empty chat table is filled directly; a table that already
 // has rows (say, from the service cdc replaces) is merged: rows are
 // upserted, and rows the source does not have are deleted.
 func (s *Sink) LoadSnapshot(ctx context.Context, copyOut CopyOut, cp Checkpoint) (rows int64, err error) {
@@ -61,8 +61,10 @@ func (s *Sink) LoadSnapshot(ctx context.Context, copyOut CopyOut, cp Checkpoint)
 			return 0, fmt.Errorf("merge copy into chat table: %w", err)
 		}
 	}
-	if _, err := pc.ExecStatement(ctx, s.stmts[stmtCheckpoint], checkpointParams(s.opts.Slot, cp), nil, nil).Close(); err != nil {
-		return 0, fmt.Errorf("store checkpoint: %w", err)
+	if cp != (Checkpoint{}) {
+		if _, err := pc.ExecStatement(ctx, s.stmts[stmtCheckpoint], checkpointParams(s.opts.Slot, cp), nil, nil).Close(); err != nil {
+			return 0, fmt.Errorf("store checkpoint: %w", err)
+		}
 	}
 	if err := execSimple(ctx, pc, "COMMIT"); err != nil {
 		return 0, fmt.Errorf("commit copy: %w", err)
@@ -113,4 +115,13 @@ func mergeSQL(t *schema.Table) string {
 	}
 	return "ANALYZE cdc_snapshot; " + upsert + "; " +
 		fmt.Sprintf("DELETE FROM %s u WHERE NOT EXISTS (SELECT 1 FROM cdc_snapshot s WHERE s.%s = u.%s)", t.Ident(), key, key)
+}
+
+// Empty reports whether the chat table has no rows.
+func (s *Sink) Empty(ctx context.Context) (bool, error) {
+	var empty bool
+	if err := s.pool.QueryRow(ctx, "SELECT NOT EXISTS (SELECT 1 FROM "+s.table.Ident()+")").Scan(&empty); err != nil {
+		return false, fmt.Errorf("check chat table: %w", err)
+	}
+	return empty, nil
 }

@@ -72,6 +72,9 @@ func migrate(ctx context.Context, out io.Writer, log *slog.Logger, cfg *config.C
 	} else {
 		fmt.Fprintf(out, "chat: table %s exists\n", cfg.ChatTable)
 	}
+	if cfg.Mode == config.ModeNotify {
+		return migrateNotify(ctx, out, cfg, srcPool, spec)
+	}
 	msg, err := migrations.EnsurePublication(ctx, srcPool, spec)
 	if err != nil {
 		return err
@@ -80,5 +83,31 @@ func migrate(ctx context.Context, out io.Writer, log *slog.Logger, cfg *config.C
 		msg = fmt.Sprintf("publication %s up to date", cfg.PublicationName)
 	}
 	fmt.Fprintln(out, "source:", msg)
+	if msg, err = migrations.DropNotifyTrigger(ctx, srcPool, spec); err != nil {
+		return err
+	}
+	if msg != "" {
+		fmt.Fprintln(out, "source:", msg)
+	}
+	return nil
+}
+
+// migrateNotify installs the notify-mode trigger and removes the
+// replication slot, which nothing would consume in this mode.
+func migrateNotify(ctx context.Context, out io.Writer, cfg *config.Config, srcPool *pgxpool.Pool, spec migrations.Spec) error {
+	msg, err := migrations.EnsureNotifyTrigger(ctx, srcPool, spec)
+	if err != nil {
+		return err
+	}
+	if msg == "" {
+		msg = fmt.Sprintf("trigger %s up to date", migrations.NotifyTrigger)
+	}
+	fmt.Fprintln(out, "source:", msg)
+	if msg, err = migrations.DropSlot(ctx, srcPool, cfg.SlotName); err != nil {
+		return err
+	}
+	if msg != "" {
+		fmt.Fprintln(out, "source:", msg)
+	}
 	return nil
 }

@@ -1,0 +1,132 @@
+package migrations
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/myusta/cdc/internal/schema"
+)
+
+// Names of the notify-mode objects on the source: the ones the service cdc
+// replaces used, so an existing setup is recognised.
+const (
+	NotifyChannel         = "user_changes"
+	NotifyFunction        = "notify_user_changes"
+	NotifyTrigger         = "user_changes_trigger"
+	NotifyTruncateTrigger = "user_changes_truncate_trigger"
+)
+
+// notifySQL creates the trigger function and triggers for table t keyed by
+// key. The payload is {"op": …, "id": …} and nothing else: a NOTIFY payload
+// is limited to 8000 bytes and row data (or secrets) must not travel.
+func notifySQL(t *schema.Table, key string) string {
+	fn := pgx.Identifier{t.Schema, NotifyFunction}.Sanitize()
+	k := schema.Quote(key)
+	return fmt.Sprintf(`CREATE OR REPLACE FUNCTION %[1]s() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF TG_OP = 'TRUNCATE' THEN
+    PERFORM pg_notify('%[2]s', '{"op":"truncate"}');
+  ELSIF TG_OP = 'DELETE' THEN
+    PERFORM pg_notify('%[2]s', json_build_object('op', 'delete', 'id', OLD.%[3]s)::text);
+  ELSE
+    IF TG_OP = 'UPDATE' AND OLD.%[3]s IS DISTINCT FROM NEW.%[3]s THEN
+      PERFORM pg_notify('%[2]s', json_build_object('op', 'delete', 'id', OLD.%[3]s)::text);
+    END IF;
+    PERFORM pg_notify('%[2]s', json_build_object('op', lower(TG_OP), 'id', NEW.%[3]s)::text);
+  END IF;
+  RETURN NULL;
+END
+$fn$;
+DROP TRIGGER IF EXISTS %[4]s ON %[5]s;
+CREATE TRIGGER %[4]s AFTER INSERT OR UPDATE OR DELETE ON %[5]s FOR EACH ROW EXECUTE FUNCTION %[1]s();
+DROP TRIGGER IF EXISTS %[6]s ON %[5]s;
+CREATE TRIGGER %[6]s AFTER TRUNCATE ON %[5]s FOR EACH STATEMENT EXECUTE FUNCTION %[1]s();`,
+		fn, NotifyChannel, k, schema.Quote(NotifyTrigger), t.Ident(), schema.Quote(NotifyTruncateTrigger))
+}
+
+// NotifyTriggerExists reports whether the notify-mode trigger is installed
+// and enabled on table.
+func NotifyTriggerExists(ctx context.Context, q schema.Querier, table string) (bool, error) {
+	var n int
+	err := q.QueryRow(ctx, `SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = ANY($2) AND tgenabled <> 'D'`,
+		table, []string{NotifyTrigger, NotifyTruncateTrigger}).Scan(&n)
+	if err != nil {
+		return false, fmt.Errorf("look up notify trigger: %w", err)
+	}
+	return n == 2, nil
+}
+
+// EnsureNotifyTrigger installs (or refreshes) the notify-mode trigger on
+// the source table. It reports what it did.
+func EnsureNotifyTrigger(ctx context.Context, pool *pgxpool.Pool, spec Spec) (string, error) {
+	t, err := schema.Load(ctx, pool, spec.SourceTable, spec.Columns, spec.Key, spec.UpdatedAt)
+	if err != nil {
+		return "", fmt.Errorf("source table: %w", err)
+	}
+	had, err := NotifyTriggerExists(ctx, pool, spec.SourceTable)
+	if err != nil {
+		return "", err
+	}
+	if _, err := pool.Exec(ctx, notifySQL(t, spec.Key)); err != nil {
+		return "", fmt.Errorf("create notify trigger: %w", err)
+	}
+	if had {
+		return "", nil
+	}
+	return fmt.Sprintf("created trigger %s on %s (NOTIFY %s with op and id only)", NotifyTrigger, spec.SourceTable, NotifyChannel), nil
+}
+
+// DropNotifyTrigger removes the notify-mode triggers and function, so
+// replication mode leaves nothing behind. It reports what it did.
+func DropNotifyTrigger(ctx context.Context, pool *pgxpool.Pool, spec Spec) (string, error) {
+	had, err := NotifyTriggerExists(ctx, pool, spec.SourceTable)
+	if err != nil {
+		return "", err
+	}
+	schemaName, _, _ := strings.Cut(spec.SourceTable, ".")
+	fn := pgx.Identifier{schemaName, NotifyFunction}.Sanitize()
+	var exists bool
+	if err := pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", spec.SourceTable).Scan(&exists); err != nil {
+		return "", fmt.Errorf("look up source table: %w", err)
+	}
+	sql := "DROP FUNCTION IF EXISTS " + fn + "() CASCADE"
+	if exists {
+		sql = fmt.Sprintf("DROP TRIGGER IF EXISTS %s ON %s; DROP TRIGGER IF EXISTS %s ON %s; %s",
+			schema.Quote(NotifyTrigger), spec.SourceTable, schema.Quote(NotifyTruncateTrigger), spec.SourceTable, sql)
+	}
+	if _, err := pool.Exec(ctx, sql); err != nil {
+		return "", fmt.Errorf("drop notify trigger: %w", err)
+	}
+	if !had {
+		return "", nil
+	}
+	return fmt.Sprintf("dropped trigger %s from %s: replication mode does not use it", NotifyTrigger, spec.SourceTable), nil
+}
+
+// ErrSlotActive means the slot is in use by a running consumer.
+var ErrSlotActive = errors.New("replication slot is in use")
+
+// DropSlot removes cdc's replication slot if it exists, so notify mode
+// does not leave a slot pinning WAL. It reports what it did.
+func DropSlot(ctx context.Context, pool *pgxpool.Pool, slot string) (string, error) {
+	var active *bool
+	err := pool.QueryRow(ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&active)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("look up slot %s: %w", slot, err)
+	}
+	if active != nil && *active {
+		return "", fmt.Errorf("slot %s: %w: stop cdc run (replication mode) first, then run cdc migrate with SYNC_MODE=notify", slot, ErrSlotActive)
+	}
+	if _, err := pool.Exec(ctx, "SELECT pg_drop_replication_slot($1)", slot); err != nil {
+		return "", fmt.Errorf("drop slot %s: %w", slot, err)
+	}
+	return fmt.Sprintf("dropped replication slot %s: notify mode does not use it, and it would keep WAL on the source", slot), nil
+}

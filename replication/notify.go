@@ -1,0 +1,386 @@
+package replication
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgxlisten"
+
+	"github.com/myusta/cdc/internal/db"
+	"github.com/myusta/cdc/internal/retry"
+	"github.com/myusta/cdc/internal/schema"
+	"github.com/myusta/cdc/migrations"
+	"github.com/myusta/cdc/sink"
+)
+
+// NotifySink is the sink as the notify source sees it.
+type NotifySink interface {
+	Repair(ctx context.Context, keys [][]byte, fetch sink.Fetch) (sink.RepairResult, error)
+	Apply(ctx context.Context, b *sink.Batch) error
+	LoadSnapshot(ctx context.Context, copyOut sink.CopyOut, cp sink.Checkpoint) (int64, error)
+}
+
+// NotifyOptions configure a Notify source.
+type NotifyOptions struct {
+	SourceURL    string        // the listener's own connection
+	Table        *schema.Table // the source table
+	BatchMaxRows int           // most ids applied together
+	Retry        retry.Policy  // listener reconnects
+	DrainTimeout time.Duration // how long shutdown may spend on ids in hand
+	// CatchUp runs on every (re)connect once LISTEN is in place, with how
+	// long notifications may have been missed (0 on the first connect:
+	// unknown). It is where lost notifications are made up for.
+	CatchUp func(ctx context.Context, missed time.Duration) error
+	Logger  *slog.Logger
+}
+
+// NotifyStats describe the notify source's work since start.
+type NotifyStats struct {
+	Notifications    atomic.Int64
+	Upserts          atomic.Int64
+	Deletes          atomic.Int64
+	Truncates        atomic.Int64
+	Reconnects       atomic.Int64
+	Connected        atomic.Bool
+	LastNotification atomic.Int64 // unix ns
+	Latency          atomic.Int64 // notification received -> applied, ns, of the last batch
+}
+
+// Notify is the fallback source for sources that forbid logical
+// replication: a trigger sends {op, id} on a channel, and Notify applies
+// the current source row of each notified id through the sink (an absent
+// row is deleted). Notifications sent while the listener is disconnected
+// are gone; CatchUp makes up for them on every reconnect.
+type Notify struct {
+	opts  NotifyOptions
+	pool  *pgxpool.Pool // source
+	sink  NotifySink
+	log   *slog.Logger
+	queue chan notice
+
+	mu       sync.Mutex
+	syncs    map[string]chan struct{}
+	lastSeen time.Time // of the last notification or (re)connect
+
+	// Stats is updated as the source runs.
+	Stats NotifyStats
+}
+
+// notice is one notification.
+type notice struct {
+	Op string `json:"op"`
+	ID string `json:"id"`
+	at time.Time
+}
+
+// NewNotify returns a notify source reading through pool.
+func NewNotify(pool *pgxpool.Pool, s NotifySink, opts NotifyOptions) *Notify {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.DrainTimeout == 0 {
+		opts.DrainTimeout = 30 * time.Second
+	}
+	return &Notify{opts: opts, pool: pool, sink: s, log: opts.Logger.With("component", "notify"),
+		queue: make(chan notice, 10_000), syncs: map[string]chan struct{}{}}
+}
+
+// Run listens until ctx ends, then applies the ids in hand (within
+// DrainTimeout). A lost connection is re-established with backoff, forever.
+func (n *Notify) Run(ctx context.Context) error {
+	applyCtx, cancelApply := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelApply()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(n.opts.DrainTimeout, cancelApply) })
+	defer stop()
+	applied := make(chan error, 1)
+	go func() { applied <- n.apply(applyCtx) }()
+
+	l := &pgxlisten.Listener{
+		Connect:        n.connect,
+		ReconnectDelay: n.opts.Retry.Initial,
+		LogError: func(ctx context.Context, err error) {
+			if ctx.Err() != nil {
+				return
+			}
+			if n.Stats.Connected.Swap(false) {
+				n.Stats.Reconnects.Add(1)
+			}
+			n.log.Warn("notify listener", "err", err)
+		},
+	}
+	l.Handle(migrations.NotifyChannel, n)
+	err := l.Listen(ctx)
+	close(n.queue)
+	if aerr := <-applied; aerr != nil {
+		return fmt.Errorf("apply notified ids: %w", aerr)
+	}
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// connect opens the listener's connection, retrying with backoff.
+func (n *Notify) connect(ctx context.Context) (*pgx.Conn, error) {
+	var conn *pgx.Conn
+	err := retry.Do(ctx, n.opts.Retry, n.log, "connect notify listener", func(ctx context.Context) (err error) {
+		conn, err = db.Connect(ctx, n.opts.SourceURL)
+		return err
+	})
+	return conn, err
+}
+
+// HandleBacklog runs once LISTEN is in place on each connection: from now
+// on nothing is missed, so what was missed before can be made up for.
+func (n *Notify) HandleBacklog(ctx context.Context, _ string, _ *pgx.Conn) error {
+	n.mu.Lock()
+	var missed time.Duration
+	if !n.lastSeen.IsZero() {
+		missed = time.Since(n.lastSeen)
+	}
+	n.lastSeen = time.Now()
+	n.mu.Unlock()
+	n.Stats.Connected.Store(true)
+	if missed == 0 {
+		n.log.Info("listening for changes", "channel", migrations.NotifyChannel, "table", n.opts.Table.String())
+	} else {
+		n.log.Warn("notify listener reconnected; notifications sent meanwhile are lost: reconciling", "missed", missed.Round(time.Millisecond).String())
+	}
+	if n.opts.CatchUp == nil {
+		return nil
+	}
+	return n.opts.CatchUp(ctx, missed)
+}
+
+// HandleNotification queues one notification for the applier.
+func (n *Notify) HandleNotification(ctx context.Context, m *pgconn.Notification, _ *pgx.Conn) error {
+	var nt notice
+	if err := json.Unmarshal([]byte(m.Payload), &nt); err != nil || nt.Op == "" {
+		return fmt.Errorf("unexpected payload on %s (want {\"op\":…,\"id\":…}): %.100q", m.Channel, m.Payload)
+	}
+	now := time.Now()
+	nt.at = now
+	n.Stats.Notifications.Add(1)
+	n.Stats.LastNotification.Store(now.UnixNano())
+	n.mu.Lock()
+	n.lastSeen = now
+	n.mu.Unlock()
+	select {
+	case n.queue <- nt:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Sync waits until every change committed on the source before the call
+// has been applied: it sends a marker through the same channel (delivered
+// after all earlier notifications) and waits for the applier to reach it.
+func (n *Notify) Sync(ctx context.Context) error {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	token := hex.EncodeToString(b)
+	done := make(chan struct{})
+	n.mu.Lock()
+	n.syncs[token] = done
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		delete(n.syncs, token)
+		n.mu.Unlock()
+	}()
+	payload, _ := json.Marshal(notice{Op: "sync", ID: token})
+	if _, err := n.pool.Exec(ctx, "SELECT pg_notify($1, $2)", migrations.NotifyChannel, string(payload)); err != nil {
+		return fmt.Errorf("send sync marker: %w", err)
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// apply takes notifications in order, coalescing the ids that arrive while
+// a batch is being applied, until the queue is closed.
+func (n *Notify) apply(ctx context.Context) error {
+	var ids []string
+	seen := map[string]bool{}
+	var oldest time.Time
+	flush := func() error {
+		if len(ids) == 0 {
+			return nil
+		}
+		if err := n.applyIDs(ctx, ids); err != nil {
+			return err
+		}
+		n.Stats.Latency.Store(int64(time.Since(oldest)))
+		ids, oldest = ids[:0], time.Time{}
+		clear(seen)
+		return nil
+	}
+	for {
+		nt, ok := <-n.queue
+		if !ok {
+			return flush()
+		}
+		for more := true; more; {
+			switch nt.Op {
+			case "insert", "update", "delete":
+				if !seen[nt.ID] {
+					seen[nt.ID] = true
+					ids = append(ids, nt.ID)
+				}
+				if oldest.IsZero() {
+					oldest = nt.at
+				}
+			case "truncate":
+				if err := flush(); err != nil {
+					return err
+				}
+				if err := n.truncate(ctx); err != nil {
+					return err
+				}
+			case "sync":
+				if err := flush(); err != nil {
+					return err
+				}
+				n.mu.Lock()
+				if done, ok := n.syncs[nt.ID]; ok {
+					close(done)
+					delete(n.syncs, nt.ID)
+				}
+				n.mu.Unlock()
+			default:
+				n.log.Warn("ignoring a notification with an unknown op", "op", nt.Op)
+			}
+			if len(ids) >= n.opts.BatchMaxRows {
+				break
+			}
+			select {
+			case nt, more = <-n.queue:
+				if !more {
+					return flush()
+				}
+			default:
+				more = false
+			}
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+}
+
+// applyIDs makes chat equal to the current source rows of ids.
+func (n *Notify) applyIDs(ctx context.Context, ids []string) error {
+	keys, err := n.keys(ctx, ids)
+	if err != nil {
+		return err
+	}
+	res, err := n.sink.Repair(ctx, keys, n.fetch)
+	if err != nil {
+		return err
+	}
+	n.Stats.Upserts.Add(int64(res.Missing + res.Stale))
+	n.Stats.Deletes.Add(int64(res.Extra))
+	return nil
+}
+
+// keys turns ids, as the trigger sent them (text), into binary key values.
+// An id that is not a valid key is logged and skipped.
+func (n *Notify) keys(ctx context.Context, ids []string) ([][]byte, error) {
+	key := n.opts.Table.KeyColumn()
+	var keys [][]byte
+	err := retry.Do(ctx, n.opts.Retry, n.log, "read notified ids", func(ctx context.Context) error {
+		keys = keys[:0]
+		conn, err := n.pool.Acquire(ctx)
+		if err != nil {
+			return err
+		}
+		defer conn.Release()
+		sql := "SELECT unnest($1::text[])::" + key.TypeName
+		rr := conn.Conn().PgConn().ExecParams(ctx, sql, [][]byte{textArray(ids)}, nil, nil, []int16{1})
+		for rr.NextRow() {
+			keys = append(keys, append([]byte(nil), rr.Values()[0]...))
+		}
+		_, err = rr.Close()
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code[:2] == "22" && len(ids) > 1 {
+			// One bad id spoils the cast of all: take them one by one.
+			keys = keys[:0]
+			for _, id := range ids {
+				k, err := n.keys(ctx, []string{id})
+				if err != nil {
+					return err
+				}
+				keys = append(keys, k...)
+			}
+			return nil
+		}
+		if errors.As(err, &pgErr) && pgErr.Code[:2] == "22" {
+			n.log.Warn("ignoring a notification whose id is not a valid key", "id", ids[0], "type", key.TypeName)
+			return nil
+		}
+		return err
+	})
+	return keys, err
+}
+
+// fetch reads current source rows by key.
+func (n *Notify) fetch(ctx context.Context, keys [][]byte) (map[string][][]byte, error) {
+	conn, err := n.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Release()
+	return sink.ReadRows(ctx, conn.Conn().PgConn(), n.opts.Table, keys)
+}
+
+func (n *Notify) truncate(ctx context.Context) error {
+	n.log.Warn("source table truncated; emptying the chat table")
+	b := sink.NewBatch(len(n.opts.Table.Columns), n.opts.Table.Key)
+	b.Truncate()
+	if err := n.sink.Apply(ctx, b); err != nil {
+		return err
+	}
+	n.Stats.Truncates.Add(1)
+	return nil
+}
+
+// CopyAll copies the whole source table into chat (the bulk copy of a
+// first start), with progress.
+func (n *Notify) CopyAll(ctx context.Context) error {
+	n.log.Info("chat table is empty: copying the source table")
+	return copyTable(ctx, n.pool, n.opts.Table, "", n.sink, sink.Checkpoint{}, n.log)
+}
+
+// textArray renders a text[] literal.
+func textArray(ss []string) []byte {
+	out := []byte{'{'}
+	for i, s := range ss {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, '"')
+		for j := 0; j < len(s); j++ {
+			if s[j] == '"' || s[j] == '\\' {
+				out = append(out, '\\')
+			}
+			out = append(out, s[j])
+		}
+		out = append(out, '"')
+	}
+	return append(out, '}')
+}
