@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -71,7 +72,13 @@ type Notify struct {
 
 	mu       sync.Mutex
 	syncs    map[string]chan struct{}
-	lastSeen time.Time // of the last notification or (re)connect
+	lastSeen time.Time     // of the last notification or (re)connect
+	missed   time.Duration // longest gap not yet caught up
+	first    bool          // the first connect's catch-up is pending
+	catchUp  chan struct{} // a catch-up is pending
+
+	// CatchUps counts completed catch-ups (tests wait on it).
+	CatchUps atomic.Int64
 
 	// Stats is updated as the source runs.
 	Stats NotifyStats
@@ -93,18 +100,29 @@ func NewNotify(pool *pgxpool.Pool, s NotifySink, opts NotifyOptions) *Notify {
 		opts.DrainTimeout = 30 * time.Second
 	}
 	return &Notify{opts: opts, pool: pool, sink: s, log: opts.Logger.With("component", "notify"),
-		queue: make(chan notice, 10_000), syncs: map[string]chan struct{}{}}
+		queue: make(chan notice, 10_000), syncs: map[string]chan struct{}{}, catchUp: make(chan struct{}, 1)}
 }
 
 // Run listens until ctx ends, then applies the ids in hand (within
-// DrainTimeout). A lost connection is re-established with backoff, forever.
+// DrainTimeout). A lost connection is re-established with backoff, forever;
+// a failure to apply ends Run with the error.
 func (n *Notify) Run(ctx context.Context) error {
+	listenCtx, cancelListen := context.WithCancelCause(ctx)
+	defer cancelListen(nil)
 	applyCtx, cancelApply := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelApply()
 	stop := context.AfterFunc(ctx, func() { time.AfterFunc(n.opts.DrainTimeout, cancelApply) })
 	defer stop()
 	applied := make(chan error, 1)
-	go func() { applied <- n.apply(applyCtx) }()
+	go func() {
+		err := n.apply(applyCtx)
+		if err != nil {
+			cancelListen(err)
+		}
+		applied <- err
+	}()
+	caughtUp := make(chan struct{})
+	go func() { defer close(caughtUp); n.catchUpLoop(listenCtx) }()
 
 	l := &pgxlisten.Listener{
 		Connect:        n.connect,
@@ -120,7 +138,9 @@ func (n *Notify) Run(ctx context.Context) error {
 		},
 	}
 	l.Handle(migrations.NotifyChannel, n)
-	err := l.Listen(ctx)
+	err := l.Listen(listenCtx)
+	n.Stats.Connected.Store(false)
+	<-caughtUp
 	close(n.queue)
 	if aerr := <-applied; aerr != nil {
 		return fmt.Errorf("apply notified ids: %w", aerr)
@@ -129,6 +149,38 @@ func (n *Notify) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// catchUpLoop runs CatchUp whenever a (re)connect asks for it, retrying a
+// failed catch-up with backoff until it succeeds: a missed window is never
+// dropped. Reconnects during a catch-up merge into one more run covering
+// the longest gap.
+func (n *Notify) catchUpLoop(ctx context.Context) {
+	if n.opts.CatchUp == nil {
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.catchUp:
+		}
+		n.mu.Lock()
+		missed, first := n.missed, n.first
+		n.missed, n.first = 0, false
+		n.mu.Unlock()
+		if first {
+			missed = 0
+		}
+		b := backoff.WithContext(n.opts.Retry.BackOff(), ctx)
+		err := backoff.RetryNotify(func() error { return n.opts.CatchUp(ctx, missed) }, b, func(err error, wait time.Duration) {
+			n.log.Error("catch-up after (re)connect failed; retrying (the scheduled reconciler covers the gap too)", "err", err, "retry_in", wait.Round(time.Millisecond).String())
+		})
+		if err != nil {
+			return // ctx ended
+		}
+		n.CatchUps.Add(1)
+	}
 }
 
 // connect opens the listener's connection, retrying with backoff.
@@ -142,12 +194,17 @@ func (n *Notify) connect(ctx context.Context) (*pgx.Conn, error) {
 }
 
 // HandleBacklog runs once LISTEN is in place on each connection: from now
-// on nothing is missed, so what was missed before can be made up for.
-func (n *Notify) HandleBacklog(ctx context.Context, _ string, _ *pgx.Conn) error {
+// on nothing is missed, so what was missed before can be made up for. The
+// catch-up itself runs beside the listener (catchUpLoop), so notifications
+// keep flowing meanwhile.
+func (n *Notify) HandleBacklog(_ context.Context, _ string, _ *pgx.Conn) error {
 	n.mu.Lock()
 	var missed time.Duration
-	if !n.lastSeen.IsZero() {
+	if n.lastSeen.IsZero() {
+		n.first = true
+	} else {
 		missed = time.Since(n.lastSeen)
+		n.missed = max(n.missed, missed)
 	}
 	n.lastSeen = time.Now()
 	n.mu.Unlock()
@@ -155,19 +212,24 @@ func (n *Notify) HandleBacklog(ctx context.Context, _ string, _ *pgx.Conn) error
 	if missed == 0 {
 		n.log.Info("listening for changes", "channel", migrations.NotifyChannel, "table", n.opts.Table.String())
 	} else {
-		n.log.Warn("notify listener reconnected; notifications sent meanwhile are lost: reconciling", "missed", missed.Round(time.Millisecond).String())
+		n.log.Warn("notify listener reconnected; notifications sent while it was away are lost: reconciling", "missed", missed.Round(time.Millisecond).String())
 	}
-	if n.opts.CatchUp == nil {
-		return nil
+	select {
+	case n.catchUp <- struct{}{}:
+	default: // one is pending already; it reads the merged gap
 	}
-	return n.opts.CatchUp(ctx, missed)
+	return nil
 }
 
 // HandleNotification queues one notification for the applier.
 func (n *Notify) HandleNotification(ctx context.Context, m *pgconn.Notification, _ *pgx.Conn) error {
 	var nt notice
 	if err := json.Unmarshal([]byte(m.Payload), &nt); err != nil || nt.Op == "" {
-		return fmt.Errorf("unexpected payload on %s (want {\"op\":…,\"id\":…}): %.100q", m.Channel, m.Payload)
+		// Not from cdc's trigger: skip it. Its text is not logged: another
+		// trigger (say, the replaced service's) may send row data.
+		n.log.Warn("ignoring a notification that is not {\"op\":…,\"id\":…}; is another trigger sending on this channel?",
+			"channel", m.Channel, "payload_bytes", len(m.Payload))
+		return nil
 	}
 	now := time.Now()
 	nt.at = now

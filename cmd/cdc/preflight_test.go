@@ -77,6 +77,13 @@ func TestRun_PreflightErrors(t *testing.T) {
 			want: []string{`column "created_at" is timestamp with time zone on the source but text on the chat side`},
 		},
 		{
+			name: "notify trigger missing",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				env["SYNC_MODE"] = "notify"
+			},
+			want: []string{"the notify trigger user_changes_trigger is not installed (or disabled) on public.users", "run cdc migrate with SYNC_MODE=notify"},
+		},
+		{
 			name: "invalid setting",
 			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
 				env["SYNC_MODE"] = "sideways"

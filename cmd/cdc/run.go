@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -20,7 +21,6 @@ import (
 	"github.com/myusta/cdc/migrations"
 	"github.com/myusta/cdc/reconcile"
 	"github.com/myusta/cdc/replication"
-	"github.com/myusta/cdc/sink"
 )
 
 func cmdRun(ctx context.Context, e *env, args []string) error {
@@ -47,15 +47,26 @@ func writePolicy(cfg *config.Config) retry.Policy {
 	return p
 }
 
-// runDaemon is `cdc run`: preflight both sides, then stream until ctx ends.
+// daemonSource is a change source as `cdc run` drives it: the
+// replication stream or the notify listener.
+type daemonSource interface {
+	// Run follows the source until ctx ends.
+	Run(ctx context.Context) error
+	// Sync waits until every change committed before the call is applied.
+	Sync(ctx context.Context) error
+	// progress returns the counts of changes applied so far (for the
+	// periodic "synced" line) and attributes describing the position.
+	progress() (counts []int64, attrs []any)
+	// final returns attributes for the "cdc stopped" line.
+	final() []any
+}
+
+// runDaemon is `cdc run`: preflight both sides, then follow the source in
+// the configured mode until ctx ends.
 func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	start := time.Now()
 	log.Info("cdc starting", "mode", cfg.Mode, "source", logging.RedactDSN(cfg.SourceURL), "chat", logging.RedactDSN(cfg.ChatURL),
 		"table", cfg.SourceTable+" -> "+cfg.ChatTable)
-	if cfg.Mode != config.ModeReplication {
-		return &config.Error{Var: "SYNC_MODE", Msg: "notify mode is not available in this version yet: use replication"}
-	}
-	log.Info("sync mode: replication (pgoutput slot); set SYNC_MODE=notify where the source forbids logical replication")
 	srcPool, err := openPool(ctx, log, "SOURCE_DATABASE_URL", cfg.SourceURL, cfg.SourcePoolSize, reconnectPolicy(cfg))
 	if err != nil {
 		return err
@@ -67,10 +78,16 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	}
 	defer chatPool.Close()
 
-	srcTable, err := replication.Preflight(ctx, srcPool, sourceSpec(cfg))
+	var srcTable *schema.Table
+	if cfg.Mode == config.ModeNotify {
+		srcTable, err = replication.PreflightNotify(ctx, srcPool, sourceSpec(cfg))
+	} else {
+		srcTable, err = replication.Preflight(ctx, srcPool, sourceSpec(cfg))
+	}
 	if err != nil {
 		return err
 	}
+	warnLeftovers(ctx, log, cfg, srcPool)
 	chatTable, err := chatPreflight(ctx, chatPool, cfg, srcTable)
 	if err != nil {
 		return err
@@ -79,24 +96,54 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	chat := reconcile.Side{Pool: chatPool, Table: chatTable}
 	sk := newSink(cfg, log, chat)
 	defer sk.Close()
-	st := replication.New(srcPool, sk, replication.Options{
-		SourceURL:      cfg.SourceURL,
-		Slot:           cfg.SlotName,
-		Publication:    cfg.PublicationName,
-		Table:          srcTable,
-		BatchMaxRows:   cfg.BatchMaxRows,
-		StatusInterval: cfg.StatusInterval,
-		Retry:          reconnectPolicy(cfg),
-		Logger:         log,
-	})
-	go reportProgress(ctx, log, st, progressEvery)
-	rec := newReconciler(cfg, log, src, chat, sk, st.Sync)
+
+	var source daemonSource
+	var rec *reconcile.Reconciler
+	if cfg.Mode == config.ModeNotify {
+		log.Info("sync mode: notify (SYNC_MODE=notify): a trigger sends {op, id} on LISTEN/NOTIFY and cdc applies the current source rows; " +
+			"notifications missed while disconnected are made up for by a reconcile on every reconnect and by the scheduled reconciler")
+		n := newNotifySource(cfg, log, srcPool, sk, srcTable, func() *reconcile.Reconciler { return rec })
+		source = n
+	} else {
+		log.Info("sync mode: replication (SYNC_MODE=replication, pgoutput slot " + cfg.SlotName + "); set SYNC_MODE=notify where the source forbids logical replication")
+		source = &streamSource{replication.New(srcPool, sk, replication.Options{
+			SourceURL:      cfg.SourceURL,
+			Slot:           cfg.SlotName,
+			Publication:    cfg.PublicationName,
+			Table:          srcTable,
+			BatchMaxRows:   cfg.BatchMaxRows,
+			StatusInterval: cfg.StatusInterval,
+			Retry:          reconnectPolicy(cfg),
+			Logger:         log,
+		})}
+	}
+	rec = newReconciler(cfg, log, src, chat, sk, source.Sync)
+	go reportProgress(ctx, log, source, progressEvery)
 	recDone := make(chan error, 1)
 	go func() { recDone <- rec.Run(ctx) }()
-	err = st.Run(ctx)
+	err = source.Run(ctx)
 	<-recDone
-	logFinalStats(log, st, sk, start)
+	log.Info("cdc stopped", append(source.final(),
+		"rows_upserted", sk.Stats.Upserts.Load(), "rows_deleted", sk.Stats.Deletes.Load(),
+		"batches", sk.Stats.Batches.Load(), "dead_letters", sk.Stats.DeadLetters.Load(),
+		"reconcile_runs", rec.Stats.Runs.Load(), "uptime", time.Since(start).Round(time.Millisecond).String())...)
 	return err
+}
+
+// warnLeftovers warns about the other mode's objects on the source: a
+// notify trigger costs every write in replication mode, and an idle slot
+// keeps WAL in notify mode. `cdc migrate` in the current mode removes them.
+func warnLeftovers(ctx context.Context, log *slog.Logger, cfg *config.Config, pool *pgxpool.Pool) {
+	if cfg.Mode == config.ModeNotify {
+		var n int
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", cfg.SlotName).Scan(&n); err == nil && n > 0 {
+			log.Warn("replication slot "+cfg.SlotName+" exists but notify mode does not read it, so it keeps WAL on the source: run cdc migrate with SYNC_MODE=notify to drop it", "slot", cfg.SlotName)
+		}
+		return
+	}
+	if ok, err := migrations.NotifyTriggerExists(ctx, pool, cfg.SourceTable); err == nil && ok {
+		log.Warn("the notify-mode trigger "+migrations.NotifyTrigger+" is still installed on the source and costs every write: run cdc migrate (SYNC_MODE=replication) to drop it", "table", cfg.SourceTable)
+	}
 }
 
 func sourceSpec(cfg *config.Config) replication.Source {
@@ -172,34 +219,58 @@ func connectProblem(varName string, err error) error {
 const progressEvery = 10 * time.Second
 
 // reportProgress logs, every interval in which something happened, how
-// many changes were synced and how far behind the source the chat side was.
-func reportProgress(ctx context.Context, log *slog.Logger, st *replication.Stream, every time.Duration) {
+// many changes were synced and where the source stands.
+func reportProgress(ctx context.Context, log *slog.Logger, src daemonSource, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	var last [3]int64
+	var last []int64
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		now := [3]int64{st.Stats.Inserts.Load(), st.Stats.Updates.Load(), st.Stats.Deletes.Load()}
-		if now == last {
+		now, attrs := src.progress()
+		if slices.Equal(now, last) {
 			continue
 		}
-		log.Info("synced", "inserts", now[0]-last[0], "updates", now[1]-last[1], "deletes", now[2]-last[2],
-			"interval", every.String(), "latency_ms", time.Duration(st.Stats.Latency.Load()).Milliseconds(),
-			"applied_lsn", pglogrepl.LSN(st.Stats.Applied.Load()))
+		delta := make([]int64, len(now))
+		for i := range now {
+			delta[i] = now[i]
+			if i < len(last) {
+				delta[i] -= last[i]
+			}
+		}
+		log.Info("synced", append(countAttrs(src, delta), append([]any{"interval", every.String()}, attrs...)...)...)
 		last = now
 	}
 }
 
-func logFinalStats(log *slog.Logger, st *replication.Stream, sk *sink.Sink, start time.Time) {
-	log.Info("cdc stopped",
-		"inserts", st.Stats.Inserts.Load(), "updates", st.Stats.Updates.Load(), "deletes", st.Stats.Deletes.Load(),
-		"truncates", st.Stats.Truncates.Load(),
-		"rows_upserted", sk.Stats.Upserts.Load(), "rows_deleted", sk.Stats.Deletes.Load(),
-		"batches", sk.Stats.Batches.Load(), "dead_letters", sk.Stats.DeadLetters.Load(),
-		"applied_lsn", pglogrepl.LSN(st.Stats.Applied.Load()), "confirmed_lsn", pglogrepl.LSN(st.Stats.Confirmed.Load()),
-		"uptime", time.Since(start).Round(time.Millisecond).String())
+// countAttrs names the counts of a source's progress.
+func countAttrs(src daemonSource, counts []int64) []any {
+	names := []string{"inserts", "updates", "deletes"}
+	if _, ok := src.(*notifySource); ok {
+		names = []string{"notifications", "rows_upserted", "rows_deleted"}
+	}
+	var attrs []any
+	for i, c := range counts {
+		attrs = append(attrs, names[i], c)
+	}
+	return attrs
+}
+
+// streamSource is the replication stream as a daemonSource.
+type streamSource struct{ *replication.Stream }
+
+func (s *streamSource) progress() ([]int64, []any) {
+	st := &s.Stats
+	return []int64{st.Inserts.Load(), st.Updates.Load(), st.Deletes.Load()},
+		[]any{"latency_ms", time.Duration(st.Latency.Load()).Milliseconds(), "applied_lsn", pglogrepl.LSN(st.Applied.Load())}
+}
+
+func (s *streamSource) final() []any {
+	st := &s.Stats
+	return []any{"inserts", st.Inserts.Load(), "updates", st.Updates.Load(), "deletes", st.Deletes.Load(),
+		"truncates", st.Truncates.Load(),
+		"applied_lsn", pglogrepl.LSN(st.Applied.Load()), "confirmed_lsn", pglogrepl.LSN(st.Confirmed.Load())}
 }
