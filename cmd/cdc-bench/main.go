@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,10 +26,20 @@ func main() {
 	flag.IntVar(&o.SteadyTPS, "tps", 2000, "single-row transactions per second in the steady phase")
 	flag.DurationVar(&o.SteadyFor, "steady", 30*time.Second, "length of the steady phase")
 	flag.IntVar(&o.BacklogClients, "clients", 4, "concurrent clients writing the backlog's single-row updates")
+	flag.DurationVar(&o.RampStep, "ramp-step", 10*time.Second, "length of each step of the keep-up ramp")
+	rates := flag.String("ramp", "2000,3000,4000,6000,8000", "rates (transactions/s) of the keep-up ramp")
 	flag.StringVar(&o.CDC, "cdc", "", "cdc binary (default: build ./cmd/cdc)")
 	flag.BoolVar(&o.Fast, "fast", false, "run both servers with fsync off")
 	out := flag.String("out", "", "also write the table to this file")
 	flag.Parse()
+	for _, f := range strings.Split(*rates, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			fmt.Fprintf(os.Stderr, "cdc-bench: --ramp: %q is not a positive rate\n", f)
+			os.Exit(2)
+		}
+		o.RampRates = append(o.RampRates, n)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o, *out); err != nil {

@@ -29,6 +29,8 @@ type Options struct {
 	SteadyTPS      int           // single-row transactions per second in the steady phase
 	SteadyFor      time.Duration // length of the steady phase
 	BacklogClients int           // concurrent clients writing the backlog's single-row updates
+	RampRates      []int         // rates (single-row transactions/s) of the keep-up ramp, in order
+	RampStep       time.Duration // length of each ramp step
 	CDC            string        // path of the cdc binary
 	Fast           bool          // fsync off on both servers (default: durable)
 	Log            io.Writer     // progress
@@ -51,7 +53,10 @@ type Result struct {
 	// receive delay (source commit -> change read by cdc), p50/p95/p99 ms.
 	CDCApply, CDCAge, CDCReceive [3]float64
 
-	RSSCopy, RSSBacklog, RSSSteady int64
+	RSSCopy, RSSBacklog, RSSSteady, RSSNotify int64
+
+	SteadyNotify        Steady     // the steady phase with cdc in notify mode
+	RampCDC, RampNotify []RampStep // the keep-up ramp, replication and notify mode
 
 	VerifyFull    []time.Duration // cdc verify --full on equal tables
 	Window        []time.Duration // one windowed reconcile run
@@ -273,6 +278,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	r.CDCApply, r.CDCAge, r.CDCReceive = proc.batchTimings(first)
+	if r.RampCDC, err = ramp(ctx, s, s.cdc, ids, o, "cdc replication"); err != nil {
+		return nil, err
+	}
 	r.RSSSteady = proc.peak()
 	if err := proc.stop(); err != nil {
 		return nil, err
@@ -303,14 +311,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := proc.stop(); err != nil {
 		return nil, err
 	}
-	for name, p := range map[string]*pgxpool.Pool{"cdc": s.cdc, "native": s.native} {
-		diff, err := tablediff.Diff(ctx, s.source, p, "users", "id", s.cfg.Columns, 5)
-		if err != nil {
-			return nil, err
-		}
-		if len(diff) > 0 {
-			return nil, fmt.Errorf("%s's chat table differs from the source: %v", name, diff)
-		}
+	if err := equal(ctx, s, map[string]*pgxpool.Pool{"cdc": s.cdc, "native": s.native}); err != nil {
+		return nil, err
 	}
 	if err := nat.drop(ctx); err != nil {
 		return nil, err
@@ -318,11 +320,15 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := reconcilePhase(ctx, s, o, r, env); err != nil {
 		return nil, fmt.Errorf("reconcile phase: %w", err)
 	}
+	if err := notifyPhase(ctx, s, ids, o, r, env); err != nil {
+		return nil, fmt.Errorf("notify phase: %w", err)
+	}
 	return r, nil
 }
 
 // steadyPhase makes the steady load and measures one consumer's latency;
-// begin is called when the measured window starts.
+// begin (if not nil) is called when the measured window starts. A consumer
+// gets catchUpWithin to apply what the load wrote.
 func steadyPhase(ctx context.Context, s *servers, chat *pgxpool.Pool, ids []string, o Options, name string, begin func()) (Steady, error) {
 	var st Steady
 	// The consumer first catches up on what was written while it was
@@ -332,15 +338,19 @@ func steadyPhase(ctx context.Context, s *servers, chat *pgxpool.Pool, ids []stri
 		if err := insertMarker(ctx, s.source, marker); err != nil {
 			return err
 		}
-		if err := waitMarker(ctx, chat, marker); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+		wctx, cancel := context.WithTimeout(ctx, catchUpWithin)
+		defer cancel()
+		if err := waitMarker(wctx, chat, marker); err != nil {
+			return fmt.Errorf("%s: wait for the marker: %w", name, err)
 		}
 		return nil
 	}
 	if err := caughtUp(); err != nil {
 		return st, err
 	}
-	begin()
+	if begin != nil {
+		begin()
+	}
 	since := time.Now()
 	var err error
 	if st.Done, st.Commit, err = steadyLoad(ctx, s.source, ids, o.SteadyTPS, o.SteadyFor, 8, o.Log); err != nil {
@@ -351,6 +361,20 @@ func steadyPhase(ctx context.Context, s *servers, chat *pgxpool.Pool, ids []stri
 	}
 	st.Latency, st.Samples, err = percentiles(ctx, chat, since)
 	return st, err
+}
+
+// equal checks that each chat table equals the source, row by row.
+func equal(ctx context.Context, s *servers, chats map[string]*pgxpool.Pool) error {
+	for name, p := range chats {
+		diff, err := tablediff.Diff(ctx, s.source, p, "users", "id", s.cfg.Columns, 5)
+		if err != nil {
+			return err
+		}
+		if len(diff) > 0 {
+			return fmt.Errorf("%s's chat table differs from the source: %v", name, diff)
+		}
+	}
+	return nil
 }
 
 // steadyFloor makes the steady load with only the discarding consumer
@@ -381,6 +405,10 @@ func steadyFloor(ctx context.Context, s *servers, floor *ceiling, ids []string, 
 	}
 	return quantiles(out.ms), nil
 }
+
+// catchUpWithin bounds how long a consumer may take to apply what a
+// steady phase or ramp step wrote.
+const catchUpWithin = 3 * time.Minute
 
 // quantiles returns p50, p95, p99 of xs.
 func quantiles(xs []float64) [3]float64 {

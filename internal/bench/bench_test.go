@@ -22,7 +22,8 @@ func TestBench_Smoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var log bytes.Buffer
-	r, err := Run(ctx, Options{Rows: 20_000, Reps: 1, SteadyTPS: 200, SteadyFor: 3 * time.Second, BacklogClients: 4, CDC: bin, Fast: true, Log: &log})
+	r, err := Run(ctx, Options{Rows: 20_000, Reps: 1, SteadyTPS: 200, SteadyFor: 3 * time.Second, BacklogClients: 4, CDC: bin, Fast: true, Log: &log,
+		RampRates: []int{200, 400}, RampStep: 2 * time.Second})
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, log.String())
 	}
@@ -35,9 +36,12 @@ func TestBench_Smoke(t *testing.T) {
 	if r.SteadyCDC.Samples == 0 || r.SteadyNat.Samples == 0 || r.RSSCopy == 0 || r.RSSSteady == 0 || r.CDCApply[2] == 0 && r.CDCAge[2] == 0 {
 		t.Errorf("steady samples %d/%d, RSS %d/%d, cdc timings %v %v", r.SteadyCDC.Samples, r.SteadyNat.Samples, r.RSSCopy, r.RSSSteady, r.CDCApply, r.CDCAge)
 	}
+	if r.SteadyNotify.Samples == 0 || len(r.RampCDC) == 0 || len(r.RampNotify) == 0 {
+		t.Errorf("notify steady samples %d, ramp steps %d (replication) / %d (notify)", r.SteadyNotify.Samples, len(r.RampCDC), len(r.RampNotify))
+	}
 	var table bytes.Buffer
 	r.Write(&table)
-	for _, want := range []string{"initial copy", "backlog catch-up", "walsender alone", "steady", "peak RSS"} {
+	for _, want := range []string{"initial copy", "backlog catch-up", "walsender alone", "steady", "notify mode", "kept up with", "peak RSS"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

@@ -16,7 +16,8 @@ var Targets = struct {
 	CopyVsPipe     float64 // cdc copy / COPY pipe, at most
 	P99            float64 // ms at the steady rate, at most
 	RSS            int64   // bytes, at most
-}{2, 1.1, 50, 64 << 20}
+	NotifyP99      float64 // ms at the steady rate in notify mode, at most
+}{2, 1.1, 50, 64 << 20, 100}
 
 func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
 func mb(b int64) string           { return fmt.Sprintf("%.1f MB", float64(b)/(1<<20)) }
@@ -53,7 +54,7 @@ func (r *Result) Write(w io.Writer) {
 		return fmt.Sprintf("%.0f rows/s", float64(r.BacklogChanges)/d.Seconds())
 	}
 	ms := func(p [3]float64) string { return fmt.Sprintf("%.1f / %.1f / %.1f ms", p[0], p[1], p[2]) }
-	peak := max(r.RSSCopy, r.RSSBacklog, r.RSSSteady)
+	peak := max(r.RSSCopy, r.RSSBacklog, r.RSSSteady, r.RSSNotify)
 
 	fmt.Fprintf(w, "%d rows · %s · medians of %d runs where marked\n\n", r.Rows, r.Machine(), r.Reps)
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
@@ -70,16 +71,38 @@ func (r *Result) Write(w io.Writer) {
 	fmt.Fprintf(tw, "| steady: the source's walsender alone (floor)\t %s\t –\t –\t –\t –\t\n", ms(r.SteadyFloor))
 	fmt.Fprintf(tw, "| steady: source statement + commit, during each window\t %s\t %s\t –\t –\t –\t\n", ms(r.SteadyCDC.Commit), ms(r.SteadyNat.Commit))
 	fmt.Fprintf(tw, "| steady, inside cdc: receive delay / batch age / apply p99\t %.0f / %.0f / %.0f ms\t –\t –\t –\t –\t\n", r.CDCReceive[2], r.CDCAge[2], r.CDCApply[2])
+	fmt.Fprintf(tw, "| steady %d tps × %s, cdc in notify mode: p50 / p95 / p99\t %s\t –\t –\t p99 notify/replication %.2f\t p99 ≤ %.0f ms: %s\t\n",
+		r.SteadyTPS, r.SteadyFor, ms(r.SteadyNotify.Latency), r.SteadyNotify.Latency[2]/r.SteadyCDC.Latency[2], Targets.NotifyP99, verdict(r.SteadyNotify.Latency[2] <= Targets.NotifyP99))
+	fmt.Fprintf(tw, "| highest single-row rate kept up with (ramp, %s steps, p99 ≤ %.0f ms): replication mode\t %s\t –\t –\t –\t –\t\n", r.RampStep, keepUpP99, rampSummary(r.RampCDC))
+	fmt.Fprintf(tw, "| highest single-row rate kept up with: notify mode\t %s\t –\t –\t –\t –\t\n", rampSummary(r.RampNotify))
 	fmt.Fprintf(tw, "| cdc verify --full, %d equal rows (median)\t %s\t –\t –\t –\t ≤ 5 s: %s\t\n",
 		r.Rows, secs(median(r.VerifyFull)), verdict(median(r.VerifyFull) <= 5*time.Second))
 	fmt.Fprintf(tw, "| one windowed reconcile run, 3-min window, %d rows changed, %d compared (median)\t %s\t –\t –\t –\t ≤ 2 s: %s\t\n",
 		r.WindowChanged, r.WindowChecked, secs(median(r.Window)), verdict(median(r.Window) <= 2*time.Second))
-	fmt.Fprintf(tw, "| cdc peak RSS: copy / backlog / steady\t %s / %s / %s\t –\t –\t –\t ≤ %s: %s\t\n",
-		mb(r.RSSCopy), mb(r.RSSBacklog), mb(r.RSSSteady), mb(Targets.RSS), verdict(peak <= Targets.RSS))
+	fmt.Fprintf(tw, "| cdc peak RSS: copy / backlog / steady / notify mode\t %s / %s / %s / %s\t –\t –\t –\t ≤ %s: %s\t\n",
+		mb(r.RSSCopy), mb(r.RSSBacklog), mb(r.RSSSteady), mb(r.RSSNotify), mb(Targets.RSS), verdict(peak <= Targets.RSS))
 	tw.Flush()
 	fmt.Fprintf(w, "\nall runs: copy pipe %v, cdc %v (of which startup and slot creation %v), native %v; backlog floor %v, cdc %v, native %v; steady transactions made %d (cdc) / %d (native), latency samples %d / %d\n",
 		round(r.CopyPipe), round(r.CopyCDC), round(r.CopyCDCStartup), round(r.CopyNative), round(r.BacklogCeiling), round(r.BacklogCDC), round(r.BacklogNat),
 		r.SteadyCDC.Done, r.SteadyNat.Done, r.SteadyCDC.Samples, r.SteadyNat.Samples)
+}
+
+// rampSummary says how far a ramp went: the highest rate kept up with,
+// and what stopped it.
+func rampSummary(steps []RampStep) string {
+	if len(steps) == 0 {
+		return "not measured"
+	}
+	rate, loadLimited := maxKept(steps)
+	last := steps[len(steps)-1]
+	switch {
+	case last.Kept:
+		return fmt.Sprintf("≥ %.0f tps (every rate tried kept up)", rate)
+	case loadLimited:
+		return fmt.Sprintf("≥ %.0f tps (the source and its clients made only %.0f of %d tps; p99 there %.0f ms)", rate, last.Achieved, last.Target, last.P99)
+	default:
+		return fmt.Sprintf("%.0f tps (behind at %d tps: p99 %.0f ms)", rate, last.Target, last.P99)
+	}
 }
 
 func round(d []time.Duration) []string {
