@@ -43,8 +43,9 @@ type Config struct {
 	SlotName        string // SLOT_NAME
 	PublicationName string // PUBLICATION_NAME
 
-	BatchMaxRows   int           // BATCH_MAX_ROWS
-	StatusInterval time.Duration // STANDBY_STATUS_INTERVAL
+	BatchMaxRows     int           // BATCH_MAX_ROWS
+	StatusInterval   time.Duration // STANDBY_STATUS_INTERVAL
+	SlotWALWarnBytes int64         // SLOT_WAL_WARN_MB, in bytes
 
 	HTTPAddr  string     // HTTP_ADDR
 	LogLevel  slog.Level // LOG_LEVEL

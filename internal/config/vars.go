@@ -117,6 +117,11 @@ var Vars = []Var{
 		c.StatusInterval = d
 		return err
 	}},
+	{"SLOT_WAL_WARN_MB", "1024", "WAL the slot may hold on the source (MB) before cdc warns and health degrades", func(c *Config, s string) error {
+		n, err := parseInt(s, 1, 100_000_000, "an integer number of megabytes from 1 to 100000000")
+		c.SlotWALWarnBytes = int64(n) << 20
+		return err
+	}},
 	{"HTTP_ADDR", "127.0.0.1:8080", "health, stats and metrics listener (host:port)", func(c *Config, s string) error {
 		if _, port, err := net.SplitHostPort(s); err != nil || !validPort(port) {
 			return fmt.Errorf("%q is not host:port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080", s)
