@@ -363,37 +363,17 @@ func (n *Notify) applyIDs(ctx context.Context, ids []string) error {
 // keys turns ids, as the trigger sent them (text), into binary key values.
 // An id that is not a valid key is logged and skipped.
 func (n *Notify) keys(ctx context.Context, ids []string) ([][]byte, error) {
-	key := n.opts.Table.KeyColumn()
 	var keys [][]byte
 	err := retry.Do(ctx, n.opts.Retry, n.log, "read notified ids", func(ctx context.Context) error {
-		keys = keys[:0]
 		conn, err := n.pool.Acquire(ctx)
 		if err != nil {
 			return err
 		}
 		defer conn.Release()
-		sql := "SELECT unnest($1::text[])::" + key.TypeName
-		rr := conn.Conn().PgConn().ExecParams(ctx, sql, [][]byte{textArray(ids)}, nil, nil, []int16{1})
-		for rr.NextRow() {
-			keys = append(keys, append([]byte(nil), rr.Values()[0]...))
-		}
-		_, err = rr.Close()
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code[:2] == "22" && len(ids) > 1 {
-			// One bad id spoils the cast of all: take them one by one.
-			keys = keys[:0]
-			for _, id := range ids {
-				k, err := n.keys(ctx, []string{id})
-				if err != nil {
-					return err
-				}
-				keys = append(keys, k...)
-			}
-			return nil
-		}
-		if errors.As(err, &pgErr) && pgErr.Code[:2] == "22" {
-			n.log.Warn("ignoring a notification whose id is not a valid key", "id", ids[0], "type", key.TypeName)
-			return nil
+		var bad []string
+		keys, bad, err = sink.ParseKeys(ctx, conn.Conn().PgConn(), n.opts.Table, ids)
+		for _, id := range bad {
+			n.log.Warn("ignoring a notification whose id is not a valid key", "id", id, "type", n.opts.Table.KeyColumn().TypeName)
 		}
 		return err
 	})
@@ -426,23 +406,4 @@ func (n *Notify) truncate(ctx context.Context) error {
 func (n *Notify) CopyAll(ctx context.Context) error {
 	n.log.Info("chat table is empty: copying the source table")
 	return copyTable(ctx, n.pool, n.opts.Table, "", n.sink, sink.Checkpoint{}, n.log)
-}
-
-// textArray renders a text[] literal.
-func textArray(ss []string) []byte {
-	out := []byte{'{'}
-	for i, s := range ss {
-		if i > 0 {
-			out = append(out, ',')
-		}
-		out = append(out, '"')
-		for j := 0; j < len(s); j++ {
-			if s[j] == '"' || s[j] == '\\' {
-				out = append(out, '\\')
-			}
-			out = append(out, s[j])
-		}
-		out = append(out, '"')
-	}
-	return append(out, '}')
 }

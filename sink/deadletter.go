@@ -56,12 +56,19 @@ func (s *Sink) deadLetter(ctx context.Context, pc *pgconn.PgConn, c *Change, cau
 	}
 	s.log.Error("change rejected by the chat database; recorded in sync_errors",
 		"user_id", key, "lsn", c.LSN, "error_type", errType, "err", msg)
-	_, err = pc.ExecParams(ctx, `INSERT INTO sync_errors (error_type, user_id, message, detail, payload, lsn)
-VALUES ($1, $2, $3, NULLIF($4, ''), $5::jsonb, $6::pg_lsn)`,
+	// One open dead letter per id and kind of error: a change that keeps
+	// failing counts its attempts instead of adding rows.
+	_, err = pc.ExecParams(ctx, `WITH open AS (
+  UPDATE sync_errors SET attempts = attempts + 1, message = $3, detail = NULLIF($4, ''), payload = $5::jsonb,
+         lsn = COALESCE($6::pg_lsn, lsn), last_attempt_at = now()
+  WHERE NOT resolved AND user_id = $2 AND error_type = $1 RETURNING id)
+INSERT INTO sync_errors (error_type, user_id, message, detail, payload, lsn)
+SELECT $1, $2, $3, NULLIF($4, ''), $5::jsonb, $6::pg_lsn WHERE NOT EXISTS (SELECT 1 FROM open)`,
 		[][]byte{[]byte(errType), []byte(key), []byte(msg), []byte(detail), payload, lsn}, nil, nil, nil).Close()
 	if err != nil {
 		return fmt.Errorf("record dead letter: %w", err)
 	}
+	s.open.failed(c.Values[s.table.Key])
 	return nil
 }
 

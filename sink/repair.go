@@ -46,6 +46,7 @@ func (s *Sink) Repair(ctx context.Context, keys [][]byte, fetch Fetch) (RepairRe
 	var res RepairResult
 	err := retry.Do(ctx, s.opts.Retry, s.log, "repair rows", func(ctx context.Context) error {
 		res = RepairResult{}
+		s.begin()
 		conn, err := s.writer(ctx)
 		if err != nil {
 			return err
@@ -63,6 +64,7 @@ func (s *Sink) Repair(ctx context.Context, keys [][]byte, fetch Fetch) (RepairRe
 	if err != nil {
 		return res, fmt.Errorf("repair: %w", err)
 	}
+	s.committed()
 	s.Stats.DeadLetters.Add(int64(res.Dead))
 	return res, nil
 }
@@ -90,6 +92,12 @@ func (s *Sink) repair(ctx context.Context, pc *pgconn.PgConn, keys [][]byte, fet
 		idx[i] = i
 	}
 	if res.Dead, err = s.isolate(ctx, pc, b.changes, idx); err != nil {
+		return err
+	}
+	// Every key now equals its source row unless it was refused again:
+	// its open dead letters are settled.
+	s.resolving = s.open.resolvable(s.table, len(keys), func(i int) []byte { return keys[i] })
+	if err := execResolve(ctx, pc, s.resolving); err != nil {
 		return err
 	}
 	return execSimple(ctx, pc, "COMMIT")

@@ -31,6 +31,7 @@ type Stats struct {
 	Deletes     atomic.Int64
 	Truncates   atomic.Int64
 	DeadLetters atomic.Int64
+	Resolved    atomic.Int64  // ids whose dead letters a later write resolved
 	LSN         atomic.Uint64 // last committed checkpoint LSN
 }
 
@@ -43,10 +44,12 @@ type Sink struct {
 	log   *slog.Logger
 	sql   statementSQL
 
-	mu    sync.Mutex // one writer at a time
-	conn  *pgxpool.Conn
-	stmts map[string]*pgconn.StatementDescription
-	enc   encoder
+	mu        sync.Mutex // one writer at a time
+	conn      *pgxpool.Conn
+	stmts     map[string]*pgconn.StatementDescription
+	enc       encoder
+	open      openErrors  // ids with unresolved dead letters
+	resolving *resolution // what the transaction being written resolves
 
 	// Stats is updated after every commit.
 	Stats Stats
@@ -88,6 +91,7 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 	attempt := 0
 	err := retry.Do(ctx, s.opts.Retry, s.log, "apply batch", func(ctx context.Context) error {
 		attempt++
+		s.begin()
 		conn, err := s.writer(ctx)
 		if err != nil {
 			return err
@@ -116,6 +120,7 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 	if err != nil {
 		return fmt.Errorf("apply batch: %w", err)
 	}
+	s.committed()
 	s.count(b)
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.Debug("batch applied", "rows", len(b.changes), "received", b.Received, "lsn", b.Checkpoint.LSN,
@@ -204,8 +209,30 @@ func (s *Sink) writer(ctx context.Context) (*pgxpool.Conn, error) {
 		}
 		stmts[name] = sd
 	}
+	if !s.open.loaded {
+		if err := s.loadOpenErrors(ctx, c.Conn().PgConn()); err != nil {
+			c.Release()
+			return nil, err
+		}
+	}
 	s.conn, s.stmts = c, stmts
 	return c, nil
+}
+
+// begin starts a write attempt.
+func (s *Sink) begin() {
+	s.open.begin()
+	s.resolving = nil
+}
+
+// committed notes that the last write attempt committed.
+func (s *Sink) committed() {
+	if r := s.resolving; r != nil {
+		s.open.committed(r)
+		s.Stats.Resolved.Add(int64(len(r.keys)))
+		s.log.Info("dead letters resolved by a later successful write", "ids", len(r.keys))
+		s.resolving = nil
+	}
 }
 
 // dropBroken gives up the writer connection if it can no longer be used, or

@@ -171,6 +171,72 @@ func TestSink_PoisonRowGoesToSyncErrorsAndTheRestCommits(t *testing.T) {
 	}
 }
 
+// TestSink_DeadLettersCountAttemptsAndResolveOnALaterWrite: a row refused
+// twice keeps one open dead letter with two attempts; a later successful
+// write of the same id resolves it in the same transaction, through the
+// pipelined path, the staged (COPY) path and the careful path alike; a
+// sink started later (another process) knows the open ids from the table.
+func TestSink_DeadLettersCountAttemptsAndResolveOnALaterWrite(t *testing.T) {
+	ctx := context.Background()
+	p := pgtest.NewPair(t, 0)
+	pgtest.Exec(t, p.Chat, `ALTER TABLE users ADD CONSTRAINT no_poison CHECK (first_name NOT LIKE 'poison%')`)
+	s := newSink(t, p)
+	tbl := s.Table()
+	apply := func(lsn uint64, n int, names map[int]string) {
+		t.Helper()
+		b := sink.NewBatch(len(tbl.Columns), tbl.Key)
+		for i := 1; i <= n; i++ {
+			name := fmt.Sprintf("ok%d-%d", i, lsn)
+			if x, ok := names[i]; ok {
+				name = x
+			}
+			b.Add(user{id: uuidOf(i), first: name}.change(t, b, tbl, sink.OpUpsert))
+		}
+		b.Checkpoint = sink.Checkpoint{LSN: pglogrepl.LSN(lsn)}
+		if err := s.Apply(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := func() (open, resolved, attempts int) {
+		t.Helper()
+		err := p.Chat.QueryRow(ctx, `SELECT count(*) FILTER (WHERE NOT resolved), count(*) FILTER (WHERE resolved AND resolved_at IS NOT NULL),
+COALESCE(max(attempts) FILTER (WHERE NOT resolved), 0) FROM sync_errors`).Scan(&open, &resolved, &attempts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	// Refused twice (careful path both times): one open row, 2 attempts.
+	apply(0x10, 10, map[int]string{3: "poison-a", 7: "poison-b"})
+	apply(0x20, 10, map[int]string{3: "poison-a2", 7: "poison-b2"})
+	if open, resolved, attempts := state(); open != 2 || resolved != 0 || attempts != 2 {
+		t.Fatalf("after two refusals: open %d, resolved %d, max attempts %d; want 2, 0, 2", open, resolved, attempts)
+	}
+	// Id 7 succeeds through the pipelined path; id 3 is refused again.
+	apply(0x30, 10, map[int]string{3: "poison-a3"})
+	if open, resolved, _ := state(); open != 1 || resolved != 1 {
+		t.Fatalf("after id 7 succeeded: open %d, resolved %d; want 1, 1", open, resolved)
+	}
+	// A second sink (another process) learns the open id from the table,
+	// and resolves it through the staged path (a batch of ≥ 1000 upserts).
+	s.Close()
+	s2 := newSink(t, p)
+	b := sink.NewBatch(len(tbl.Columns), tbl.Key)
+	for i := 1; i <= 1500; i++ {
+		b.Add(user{id: uuidOf(i), first: fmt.Sprintf("big%d", i)}.change(t, b, tbl, sink.OpUpsert))
+	}
+	b.Checkpoint = sink.Checkpoint{LSN: 0x40}
+	if err := s2.Apply(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if open, resolved, _ := state(); open != 0 || resolved != 2 {
+		t.Fatalf("after the staged batch: open %d, resolved %d; want 0, 2", open, resolved)
+	}
+	if s2.Stats.Resolved.Load() != 1 {
+		t.Fatalf("second sink counted %d resolved ids, want 1", s2.Stats.Resolved.Load())
+	}
+}
+
 func TestSink_PartialUpdateKeepsUnsentColumns(t *testing.T) {
 	ctx := context.Background()
 	p := pgtest.NewPair(t, 0)

@@ -89,6 +89,7 @@ func (s *Sink) writeStaged(ctx context.Context, pc *pgconn.PgConn, b *Batch, del
 	}
 	batch.ExecStatement(s.stmts[stmtUpsertStaged], nil, nil, nil)
 	s.queueChanges(&batch, b.changes, dels, nil)
+	queueResolve(&batch, s.resolvableChanges(b.changes))
 	if b.Checkpoint != (Checkpoint{}) {
 		batch.ExecStatement(s.stmts[stmtCheckpoint], checkpointParams(s.opts.Slot, b.Checkpoint), nil, nil)
 	}

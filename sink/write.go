@@ -196,6 +196,7 @@ func (s *Sink) write(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead int
 			batch.ExecParams(s.sql.truncate, nil, nil, nil, nil)
 		}
 		s.queueChanges(&batch, b.changes, dels, ups)
+		queueResolve(&batch, s.resolvableChanges(b.changes))
 		if b.Checkpoint != (Checkpoint{}) {
 			batch.ExecStatement(s.stmts[stmtCheckpoint], checkpointParams(s.opts.Slot, b.Checkpoint), nil, nil)
 		}
@@ -251,6 +252,9 @@ func (s *Sink) writeCareful(ctx context.Context, pc *pgconn.PgConn, b *Batch, de
 			return 0, err
 		}
 		dead += n
+	}
+	if err := execResolve(ctx, pc, s.resolvableChanges(b.changes)); err != nil {
+		return 0, err
 	}
 	if b.Checkpoint != (Checkpoint{}) {
 		_, err := pc.ExecStatement(ctx, s.stmts[stmtCheckpoint], checkpointParams(s.opts.Slot, b.Checkpoint), nil, nil).Close()

@@ -50,6 +50,7 @@ var commands = map[string]command{
 	"dev":       {"start a throw-away local PostgreSQL with demo data and run the daemon against it", cmdDev},
 	"reconcile": {"compare a window (--since, --from/--to) or the whole table (--full) and repair chat", cmdReconcile},
 	"verify":    {"prove chat equals the source (--full: every row); exit 3 on drift", cmdVerify},
+	"errors":    {"list, retry (re-read the source row) or resolve the changes chat refused (sync_errors)", cmdErrors},
 }
 
 // env is what a subcommand may touch of the outside world.
