@@ -137,6 +137,10 @@ func (s *Stream) Run(ctx context.Context) error {
 			}
 			return nil
 		}
+		var pe *PreflightError
+		if errors.As(err, &pe) {
+			return err // a setup problem: retrying cannot fix it
+		}
 		if streamed {
 			bo.Reset()
 			failures = 0
@@ -144,6 +148,10 @@ func (s *Stream) Run(ctx context.Context) error {
 		failures++
 		s.Stats.Reconnects.Add(1)
 		wait := bo.NextBackOff()
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
+			err = fmt.Errorf("%w (another consumer holds slot %s: normal for a minute after a network cut, until the server notices the old connection is gone; if another cdc runs on this slot, stop one of them)", err, s.opts.Slot)
+		}
 		if failures > s.opts.Retry.Loud {
 			s.log.Error("replication still failing; probing periodically", "attempt", failures, "retry_in", wait.Round(time.Millisecond), "err", err)
 		} else {

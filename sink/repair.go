@@ -49,7 +49,7 @@ func (s *Sink) Repair(ctx context.Context, keys [][]byte, fetch Fetch) (RepairRe
 		s.begin()
 		conn, err := s.writer(ctx)
 		if err != nil {
-			return err
+			return s.track(err)
 		}
 		pc := conn.Conn().PgConn()
 		if err := s.repair(ctx, pc, keys, fetch, &res); err != nil {
@@ -57,9 +57,9 @@ func (s *Sink) Repair(ctx context.Context, keys [][]byte, fetch Fetch) (RepairRe
 				_ = execSimple(context.WithoutCancel(ctx), pc, "ROLLBACK")
 			}
 			s.dropBroken()
-			return err
+			return s.track(err)
 		}
-		return nil
+		return s.track(nil)
 	})
 	if err != nil {
 		return res, fmt.Errorf("repair: %w", err)

@@ -33,6 +33,11 @@ type Stats struct {
 	DeadLetters atomic.Int64
 	Resolved    atomic.Int64  // ids whose dead letters a later write resolved
 	LSN         atomic.Uint64 // last committed checkpoint LSN
+	// ConsecutiveFailures counts failed write attempts since the last
+	// success; while it is above zero the sink is backing off (the circuit
+	// is open) and the source keeps the changes.
+	ConsecutiveFailures atomic.Int64
+	FailingSince        atomic.Int64 // unix ns of the first failure of the current run, 0 when healthy
 }
 
 // Sink is the single writer of the chat table. It holds one connection from
@@ -94,7 +99,7 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 		s.begin()
 		conn, err := s.writer(ctx)
 		if err != nil {
-			return err
+			return s.track(err)
 		}
 		if attempt > 1 && b.Checkpoint != (Checkpoint{}) {
 			// A connection lost during COMMIT leaves its outcome unknown: the
@@ -112,10 +117,10 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 		dead, err := s.write(ctx, conn.Conn().PgConn(), b)
 		if err != nil {
 			s.dropBroken()
-			return err
+			return s.track(err)
 		}
 		s.Stats.DeadLetters.Add(int64(dead))
-		return nil
+		return s.track(nil)
 	})
 	if err != nil {
 		return fmt.Errorf("apply batch: %w", err)
@@ -217,6 +222,24 @@ func (s *Sink) writer(ctx context.Context) (*pgxpool.Conn, error) {
 	}
 	s.conn, s.stmts = c, stmts
 	return c, nil
+}
+
+// track records the outcome of a write attempt: the first failure logs
+// that writes are paused (the source keeps the changes; retries back off up
+// to RETRY_MAX_DELAY), the first success after failures that they resume.
+func (s *Sink) track(err error) error {
+	if err == nil {
+		if n := s.Stats.ConsecutiveFailures.Swap(0); n > 0 {
+			since := time.Unix(0, s.Stats.FailingSince.Swap(0))
+			s.log.Info("chat database writable again; resuming", "failed_attempts", n, "paused_for", time.Since(since).Round(time.Millisecond).String())
+		}
+		return nil
+	}
+	if s.Stats.ConsecutiveFailures.Add(1) == 1 && retry.Transient(err) {
+		s.Stats.FailingSince.Store(time.Now().UnixNano())
+		s.log.Warn("chat database write failed; pausing writes and retrying with backoff (nothing is lost: the source keeps the changes until they are applied)", "err", err)
+	}
+	return err
 }
 
 // begin starts a write attempt.

@@ -65,7 +65,7 @@ func cmdErrors(ctx context.Context, e *env, args []string) error {
 		if err := cfg.RequireDatabases(); err != nil {
 			return err
 		}
-		pool, err := openPool(ctx, log, "CHAT_DATABASE_URL", cfg.ChatURL, 2, writePolicy(cfg))
+		pool, err := openPool(ctx, log, "CHAT_DATABASE_URL", cfg.ChatURL, 2, oneShotPolicy(cfg))
 		if err != nil {
 			return err
 		}

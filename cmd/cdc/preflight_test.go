@@ -10,14 +10,81 @@ import (
 	"github.com/myusta/cdc/internal/pgtest"
 )
 
-// TestRun_PreflightErrors: each setup problem ends `cdc run` at once with
-// exit 2 and one line naming the cause and the fix.
-func TestRun_PreflightErrors(t *testing.T) {
+// TestRun_BadInputCatalogue: each setup problem ends the command at once
+// with one line naming the cause and the fix: exit 2 for configuration
+// (bad values, logins, missing objects, server settings), 1 for a database
+// that cannot be reached by a command that ends. (The daemon keeps trying
+// an unreachable database: TestRun_KeepsTryingAnUnreachableDatabase; a
+// wrong password: TestSecrets_NeverLeave; wal_level=replica:
+// TestRun_PreflightWalLevel; a slot held by a running consumer:
+// TestRun_SlotHeldByAnotherProcessIsRetried.)
+func TestRun_BadInputCatalogue(t *testing.T) {
 	cases := []struct {
 		name  string
 		setup func(t *testing.T, p *pgtest.Pair, env map[string]string)
 		want  []string
+		args  []string // default: run
+		code  int      // default: exitUsage
 	}{
+		{
+			name: "missing database",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				env["SOURCE_DATABASE_URL"] = strings.Replace(p.SourceURL, "/src_"+p.Name, "/nope", 1)
+			},
+			want: []string{"SOURCE_DATABASE_URL", `database "nope" does not exist: check the database name`},
+		},
+		{
+			name: "unknown role",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				env["CHAT_DATABASE_URL"] = strings.Replace(p.ChatURL, "postgres@", "nosuchrole@", 1)
+			},
+			want: []string{"CHAT_DATABASE_URL", "the server refused the login", "check the user and password"},
+		},
+		{
+			name: "unreachable host, one-shot command",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				env["SOURCE_DATABASE_URL"] = "postgres://postgres@127.0.0.1:1/x?sslmode=disable&connect_timeout=2"
+			},
+			args: []string{"verify"},
+			code: exitFailure,
+			want: []string{"cannot reach the database of SOURCE_DATABASE_URL", "check its host and port"},
+		},
+		{
+			name: "slot taken by another plugin",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				pgtest.Exec(t, p.Source, "SELECT pg_create_logical_replication_slot($1, 'test_decoding')", p.Slot)
+				t.Cleanup(func() { _, _ = p.Source.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", p.Slot) })
+			},
+			want: []string{"belongs to another consumer (plugin test_decoding", "set SLOT_NAME to a free name"},
+		},
+		{
+			name: "batch size out of range",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				env["BATCH_MAX_ROWS"] = "0"
+			},
+			want: []string{"BATCH_MAX_ROWS", "an integer from 1 to 1000000"},
+		},
+		{
+			name: "negative retry delay",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				env["RETRY_INITIAL_DELAY"] = "-5"
+			},
+			want: []string{"RETRY_INITIAL_DELAY"},
+		},
+		{
+			name: "HTTP address without a port",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				env["HTTP_ADDR"] = "localhost"
+			},
+			want: []string{"HTTP_ADDR", "is not host:port"},
+		},
+		{
+			name: "DSN that does not parse",
+			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
+				env["SOURCE_DATABASE_URL"] = "postgres://%zz"
+			},
+			want: []string{"SOURCE_DATABASE_URL"},
+		},
 		{
 			name: "publication missing",
 			setup: func(t *testing.T, p *pgtest.Pair, env map[string]string) {
@@ -103,9 +170,16 @@ func TestRun_PreflightErrors(t *testing.T) {
 			p := pgtest.NewPair(t, 10)
 			env := p.Env()
 			tc.setup(t, p, env)
-			code, out := runCDC(t, env, "run")
-			if code != exitUsage {
-				t.Fatalf("exit code %d, want %d; output:\n%s", code, exitUsage, out)
+			args, want := tc.args, tc.code
+			if args == nil {
+				args = []string{"run"}
+			}
+			if want == 0 {
+				want = exitUsage
+			}
+			code, out := runCDC(t, env, args...)
+			if code != want {
+				t.Fatalf("exit code %d, want %d; output:\n%s", code, want, out)
 			}
 			for _, w := range tc.want {
 				if !strings.Contains(out, w) {
@@ -113,6 +187,23 @@ func TestRun_PreflightErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRun_KeepsTryingAnUnreachableDatabase: the daemon does not exit when
+// a database cannot be reached (it may be starting, or failing over); it
+// says what to check while it retries.
+func TestRun_KeepsTryingAnUnreachableDatabase(t *testing.T) {
+	p := pgtest.NewPair(t, 10)
+	env := with(p.Env(), "CHAT_DATABASE_URL", "postgres://postgres@127.0.0.1:1/x?sslmode=disable", "MAX_RECONNECT_ATTEMPTS", "2", "RETRY_MAX_DELAY", "200")
+	c := startCDC(t, env, "run")
+	c.waitOutput(t, "connect to CHAT_DATABASE_URL (if this persists: check its host and port, and that PostgreSQL is running) failed; retrying", 20*time.Second)
+	c.waitOutput(t, `"level":"ERROR"`, 20*time.Second) // loud after MAX_RECONNECT_ATTEMPTS
+	if !c.running() {
+		t.Fatalf("cdc run exited (code %d) instead of retrying", c.code)
+	}
+	if code := c.stop(t, 20*time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM while retrying", code)
 	}
 }
 

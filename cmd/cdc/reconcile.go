@@ -25,7 +25,7 @@ func openOneShot(ctx context.Context, cfg *config.Config, log *slog.Logger) (*on
 	if err := cfg.RequireDatabases(); err != nil {
 		return nil, err
 	}
-	p := writePolicy(cfg)
+	p := oneShotPolicy(cfg)
 	srcPool, err := openPool(ctx, log, "SOURCE_DATABASE_URL", cfg.SourceURL, 4, p)
 	if err != nil {
 		return nil, err

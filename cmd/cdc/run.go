@@ -40,6 +40,14 @@ func reconnectPolicy(cfg *config.Config) retry.Policy {
 	return retry.Policy{Initial: cfg.RetryInitialDelay, Max: cfg.RetryMaxDelay, Multiplier: cfg.RetryMultiplier, Loud: cfg.MaxReconnectAttempts}
 }
 
+// oneShotPolicy is the backoff of commands that end (verify, reconcile,
+// errors): MAX_RETRIES retries, then the command fails.
+func oneShotPolicy(cfg *config.Config) retry.Policy {
+	p := writePolicy(cfg)
+	p.Attempts = cfg.MaxRetries + 1
+	return p
+}
+
 // writePolicy is the backoff for failed writes, loud after MAX_RETRIES.
 func writePolicy(cfg *config.Config) retry.Policy {
 	p := reconnectPolicy(cfg)
@@ -188,13 +196,17 @@ func openPool(ctx context.Context, log *slog.Logger, varName, dsn string, size i
 	if err != nil {
 		return nil, &config.Error{Var: varName, Msg: err.Error()}
 	}
-	err = retry.Do(ctx, p, log.With("database", varName), "connect", func(ctx context.Context) error {
+	what := "connect to " + varName + " (if this persists: check its host and port, and that PostgreSQL is running)"
+	err = retry.Do(ctx, p, log.With("database", varName), what, func(ctx context.Context) error {
 		return pool.Ping(ctx)
 	})
 	if err != nil {
 		pool.Close()
 		if cerr := connectProblem(varName, err); cerr != nil {
 			return nil, cerr
+		}
+		if ctx.Err() == nil && retry.Transient(err) {
+			return nil, fmt.Errorf("cannot reach the database of %s (%w): check its host and port, and that PostgreSQL is running and accepts TCP connections", varName, err)
 		}
 		return nil, fmt.Errorf("connect (%s): %w", varName, err)
 	}

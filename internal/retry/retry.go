@@ -21,6 +21,9 @@ type Policy struct {
 	Max        time.Duration // RETRY_MAX_DELAY
 	Multiplier float64       // RETRY_BACKOFF_MULTIPLIER
 	Loud       int           // attempts after which failures are logged at ERROR (MAX_RETRIES / MAX_RECONNECT_ATTEMPTS)
+	// Attempts, when positive, bounds the attempts (one-shot commands give
+	// up); 0 retries for as long as the context lives (the daemon).
+	Attempts int
 }
 
 // BackOff returns a fresh exponential backoff that never stops by itself:
@@ -95,7 +98,10 @@ func TransientCode(code string) bool {
 // returned as is), or ctx ends. Failures are logged at WARN and, from the
 // p.Loud-th attempt on, at ERROR.
 func Do(ctx context.Context, p Policy, log *slog.Logger, what string, op func(ctx context.Context) error) error {
-	b := backoff.WithContext(p.BackOff(), ctx)
+	var b backoff.BackOff = backoff.WithContext(p.BackOff(), ctx)
+	if p.Attempts > 0 {
+		b = backoff.WithMaxRetries(b, uint64(p.Attempts-1))
+	}
 	attempt := 0
 	return backoff.RetryNotify(func() error {
 		attempt++

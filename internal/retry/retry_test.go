@@ -407,3 +407,19 @@ func TestDo_LogsWarnThenErrorFromLoud(t *testing.T) {
 		})
 	}
 }
+
+// TestDo_GivesUpAfterAttempts: a bounded policy (one-shot commands) stops
+// after Attempts tries of a transient failure and returns the last error.
+func TestDo_GivesUpAfterAttempts(t *testing.T) {
+	log, _ := newLog()
+	p := fast
+	p.Attempts = 4
+	var calls atomic.Int32
+	err := retry.Do(context.Background(), p, log, "connect", func(ctx context.Context) error {
+		calls.Add(1)
+		return io.EOF
+	})
+	if !errors.Is(err, io.EOF) || calls.Load() != 4 {
+		t.Fatalf("Do: err %v after %d calls; want io.EOF after 4", err, calls.Load())
+	}
+}
