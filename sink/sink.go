@@ -235,8 +235,10 @@ func (s *Sink) track(err error) error {
 		}
 		return nil
 	}
-	if s.Stats.ConsecutiveFailures.Add(1) == 1 && retry.Transient(err) {
+	if s.Stats.ConsecutiveFailures.Add(1) == 1 {
 		s.Stats.FailingSince.Store(time.Now().UnixNano())
+	}
+	if s.Stats.ConsecutiveFailures.Load() == 1 && retry.Transient(err) {
 		s.log.Warn("chat database write failed; pausing writes and retrying with backoff (nothing is lost: the source keeps the changes until they are applied)", "err", err)
 	}
 	return err
