@@ -56,6 +56,8 @@ type Result struct {
 	RSSCopy, RSSBacklog, RSSSteady, RSSNotify int64
 
 	SteadyNotify        Steady     // the steady phase with cdc in notify mode
+	NotifySourceTPS     float64    // the steady load with the notify trigger and no listener: transactions/s made
+	NotifySourceCommit  [3]float64 // … and its statement + commit time, p50/p95/p99 ms
 	RampCDC, RampNotify []RampStep // the keep-up ramp, replication and notify mode
 
 	VerifyFull    []time.Duration // cdc verify --full on equal tables

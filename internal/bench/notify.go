@@ -69,10 +69,20 @@ func notifyPhase(ctx context.Context, s *servers, ids []string, o Options, r *Re
 	if _, err := migrations.DropSlot(ctx, s.source, slot); err != nil {
 		return err
 	}
-	if _, err := migrations.EnsureNotifyTrigger(ctx, s.source, spec); err != nil {
+	var err error
+	if _, err = migrations.EnsureNotifyTrigger(ctx, s.source, spec); err != nil {
 		return err
 	}
 	defer func() { _, _ = migrations.DropNotifyTrigger(context.WithoutCancel(ctx), s.source, spec) }()
+	// The trigger's own cost: the same load with the trigger and nobody
+	// listening. Each notifying commit holds PostgreSQL's notification
+	// queue lock through its WAL flush, so commits no longer group.
+	var done int64
+	if done, r.NotifySourceCommit, err = steadyLoad(ctx, s.source, ids, o.SteadyTPS, o.SteadyFor/3, 8, o.Log); err != nil {
+		return err
+	}
+	r.NotifySourceTPS = float64(done) / (o.SteadyFor / 3).Seconds()
+	fmt.Fprintf(o.Log, "bench: notify trigger alone: asked %d tps, made %.0f, commit p99 %.1f ms\n", o.SteadyTPS, r.NotifySourceTPS, r.NotifySourceCommit[2])
 	env = maps.Clone(env)
 	env["SYNC_MODE"] = "notify"
 	proc, err := startCDC(o.CDC, env, o.Log)

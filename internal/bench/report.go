@@ -73,6 +73,10 @@ func (r *Result) Write(w io.Writer) {
 	fmt.Fprintf(tw, "| steady, inside cdc: receive delay / batch age / apply p99\t %.0f / %.0f / %.0f ms\t –\t –\t –\t –\t\n", r.CDCReceive[2], r.CDCAge[2], r.CDCApply[2])
 	fmt.Fprintf(tw, "| steady %d tps × %s, cdc in notify mode: p50 / p95 / p99\t %s\t –\t –\t p99 notify/replication %.2f\t p99 ≤ %.0f ms: %s\t\n",
 		r.SteadyTPS, r.SteadyFor, ms(r.SteadyNotify.Latency), r.SteadyNotify.Latency[2]/r.SteadyCDC.Latency[2], Targets.NotifyP99, verdict(r.SteadyNotify.Latency[2] <= Targets.NotifyP99))
+	fmt.Fprintf(tw, "| notify mode: transactions/s made of %d asked; source statement + commit p50 / p95 / p99\t %.0f tps; %s\t –\t –\t –\t –\t\n",
+		r.SteadyTPS, float64(r.SteadyNotify.Done)/r.SteadyFor.Seconds(), ms(r.SteadyNotify.Commit))
+	fmt.Fprintf(tw, "| notify trigger alone, nobody listening (the source's own limit): made; commit p50 / p95 / p99\t %.0f tps; %s\t –\t –\t –\t –\t\n",
+		r.NotifySourceTPS, ms(r.NotifySourceCommit))
 	fmt.Fprintf(tw, "| highest single-row rate kept up with (ramp, %s steps, p99 ≤ %.0f ms): replication mode\t %s\t –\t –\t –\t –\t\n", r.RampStep, keepUpP99, rampSummary(r.RampCDC))
 	fmt.Fprintf(tw, "| highest single-row rate kept up with: notify mode\t %s\t –\t –\t –\t –\t\n", rampSummary(r.RampNotify))
 	fmt.Fprintf(tw, "| cdc verify --full, %d equal rows (median)\t %s\t –\t –\t –\t ≤ 5 s: %s\t\n",
@@ -98,6 +102,8 @@ func rampSummary(steps []RampStep) string {
 	switch {
 	case last.Kept:
 		return fmt.Sprintf("≥ %.0f tps (every rate tried kept up)", rate)
+	case loadLimited && rate == 0:
+		return fmt.Sprintf("the source could not make the first rate: %.0f of %d tps, all kept up with (p99 %.0f ms)", last.Achieved, last.Target, last.P99)
 	case loadLimited:
 		return fmt.Sprintf("≥ %.0f tps (the source and its clients made only %.0f of %d tps; p99 there %.0f ms)", rate, last.Achieved, last.Target, last.P99)
 	default:
