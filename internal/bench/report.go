@@ -103,7 +103,7 @@ func rampSummary(steps []RampStep) string {
 	case last.Kept:
 		return fmt.Sprintf("≥ %.0f tps (every rate tried kept up)", rate)
 	case loadLimited && rate == 0:
-		return fmt.Sprintf("the source could not make the first rate: %.0f of %d tps, all kept up with (p99 %.0f ms)", last.Achieved, last.Target, last.P99)
+		return fmt.Sprintf("the source could not make the first rate: %.0f of %d tps (p99 there %.0f ms)", last.Achieved, last.Target, last.P99)
 	case loadLimited:
 		return fmt.Sprintf("≥ %.0f tps (the source and its clients made only %.0f of %d tps; p99 there %.0f ms)", rate, last.Achieved, last.Target, last.P99)
 	default:
