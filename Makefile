@@ -1,7 +1,7 @@
 # The README's two commands: `make dev` and `make test`.
 GO ?= go
 
-.PHONY: test dev build vet bench
+.PHONY: test dev build vet bench chaos
 
 test: vet
 	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
@@ -20,3 +20,8 @@ build:
 # (about 10 minutes on 2 cores); see BENCHMARKS.md.
 bench:
 	$(GO) run ./cmd/cdc-bench --rows 1000000 --out bench-result.md
+
+# The full chaos suite (kill -9 ×20, restarts, proxy faults ×10 each, chat
+# down 2 minutes, …); the short version runs in make test. See README.
+chaos:
+	CHAOS=full $(GO) test -race -count=1 -timeout 60m -run TestChaos -v ./cmd/cdc

@@ -49,12 +49,13 @@ type Sink struct {
 	log   *slog.Logger
 	sql   statementSQL
 
-	mu        sync.Mutex // one writer at a time
-	conn      *pgxpool.Conn
-	stmts     map[string]*pgconn.StatementDescription
-	enc       encoder
-	open      openErrors  // ids with unresolved dead letters
-	resolving *resolution // what the transaction being written resolves
+	mu          sync.Mutex // one writer at a time
+	conn        *pgxpool.Conn
+	stmts       map[string]*pgconn.StatementDescription
+	enc         encoder
+	open        openErrors  // ids with unresolved dead letters
+	resolving   *resolution // what the transaction being written resolves
+	warnedAsync bool        // synchronous_commit=off was reported
 
 	// Stats is updated after every commit.
 	Stats Stats
@@ -194,6 +195,10 @@ func (s *Sink) writer(ctx context.Context) (*pgxpool.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to chat database: %w", err)
 	}
+	if err := s.durableCommits(ctx, c.Conn().PgConn()); err != nil {
+		c.Release()
+		return nil, err
+	}
 	if err := execSimple(ctx, c.Conn().PgConn(), s.sql.createStage); err != nil {
 		c.Release()
 		return nil, fmt.Errorf("create staging table: %w", err)
@@ -242,6 +247,23 @@ func (s *Sink) track(err error) error {
 		s.log.Warn("chat database write failed; pausing writes and retrying with backoff (nothing is lost: the source keeps the changes until they are applied)", "err", err)
 	}
 	return err
+}
+
+// durableCommits makes the writer's commits durable before they return:
+// the stream confirms a position to the slot once its chat transaction has
+// committed, so with synchronous_commit=off a crash of the chat server
+// would lose changes the source has already released. Other values (on,
+// local, remote_write, remote_apply) are kept.
+func (s *Sink) durableCommits(ctx context.Context, pc *pgconn.PgConn) error {
+	res, err := pc.Exec(ctx, "SELECT current_setting('synchronous_commit'), set_config('synchronous_commit', 'on', false) WHERE current_setting('synchronous_commit') = 'off'").ReadAll()
+	if err != nil {
+		return fmt.Errorf("set synchronous_commit: %w", err)
+	}
+	if len(res) == 1 && len(res[0].Rows) == 1 && !s.warnedAsync {
+		s.warnedAsync = true
+		s.log.Info("the chat database has synchronous_commit=off; cdc's own writes use on, because it releases changes from the source only once they are durable in chat")
+	}
+	return nil
 }
 
 // begin starts a write attempt.
