@@ -114,7 +114,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		source = n
 	} else {
 		log.Info("sync mode: replication (SYNC_MODE=replication, pgoutput slot " + cfg.SlotName + "); set SYNC_MODE=notify where the source forbids logical replication")
-		slot := &replication.SlotWatcher{Pool: srcPool, Slot: cfg.SlotName, WarnBytes: cfg.SlotWALWarnBytes, Every: slotCheckEvery, Logger: log}
+		slot := &replication.SlotWatcher{Pool: srcPool, Slot: cfg.SlotName, WarnBytes: cfg.SlotWALWarnBytes, Every: cfg.StatusInterval, Logger: log}
 		go slot.Run(ctx)
 		source = &streamSource{Slot: slot, Stream: replication.New(srcPool, sk, replication.Options{
 			SourceURL:      cfg.SourceURL,
@@ -272,9 +272,6 @@ func countAttrs(src daemonSource, counts []int64) []any {
 	}
 	return attrs
 }
-
-// slotCheckEvery is how often the slot's health is read.
-const slotCheckEvery = 15 * time.Second
 
 // streamSource is the replication stream as a daemonSource.
 type streamSource struct {
