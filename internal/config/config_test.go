@@ -606,3 +606,23 @@ func TestConfig_RequireDatabases(t *testing.T) {
 		})
 	}
 }
+
+// TestReadme_ListsEveryVariable keeps the README's configuration table true:
+// every variable appears in it with its default.
+func TestReadme_ListsEveryVariable(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	for _, v := range config.Vars {
+		def := "—"
+		if v.Default != "" {
+			def = "`" + v.Default + "`"
+		}
+		row := "| `" + v.Name + "` | " + def + " |"
+		if !strings.Contains(readme, row) {
+			t.Errorf("README's configuration table lacks the row %q", row)
+		}
+	}
+}
