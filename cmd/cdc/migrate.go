@@ -72,6 +72,9 @@ func migrate(ctx context.Context, out io.Writer, log *slog.Logger, cfg *config.C
 	} else {
 		fmt.Fprintf(out, "chat: table %s exists\n", cfg.ChatTable)
 	}
+	if err := grantRunRoles(ctx, out, cfg, srcPool, chatPool, spec); err != nil {
+		return err
+	}
 	if cfg.Mode == config.ModeNotify {
 		return migrateNotify(ctx, out, cfg, srcPool, spec)
 	}
@@ -108,6 +111,26 @@ func migrateNotify(ctx context.Context, out io.Writer, cfg *config.Config, srcPo
 	}
 	if msg != "" {
 		fmt.Fprintln(out, "source:", msg)
+	}
+	return nil
+}
+
+// grantRunRoles gives SOURCE_RUN_ROLE and CHAT_RUN_ROLE, when set, the
+// least privileges cdc run needs.
+func grantRunRoles(ctx context.Context, out io.Writer, cfg *config.Config, srcPool, chatPool *pgxpool.Pool, spec migrations.Spec) error {
+	if cfg.SourceRunRole != "" {
+		msg, err := migrations.GrantSource(ctx, srcPool, spec, cfg.SourceRunRole, cfg.Mode == config.ModeReplication)
+		if err != nil {
+			return fmt.Errorf("SOURCE_RUN_ROLE: %w", err)
+		}
+		fmt.Fprintln(out, "source:", msg)
+	}
+	if cfg.ChatRunRole != "" {
+		msg, err := migrations.GrantChat(ctx, chatPool, spec, cfg.ChatRunRole)
+		if err != nil {
+			return fmt.Errorf("CHAT_RUN_ROLE: %w", err)
+		}
+		fmt.Fprintln(out, "chat:", msg)
 	}
 	return nil
 }

@@ -45,6 +45,8 @@ type Config struct {
 
 	BatchMaxRows     int           // BATCH_MAX_ROWS
 	StatusInterval   time.Duration // STANDBY_STATUS_INTERVAL
+	SourceRunRole    string        // SOURCE_RUN_ROLE
+	ChatRunRole      string        // CHAT_RUN_ROLE
 	SlotWALWarnBytes int64         // SLOT_WAL_WARN_MB, in bytes
 
 	HTTPAddr  string     // HTTP_ADDR

@@ -107,6 +107,20 @@ var Vars = []Var{
 		c.PublicationName = s
 		return checkIdent(s)
 	}},
+	{"SOURCE_RUN_ROLE", "", "role cdc run logs in as on the source, when not the one cdc migrate uses: migrate grants it SELECT on the source table (it needs REPLICATION too, in replication mode)", func(c *Config, s string) error {
+		c.SourceRunRole = s
+		if s == "" {
+			return nil
+		}
+		return checkIdent(s)
+	}},
+	{"CHAT_RUN_ROLE", "", "role cdc run logs in as on chat, when not the one cdc migrate uses: migrate grants it what cdc needs on the chat table and cdc's own tables, nothing else", func(c *Config, s string) error {
+		c.ChatRunRole = s
+		if s == "" {
+			return nil
+		}
+		return checkIdent(s)
+	}},
 	{"BATCH_MAX_ROWS", "10000", "most changes applied in one chat transaction", func(c *Config, s string) error {
 		n, err := parseInt(s, 1, 1_000_000, "an integer from 1 to 1000000")
 		c.BatchMaxRows = n

@@ -1,0 +1,74 @@
+package migrations
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/myusta/cdc/internal/schema"
+)
+
+// chatTables are cdc's own tables in the chat database that cdc run writes.
+var chatTables = []string{"cdc_checkpoint", "sync_errors"}
+
+// roleInfo reads whether role exists and has REPLICATION.
+func roleInfo(ctx context.Context, pool *pgxpool.Pool, role string) (replication bool, err error) {
+	err = pool.QueryRow(ctx, "SELECT rolreplication FROM pg_roles WHERE rolname = $1", role).Scan(&replication)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, fmt.Errorf("role %q does not exist: create it first (README, Least privilege)", role)
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up role %s: %w", role, err)
+	}
+	return replication, nil
+}
+
+// GrantSource gives role what cdc run needs on the source and nothing more:
+// SELECT on the source table (and USAGE on its schema). Replication mode
+// also needs the REPLICATION attribute, which only a superuser (or, on
+// managed services, their replication role) can give; the returned note
+// says so when it is missing.
+func GrantSource(ctx context.Context, pool *pgxpool.Pool, spec Spec, role string, replicationMode bool) (string, error) {
+	repl, err := roleInfo(ctx, pool, role)
+	if err != nil {
+		return "", err
+	}
+	r := pgx.Identifier{role}.Sanitize()
+	schemaName, _, _ := strings.Cut(spec.SourceTable, ".")
+	sql := fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s; GRANT SELECT ON %s TO %s",
+		schema.Quote(schemaName), r, spec.SourceTable, r)
+	if _, err := pool.Exec(ctx, sql); err != nil {
+		return "", fmt.Errorf("grant to %s on the source: %w", role, err)
+	}
+	msg := fmt.Sprintf("granted %s SELECT on %s", role, spec.SourceTable)
+	if replicationMode && !repl {
+		msg += fmt.Sprintf("; it lacks REPLICATION, which replication mode needs: run ALTER ROLE %s REPLICATION as a superuser (on RDS: GRANT rds_replication TO %s)", r, r)
+	}
+	return msg, nil
+}
+
+// GrantChat gives role what cdc run needs on chat and nothing more: read
+// and write the chat table and cdc's own tables, use sync_errors' id
+// sequence. (Temporary tables, which the writer stages large batches in,
+// are allowed to every role by default.)
+func GrantChat(ctx context.Context, pool *pgxpool.Pool, spec Spec, role string) (string, error) {
+	if _, err := roleInfo(ctx, pool, role); err != nil {
+		return "", err
+	}
+	r := pgx.Identifier{role}.Sanitize()
+	schemaName, _, _ := strings.Cut(spec.ChatTable, ".")
+	tables := append([]string{spec.ChatTable}, chatTables...)
+	sql := fmt.Sprintf(`GRANT USAGE ON SCHEMA %s TO %s;
+GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON %s TO %s;
+GRANT USAGE, SELECT ON SEQUENCE sync_errors_id_seq TO %s;
+GRANT SELECT ON %s TO %s`,
+		schema.Quote(schemaName), r, strings.Join(tables, ", "), r, r, VersionTable, r)
+	if _, err := pool.Exec(ctx, sql); err != nil {
+		return "", fmt.Errorf("grant to %s on chat: %w", role, err)
+	}
+	return fmt.Sprintf("granted %s read and write on %s and cdc's tables", role, strings.Join(tables, ", ")), nil
+}
