@@ -216,6 +216,9 @@ func openPool(ctx context.Context, log *slog.Logger, varName, dsn string, size i
 // connectProblem turns a permanent connection failure into a configuration
 // error that names the variable and the fix.
 func connectProblem(varName string, err error) error {
+	if retry.CertificateProblem(err) {
+		return &config.Error{Var: varName, Msg: "the server's TLS certificate failed verification (" + rootCause(err).Error() + "): check sslrootcert (the CA that signed it) and that the host name in the DSN is one the certificate names"}
+	}
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
 		return nil
@@ -227,6 +230,17 @@ func connectProblem(varName string, err error) error {
 		return &config.Error{Var: varName, Msg: pgErr.Message + ": check the database name"}
 	}
 	return nil
+}
+
+// rootCause is the innermost wrapped error.
+func rootCause(err error) error {
+	for {
+		next := errors.Unwrap(err)
+		if next == nil {
+			return err
+		}
+		err = next
+	}
 }
 
 // progressEvery is how often `cdc run` logs what it synced.

@@ -36,6 +36,10 @@ type Options struct {
 	Settings map[string]string
 	// Log receives the server's stdout and stderr; nil means Dir/postgres.log.
 	Log io.Writer
+	// Files are written into the data directory (mode 0600, owned by the
+	// server's user) before the server starts, e.g. "server.crt" and
+	// "server.key" with Settings {"ssl": "on"}.
+	Files map[string][]byte
 }
 
 // StopMode selects how the postmaster is shut down.
@@ -147,6 +151,16 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 	if _, statErr := os.Stat(filepath.Join(s.dataDir, "PG_VERSION")); statErr != nil {
 		if err := s.initdb(ctx, opts.Fast); err != nil {
+			return nil, err
+		}
+	}
+
+	for name, data := range opts.Files {
+		path := filepath.Join(s.dataDir, filepath.Base(name))
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			return nil, fmt.Errorf("write %s: %w", name, err)
+		}
+		if err := chownTo(path, s.owner); err != nil {
 			return nil, err
 		}
 	}

@@ -4,6 +4,8 @@ package retry
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"log/slog"
@@ -54,6 +56,9 @@ func Transient(err error) bool {
 	if errors.As(err, &pgErr) {
 		return TransientCode(pgErr.Code)
 	}
+	if CertificateProblem(err) {
+		return false // the same certificate fails the same way next time
+	}
 	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
 		return true
 	}
@@ -76,6 +81,16 @@ func Transient(err error) bool {
 		return true
 	}
 	return false
+}
+
+// CertificateProblem reports whether err is a failed verification of the
+// server's TLS certificate (unknown authority, wrong host name, expired).
+func CertificateProblem(err error) bool {
+	var verify *tls.CertificateVerificationError
+	var unknown x509.UnknownAuthorityError
+	var host x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	return errors.As(err, &verify) || errors.As(err, &unknown) || errors.As(err, &host) || errors.As(err, &invalid)
 }
 
 // TransientCode classifies a SQLSTATE.
