@@ -58,6 +58,7 @@ func TestLoad_Defaults(t *testing.T) {
 		RetryInitialDelay:     time.Second,
 		RetryMaxDelay:         30 * time.Second,
 		RetryMultiplier:       2,
+		SlotWALWarnBytes:      1 << 30,
 		MaxReconnectAttempts:  10,
 		SlotName:              "cdc_users",
 		PublicationName:       "cdc_users",
@@ -110,6 +111,10 @@ func TestLoad_RejectsBadValues(t *testing.T) {
 		{"source dsn malformed kv", map[string]string{"SOURCE_DATABASE_URL": "host=x port=abc"}, "SOURCE_DATABASE_URL", "postgres://user:pass@host:5432/db"},
 		{"chat dsn malformed", map[string]string{"CHAT_DATABASE_URL": "postgres://u@host:99x/db"}, "CHAT_DATABASE_URL", "not a valid PostgreSQL DSN"},
 		{"sync mode", map[string]string{"SYNC_MODE": "x"}, "SYNC_MODE", "use replication or notify"},
+		{"source run role not an identifier", map[string]string{"SOURCE_RUN_ROLE": "Cdc-Reader"}, "SOURCE_RUN_ROLE", "not a plain identifier"},
+		{"chat run role with a quote", map[string]string{"CHAT_RUN_ROLE": `x"; DROP TABLE users; --`}, "CHAT_RUN_ROLE", "not a plain identifier"},
+		{"slot WAL warning zero", map[string]string{"SLOT_WAL_WARN_MB": "0"}, "SLOT_WAL_WARN_MB", "megabytes from 1"},
+		{"slot WAL warning with a unit", map[string]string{"SLOT_WAL_WARN_MB": "1GB"}, "SLOT_WAL_WARN_MB", "megabytes from 1"},
 		{"sync interval zero", map[string]string{"SYNC_INTERVAL_MINUTES": "0"}, "SYNC_INTERVAL_MINUTES", "from 0.001 to 1440"},
 		{"sync interval negative", map[string]string{"SYNC_INTERVAL_MINUTES": "-1"}, "SYNC_INTERVAL_MINUTES", "from 0.001 to 1440"},
 		{"sync interval text", map[string]string{"SYNC_INTERVAL_MINUTES": "abc"}, "SYNC_INTERVAL_MINUTES", "a number of minutes"},
@@ -623,6 +628,33 @@ func TestReadme_ListsEveryVariable(t *testing.T) {
 		row := "| `" + v.Name + "` | " + def + " |"
 		if !strings.Contains(readme, row) {
 			t.Errorf("README's configuration table lacks the row %q", row)
+		}
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite .env.example from the variables")
+
+// TestEnvExample_ListsEveryVariable keeps .env.example equal to what
+// EnvExample renders from the variables (go test ./internal/config -update
+// rewrites it).
+func TestEnvExample_ListsEveryVariable(t *testing.T) {
+	const path = "../../.env.example"
+	want := config.EnvExample()
+	if *update {
+		if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != want {
+		t.Fatalf(".env.example is out of date: run go test ./internal/config -run TestEnvExample -update")
+	}
+	for _, v := range config.Vars {
+		if !strings.Contains(want, "#"+v.Name+"=") {
+			t.Errorf(".env.example lacks %s", v.Name)
 		}
 	}
 }
