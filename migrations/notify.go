@@ -105,7 +105,7 @@ func DropNotifyTrigger(ctx context.Context, pool *pgxpool.Pool, spec Spec) (stri
 	if !had {
 		return "", nil
 	}
-	return fmt.Sprintf("dropped trigger %s from %s: replication mode does not use it", NotifyTrigger, spec.SourceTable), nil
+	return fmt.Sprintf("dropped trigger %s from %s", NotifyTrigger, spec.SourceTable), nil
 }
 
 // ErrSlotActive means the slot is in use by a running consumer.
@@ -123,10 +123,10 @@ func DropSlot(ctx context.Context, pool *pgxpool.Pool, slot string) (string, err
 		return "", fmt.Errorf("look up slot %s: %w", slot, err)
 	}
 	if active != nil && *active {
-		return "", fmt.Errorf("slot %s: %w: stop cdc run (replication mode) first, then run cdc migrate with SYNC_MODE=notify", slot, ErrSlotActive)
+		return "", fmt.Errorf("slot %s: %w: stop cdc run first", slot, ErrSlotActive)
 	}
 	if _, err := pool.Exec(ctx, "SELECT pg_drop_replication_slot($1)", slot); err != nil {
 		return "", fmt.Errorf("drop slot %s: %w", slot, err)
 	}
-	return fmt.Sprintf("dropped replication slot %s: notify mode does not use it, and it would keep WAL on the source", slot), nil
+	return fmt.Sprintf("dropped replication slot %s (it kept WAL on the source for cdc)", slot), nil
 }

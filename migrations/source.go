@@ -110,3 +110,19 @@ func EnsureChatTable(ctx context.Context, source, chat *pgxpool.Pool, spec Spec)
 	}
 	return true, nil
 }
+
+// DropPublication removes cdc's publication if it exists. It reports what
+// it did.
+func DropPublication(ctx context.Context, pool *pgxpool.Pool, spec Spec) (string, error) {
+	var n int
+	if err := pool.QueryRow(ctx, "SELECT count(*) FROM pg_publication WHERE pubname = $1", spec.Publication).Scan(&n); err != nil {
+		return "", fmt.Errorf("look up publication %s: %w", spec.Publication, err)
+	}
+	if n == 0 {
+		return "", nil
+	}
+	if _, err := pool.Exec(ctx, "DROP PUBLICATION "+pgx.Identifier{spec.Publication}.Sanitize()); err != nil {
+		return "", fmt.Errorf("drop publication %s: %w", spec.Publication, err)
+	}
+	return "dropped publication " + spec.Publication, nil
+}

@@ -51,10 +51,12 @@ var commands = map[string]command{
 	"reconcile": {"compare a window (--since, --from/--to) or the whole table (--full) and repair chat", cmdReconcile},
 	"verify":    {"prove chat equals the source (--full: every row); exit 3 on drift", cmdVerify},
 	"errors":    {"list, retry (re-read the source row) or resolve the changes chat refused (sync_errors)", cmdErrors},
+	"teardown":  {"remove cdc from the source: its slot, publication and notify trigger (asks first)", cmdTeardown},
 }
 
 // env is what a subcommand may touch of the outside world.
 type env struct {
+	stdin          io.Reader
 	stdout, stderr io.Writer
 	src            config.Source
 }
@@ -79,7 +81,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "cdc:", err)
 		return exitUsage
 	}
-	err = cmd.run(ctx, &env{stdout: stdout, stderr: stderr, src: src}, args[1:])
+	err = cmd.run(ctx, &env{stdin: os.Stdin, stdout: stdout, stderr: stderr, src: src}, args[1:])
 	code := exitCode(err)
 	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(stderr, "cdc:", oneLine(err))

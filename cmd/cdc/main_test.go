@@ -37,7 +37,16 @@ type proc struct {
 // startCDC starts `cdc args...` with exactly env (plus PATH and HOME).
 func startCDC(t *testing.T, env map[string]string, args ...string) *proc {
 	t.Helper()
+	return startCDCInput(t, env, "", args...)
+}
+
+// startCDCInput is startCDC with stdin as the process's standard input.
+func startCDCInput(t *testing.T, env map[string]string, stdin string, args ...string) *proc {
+	t.Helper()
 	p := &proc{cmd: exec.Command(os.Args[0], args...), done: make(chan struct{})}
+	if stdin != "" {
+		p.cmd.Stdin = strings.NewReader(stdin)
+	}
 	p.cmd.Env = []string{"CDC_TEST_MAIN=1", "PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
 	for k, v := range env {
 		p.cmd.Env = append(p.cmd.Env, k+"="+v)

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/myusta/cdc/internal/pgtest"
+)
+
+// TestTeardown removes the slot, publication and trigger only once the slot
+// name is typed, refuses while cdc runs, and is safe to repeat.
+func TestTeardown(t *testing.T) {
+	ctx := context.Background()
+	p := pgtest.NewPair(t, 100)
+	env := p.Env()
+	c := startCDC(t, env, "run")
+	p.WaitEqual(t, 30*time.Second)
+	count := func() (slots, pubs int) {
+		t.Helper()
+		err := p.Source.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1), (SELECT count(*) FROM pg_publication WHERE pubname = 'cdc_users')`, p.Slot).Scan(&slots, &pubs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+
+	code, out := runCDC(t, env, "teardown", "--yes")
+	if code == 0 || !strings.Contains(out, "stop cdc run first") {
+		t.Fatalf("teardown while cdc runs: exit %d\n%s", code, out)
+	}
+	if code := c.stop(t, 40*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+
+	code, out = runCDC(t, env, "teardown") // no input: not confirmed
+	if code != exitFailure || !strings.Contains(out, "not confirmed: nothing removed") {
+		t.Fatalf("teardown without confirmation: exit %d\n%s", code, out)
+	}
+	if slots, pubs := count(); slots != 1 || pubs != 1 {
+		t.Fatalf("unconfirmed teardown removed things: %d slots, %d publications left", slots, pubs)
+	}
+
+	tp := startCDCInput(t, env, p.Slot+"\n", "teardown")
+	if code := tp.wait(t, time.Minute); code != 0 || !strings.Contains(tp.out.String(), "dropped replication slot "+p.Slot) ||
+		!strings.Contains(tp.out.String(), "dropped publication cdc_users") {
+		t.Fatalf("confirmed teardown: exit %d\n%s", code, tp.out.String())
+	}
+	if slots, pubs := count(); slots != 0 || pubs != 0 {
+		t.Fatalf("after teardown: %d slots, %d publications left", slots, pubs)
+	}
+	code, out = runCDC(t, env, "teardown", "--yes")
+	if code != 0 || !strings.Contains(out, "nothing of cdc's was there") {
+		t.Fatalf("second teardown: exit %d\n%s", code, out)
+	}
+}
