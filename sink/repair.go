@@ -44,7 +44,7 @@ func (s *Sink) Repair(ctx context.Context, keys [][]byte, fetch Fetch) (RepairRe
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var res RepairResult
-	err := retry.Do(ctx, s.opts.Retry, s.log, "repair rows", func(ctx context.Context) error {
+	err := retry.Do(ctx, s.opts.Retry, s.log, "repair rows", s.counted(func(ctx context.Context) error {
 		res = RepairResult{}
 		conn, err := s.writer(ctx)
 		if err != nil {
@@ -59,7 +59,7 @@ func (s *Sink) Repair(ctx context.Context, keys [][]byte, fetch Fetch) (RepairRe
 			return err
 		}
 		return nil
-	})
+	}))
 	if err != nil {
 		return res, fmt.Errorf("repair: %w", err)
 	}

@@ -22,6 +22,22 @@ type Options struct {
 	Slot   string       // key of this stream's row in cdc_checkpoint
 	Retry  retry.Policy // for transient chat failures; the sink never gives up on those
 	Logger *slog.Logger
+	// OnBatch, when set, is called after each batch Apply commits (for
+	// metrics). It runs on the writer's goroutine and must not block.
+	OnBatch func(BatchInfo)
+}
+
+// BatchInfo describes one committed batch.
+type BatchInfo struct {
+	Received    int  // changes received for the batch, before compaction
+	Upserts     int  // rows upserted
+	Deletes     int  // rows deleted
+	Truncate    bool // the table was emptied first
+	DeadLetters int  // changes refused and recorded in sync_errors
+	// Latency is from the source commit (notify mode: the notification) of
+	// the batch's oldest change to the chat commit; 0 when unknown.
+	Latency time.Duration
+	Took    time.Duration // time spent writing, retries included
 }
 
 // Stats counts what the sink has written since it started.
@@ -32,6 +48,8 @@ type Stats struct {
 	Truncates   atomic.Int64
 	DeadLetters atomic.Int64
 	LSN         atomic.Uint64 // last committed checkpoint LSN
+	Failures    atomic.Int64  // failed write attempts (every retry counts)
+	Failing     atomic.Int64  // consecutive failed write attempts; 0 after a success
 }
 
 // Sink is the single writer of the chat table. It holds one connection from
@@ -85,8 +103,8 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	start := time.Now()
-	attempt := 0
-	err := retry.Do(ctx, s.opts.Retry, s.log, "apply batch", func(ctx context.Context) error {
+	attempt, dead := 0, 0
+	err := retry.Do(ctx, s.opts.Retry, s.log, "apply batch", s.counted(func(ctx context.Context) error {
 		attempt++
 		conn, err := s.writer(ctx)
 		if err != nil {
@@ -105,18 +123,24 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 				return nil
 			}
 		}
-		dead, err := s.write(ctx, conn.Conn().PgConn(), b)
-		if err != nil {
+		if dead, err = s.write(ctx, conn.Conn().PgConn(), b); err != nil {
 			s.dropBroken()
 			return err
 		}
 		s.Stats.DeadLetters.Add(int64(dead))
 		return nil
-	})
+	}))
 	if err != nil {
 		return fmt.Errorf("apply batch: %w", err)
 	}
-	s.count(b)
+	info := s.count(b)
+	if s.opts.OnBatch != nil {
+		info.DeadLetters, info.Took = dead, time.Since(start)
+		if !b.FirstCommit.IsZero() {
+			info.Latency = time.Since(b.FirstCommit)
+		}
+		s.opts.OnBatch(info)
+	}
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.Debug("batch applied", "rows", len(b.changes), "received", b.Received, "lsn", b.Checkpoint.LSN,
 			"apply_ms", time.Since(start).Milliseconds(), "age_ms", time.Since(b.Started).Milliseconds(),
@@ -125,20 +149,40 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 	return nil
 }
 
-func (s *Sink) count(b *Batch) {
+func (s *Sink) count(b *Batch) BatchInfo {
+	info := BatchInfo{Received: b.Received, Truncate: b.truncate}
+	for i := range b.changes {
+		if b.changes[i].Op == OpDelete {
+			info.Deletes++
+		} else {
+			info.Upserts++
+		}
+	}
 	s.Stats.Batches.Add(1)
 	if b.truncate {
 		s.Stats.Truncates.Add(1)
 	}
-	for i := range b.changes {
-		if b.changes[i].Op == OpDelete {
-			s.Stats.Deletes.Add(1)
-		} else {
-			s.Stats.Upserts.Add(1)
-		}
-	}
+	s.Stats.Upserts.Add(int64(info.Upserts))
+	s.Stats.Deletes.Add(int64(info.Deletes))
 	if b.Checkpoint.LSN != 0 {
 		s.Stats.LSN.Store(uint64(b.Checkpoint.LSN))
+	}
+	return info
+}
+
+// counted wraps one write attempt so Stats show failures as they happen,
+// not only once the retries end.
+func (s *Sink) counted(op func(ctx context.Context) error) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		err := op(ctx)
+		switch {
+		case err == nil:
+			s.Stats.Failing.Store(0)
+		case ctx.Err() == nil:
+			s.Stats.Failures.Add(1)
+			s.Stats.Failing.Add(1)
+		}
+		return err
 	}
 }
 

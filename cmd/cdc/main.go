@@ -50,6 +50,7 @@ var commands = map[string]command{
 	"dev":       {"start a throw-away local PostgreSQL with demo data and run the daemon against it", cmdDev},
 	"reconcile": {"compare a window (--since, --from/--to) or the whole table (--full) and repair chat", cmdReconcile},
 	"verify":    {"prove chat equals the source (--full: every row); exit 3 on drift", cmdVerify},
+	"status":    {"show the health and progress of the running cdc (at HTTP_ADDR); exit 1 unless HEALTHY", cmdStatus},
 }
 
 // env is what a subcommand may touch of the outside world.
