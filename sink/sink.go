@@ -48,8 +48,10 @@ type Stats struct {
 	Truncates   atomic.Int64
 	DeadLetters atomic.Int64
 	LSN         atomic.Uint64 // last committed checkpoint LSN
-	Failures    atomic.Int64  // failed write attempts (every retry counts)
-	Failing     atomic.Int64  // consecutive failed write attempts; 0 after a success
+	// Failures counts writes (batches, repairs) that failed at least once;
+	// a write retried many times counts once.
+	Failures atomic.Int64
+	Failing  atomic.Int64 // consecutive failed attempts of the write in progress; 0 after a success
 }
 
 // Sink is the single writer of the chat table. It holds one connection from
@@ -179,8 +181,9 @@ func (s *Sink) counted(op func(ctx context.Context) error) func(ctx context.Cont
 		case err == nil:
 			s.Stats.Failing.Store(0)
 		case ctx.Err() == nil:
-			s.Stats.Failures.Add(1)
-			s.Stats.Failing.Add(1)
+			if s.Stats.Failing.Add(1) == 1 {
+				s.Stats.Failures.Add(1)
+			}
 		}
 		return err
 	}

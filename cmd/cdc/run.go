@@ -111,7 +111,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 			"notifications missed while disconnected are made up for by a reconcile on every reconnect and by the scheduled reconciler")
 		n := newNotifySource(cfg, log, srcPool, sk, srcTable, func() *reconcile.Reconciler { return rec }, mon.ObserveBatch)
 		source = n
-		parts.Notify = &n.Stats
+		parts.Notify = n.Notify
 	} else {
 		log.Info("sync mode: replication (SYNC_MODE=replication, pgoutput slot " + cfg.SlotName + "); set SYNC_MODE=notify where the source forbids logical replication")
 		slot := &replication.SlotWatcher{Pool: srcPool, Slot: cfg.SlotName, WarnBytes: cfg.SlotWALWarnBytes, Every: slotCheckEvery, Logger: log}
@@ -127,7 +127,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 			Logger:         log,
 		})
 		source = &streamSource{Slot: slot, Stream: stream}
-		parts.Stream, parts.Slot = &stream.Stats, slot
+		parts.Stream, parts.Slot = stream, slot
 	}
 	rec = newReconciler(cfg, log, src, chat, sk, source.Sync)
 	parts.Reconciler = &rec.Stats

@@ -149,7 +149,7 @@ func streamCheck(st *Stats, th Thresholds) Check {
 	case st.Stream.Connected:
 		return Check{Status: Pass, Message: what + " connected"}
 	case !st.Stream.EverConnected:
-		return Check{Warn, what + " not connected yet (first copy, or waiting for the slot)", "wait; the log shows the first copy's progress"}
+		return Check{Warn, what + " not following the source yet (first copy or compare, or waiting for the slot)", "wait; the log shows the first copy's progress"}
 	case st.disconnected < th.StallAfter:
 		return Check{Warn, what + " reconnecting (down " + roundDur(st.disconnected) + ")", "wait; cdc reconnects with backoff"}
 	}

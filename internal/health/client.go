@@ -1,6 +1,7 @@
 package health
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,10 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // BaseURL is where a cdc listening on addr (HTTP_ADDR) is reached from
@@ -29,27 +34,50 @@ func BaseURL(addr string) (string, error) {
 // Fetch reads the /stats document of the cdc at base, returning it both
 // decoded and as sent.
 func Fetch(ctx context.Context, base string) (*Stats, []byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/stats", nil)
+	body, err := get(ctx, base+"/stats")
 	if err != nil {
-		return nil, nil, fmt.Errorf("build request: %w", err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, nil, fmt.Errorf("get %s/stats: %w", base, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return nil, nil, fmt.Errorf("read %s/stats: %w", base, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, body, fmt.Errorf("get %s/stats: %s", base, resp.Status)
+		return nil, body, err
 	}
 	var st Stats
 	if err := json.Unmarshal(body, &st); err != nil {
 		return nil, body, fmt.Errorf("decode %s/stats: %w", base, err)
 	}
 	return &st, body, nil
+}
+
+// Scrape reads and parses the /metrics of the cdc at base.
+func Scrape(ctx context.Context, base string) (map[string]*dto.MetricFamily, error) {
+	body, err := get(ctx, base+"/metrics")
+	if err != nil {
+		return nil, err
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("parse %s/metrics: %w", base, err)
+	}
+	return families, nil
+}
+
+// get returns the body of a 200 answer to GET url, within 5 s.
+func get(ctx context.Context, url string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("build request: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return body, fmt.Errorf("get %s: %s", url, resp.Status)
+	}
+	return body, nil
 }

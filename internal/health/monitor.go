@@ -26,9 +26,9 @@ type Options struct {
 // Parts are the running daemon's components the monitor reads. Those of
 // the other mode stay nil.
 type Parts struct {
-	Stream     *replication.Stats       // replication mode
+	Stream     *replication.Stream      // replication mode
 	Slot       *replication.SlotWatcher // replication mode
-	Notify     *replication.NotifyStats // notify mode
+	Notify     *replication.Notify      // notify mode
 	Sink       *sink.Stats
 	Reconciler *reconcile.Stats
 	SourcePool *pgxpool.Pool
@@ -181,9 +181,11 @@ func (m *Monitor) connection(p *Parts, now time.Time) connState {
 	var connected bool
 	switch {
 	case p.Stream != nil:
-		connected = p.Stream.Streaming.Load()
+		connected = p.Stream.Stats.Streaming.Load()
 	case p.Notify != nil:
-		connected = p.Notify.Connected.Load()
+		// Until the first catch-up (bulk copy or full compare) is done,
+		// chat is not following the source yet.
+		connected = p.Notify.Stats.Connected.Load() && p.Notify.CatchUps.Load() > 0
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -240,7 +242,7 @@ func (m *Monitor) Stats(now time.Time) *Stats {
 	var pending int64
 	switch {
 	case p.Stream != nil:
-		s := p.Stream
+		s := &p.Stream.Stats
 		st.Stream.Reconnects = s.Reconnects.Load()
 		pending = s.Pending.Load()
 		if st.lsn = s.Applied.Load(); st.lsn != 0 {
@@ -253,8 +255,8 @@ func (m *Monitor) Stats(now time.Time) *Stats {
 		}
 		st.LagBytes = &lag
 	case p.Notify != nil:
-		st.Stream.Reconnects = p.Notify.Reconnects.Load()
-		pending = p.Notify.Pending.Load()
+		st.Stream.Reconnects = p.Notify.Stats.Reconnects.Load()
+		pending = p.Notify.Stats.Pending.Load()
 	}
 	if pending != 0 {
 		st.IsSyncInProgress = true

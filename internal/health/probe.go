@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -100,10 +101,13 @@ func (m *Monitor) probeDB(ctx context.Context, name string, probe func(ctx conte
 	default:
 		// Driver errors name host, port, user and database, never the
 		// password; mask anything that looks like one all the same.
-		d.Error = logging.RedactDSN(err.Error())
+		d.Error = logging.RedactDSN(userinfo.ReplaceAllString(err.Error(), "${1}:xxxxx@"))
 	}
 	return d
 }
+
+// userinfo is user:password@ in a URL anywhere in a text.
+var userinfo = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://[^:@/\s]*):[^@\s]*@`)
 
 // timedOut reports whether err means the probe got no answer in time.
 func timedOut(ctx context.Context, err error) bool {

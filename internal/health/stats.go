@@ -77,6 +77,8 @@ type AppliedStats struct {
 
 // StreamStats describes the change source's connection.
 type StreamStats struct {
+	// Connected reports that the replication stream is streaming (notify
+	// mode: the listener is connected and its first catch-up is done).
 	Connected bool `json:"connected"`
 	// Since is when the connection last came up or went down.
 	Since         *time.Time `json:"since"`
