@@ -112,7 +112,7 @@ func evaluate(st *Stats, th Thresholds) Health {
 	}
 	add(CheckDeadLetters, deadLettersCheck(st))
 	if st.Slot != nil {
-		add(CheckSlot, slotCheck(st.Slot, th))
+		add(CheckSlot, slotCheck(st.Slot, st.Stream, th))
 	}
 	for _, name := range slices.Sorted(maps.Keys(h.Checks)) {
 		if r := h.Checks[name].Recommendation; h.Checks[name].Status != Pass && r != "" {
@@ -266,12 +266,16 @@ func deadLettersCheck(st *Stats) Check {
 	return Check{Status: Pass, Message: msg}
 }
 
-func slotCheck(s *SlotStats, th Thresholds) Check {
+func slotCheck(s *SlotStats, stream StreamStats, th Thresholds) Check {
 	switch {
 	case s.CheckedAt == nil:
 		return Check{Status: Pass, Message: "not read yet"}
+	case !s.Exists && (!stream.EverConnected || stream.Connected):
+		// Not created yet, or created since the last reading: a slot in
+		// use cannot be dropped.
+		return Check{Status: Pass, Message: "slot " + s.Name + " not seen yet (created by the stream)"}
 	case !s.Exists:
-		return Check{Warn, "slot " + s.Name + " does not exist", "cdc creates it when the stream connects; if this persists, read cdc's log"}
+		return Check{Warn, "slot " + s.Name + " does not exist", "it was dropped: cdc recreates it and copies the table again when the stream reconnects; read cdc's log if this persists"}
 	case s.WALStatus == "lost":
 		return Check{Fail, "slot " + s.Name + " was invalidated (wal_status lost)", "cdc recreates the slot and copies the table again on its next connect; raise max_slot_wal_keep_size if this repeats"}
 	case s.WALStatus == "unreserved":

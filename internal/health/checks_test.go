@@ -72,7 +72,7 @@ func TestEvaluate(t *testing.T) {
 			s.Databases[1] = DatabaseStats{Name: "chat", Error: "connection refused"}
 		}, Unhealthy, CheckDatabases, Fail, false, "database server is up"},
 		{"dead letters waiting", func(s *Stats) { s.DeadLetters.Unresolved = ptr(int64(2)) }, Degraded, CheckDeadLetters, Warn, true, "sync_errors"},
-		{"slot missing", func(s *Stats) { s.Slot.Exists = false }, Degraded, CheckSlot, Warn, true, "creates it"},
+		{"slot not seen yet", func(s *Stats) { s.Slot.Exists = false }, Healthy, "", Pass, true, ""},
 		{"slot holds much WAL", func(s *Stats) { s.Slot.RetainedBytes = 2 << 30 }, Degraded, CheckSlot, Warn, true, "behind or was stopped"},
 		{"slot unreserved", func(s *Stats) { s.Slot.WALStatus = "unreserved" }, Unhealthy, CheckSlot, Fail, true, "max_slot_wal_keep_size"},
 		{"slot lost", func(s *Stats) { s.Slot.WALStatus = "lost" }, Unhealthy, CheckSlot, Fail, true, "recreates the slot"},
@@ -128,6 +128,17 @@ func TestEvaluate_NotifyMode(t *testing.T) {
 	st.Stream.Connected, st.disconnected = false, 2*time.Minute
 	if c := evaluate(st, testThresholds).Checks[CheckStream]; c.Status != Fail || !strings.Contains(c.Message, "notify listener") {
 		t.Errorf("stream check = %+v, want a failing notify listener", c)
+	}
+}
+
+// TestSlotCheck_Dropped checks a slot missing while the stream is down
+// after having streamed: it was dropped.
+func TestSlotCheck_Dropped(t *testing.T) {
+	st := healthyStats()
+	st.Slot.Exists = false
+	st.Stream.Connected = false
+	if c := slotCheck(st.Slot, st.Stream, testThresholds); c.Status != Warn || !strings.Contains(c.Recommendation, "recreates it") {
+		t.Errorf("slot check = %+v, want a warning that cdc recreates it", c)
 	}
 }
 

@@ -59,6 +59,43 @@ func Scrape(ctx context.Context, base string) (map[string]*dto.MetricFamily, err
 	return families, nil
 }
 
+// Value returns the value of the first sample of the metric name whose
+// labels include labels (name, value pairs): a counter's or gauge's value,
+// a histogram's sample count.
+func Value(families map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
+	f := families[name]
+	if f == nil {
+		return 0, false
+	}
+	for _, m := range f.Metric {
+		if !hasLabels(m, labels) {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue(), true
+		case m.Gauge != nil:
+			return m.Gauge.GetValue(), true
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount()), true
+		}
+	}
+	return 0, false
+}
+
+func hasLabels(m *dto.Metric, labels []string) bool {
+	for i := 0; i+1 < len(labels); i += 2 {
+		found := false
+		for _, l := range m.Label {
+			found = found || (l.GetName() == labels[i] && l.GetValue() == labels[i+1])
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
 // get returns the body of a 200 answer to GET url, within 5 s.
 func get(ctx context.Context, url string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)

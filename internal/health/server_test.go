@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/myusta/cdc/replication"
 	"github.com/myusta/cdc/sink"
 )
@@ -153,24 +151,11 @@ func TestServer_Metrics(t *testing.T) {
 	}
 	value := func(name string, labels ...string) float64 {
 		t.Helper()
-		f := families[name]
-		if f == nil {
-			t.Fatalf("no metric %s", name)
+		v, ok := Value(families, name, labels...)
+		if !ok {
+			t.Fatalf("no %s%v", name, labels)
 		}
-		for _, mt := range f.Metric {
-			if matches(mt, labels) {
-				switch {
-				case mt.Counter != nil:
-					return mt.Counter.GetValue()
-				case mt.Gauge != nil:
-					return mt.Gauge.GetValue()
-				case mt.Histogram != nil:
-					return float64(mt.Histogram.GetSampleCount())
-				}
-			}
-		}
-		t.Fatalf("no %s%v", name, labels)
-		return 0
+		return v
 	}
 	checks := []struct {
 		name   string
@@ -208,19 +193,6 @@ func TestServer_Metrics(t *testing.T) {
 			t.Errorf("metric %s lacks the cdc_ prefix", name)
 		}
 	}
-}
-
-func matches(m *dto.Metric, labels []string) bool {
-	for i := 0; i+1 < len(labels); i += 2 {
-		found := false
-		for _, l := range m.Label {
-			found = found || (l.GetName() == labels[i] && l.GetValue() == labels[i+1])
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
 }
 
 // TestServer_StatusPage checks the page is served whole, self-contained,
