@@ -40,7 +40,7 @@ func cmdStatus(ctx context.Context, e *env, args []string) error {
 		return fmt.Errorf("print status: %w", err)
 	}
 	if s := st.HealthStatus.Status; s != health.Healthy {
-		return &exitError{code: exitFailure, err: fmt.Errorf("cdc is %s", s)}
+		return &exitError{code: exitFailure, err: fmt.Errorf("not healthy: %s", s)}
 	}
 	return nil
 }
@@ -64,7 +64,7 @@ func printStatus(w io.Writer, base string, st *health.Stats) error {
 		fmt.Fprintf(tw, "  applied LSN\t%s\n", *st.AppliedLSN)
 	}
 	lag := fmt.Sprintf("%.1fs", st.LagSeconds)
-	if st.LagBytes != nil {
+	if st.LagBytes != nil && *st.LagBytes > 0 {
 		lag += fmt.Sprintf(" (%d bytes received, not yet in chat)", *st.LagBytes)
 	}
 	fmt.Fprintf(tw, "  lag\t%s\n", lag)
