@@ -56,7 +56,9 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // Serve serves until ctx ends, then shuts down gracefully: it stops
 // accepting and gives open requests shutdownGrace to finish.
 func (s *Server) Serve(ctx context.Context) error {
-	s.log.Info("http listening", "addr", s.ln.Addr().String())
+	addr := s.ln.Addr().String()
+	base, _ := BaseURL(addr)
+	s.log.Info("http listening", "addr", addr, "status_page", base+"/")
 	errc := make(chan error, 1)
 	go func() { errc <- s.srv.Serve(s.ln) }()
 	select {
