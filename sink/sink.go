@@ -30,8 +30,8 @@ type Options struct {
 // BatchInfo describes one committed batch.
 type BatchInfo struct {
 	Received    int  // changes received for the batch, before compaction
-	Upserts     int  // rows upserted
-	Deletes     int  // rows deleted
+	Upserts     int  // upserts after compaction (refused ones included)
+	Deletes     int  // deletes after compaction
 	Truncate    bool // the table was emptied first
 	DeadLetters int  // changes refused and recorded in sync_errors
 	// Latency is from the source commit (notify mode: the notification) of
@@ -151,6 +151,7 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 	return nil
 }
 
+// count adds the committed batch b to Stats and describes it.
 func (s *Sink) count(b *Batch) BatchInfo {
 	info := BatchInfo{Received: b.Received, Truncate: b.truncate}
 	for i := range b.changes {
