@@ -1,14 +1,21 @@
 # The README's two commands: `make dev` and `make test`.
 GO ?= go
 
-.PHONY: test dev build vet bench chaos
+.PHONY: test test-chromium dev build vet bench chaos
 
 test: vet
 	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) test -race -count=1 -timeout 30m ./...
+	@if command -v chromium >/dev/null 2>&1; then $(MAKE) --no-print-directory test-chromium; \
+	else echo "chromium not installed: skipping the status page test (apt-get install -y chromium)"; fi
+
+# The status page loaded in headless Chromium (build tag chromium).
+test-chromium:
+	$(GO) test -race -count=1 -timeout 5m -tags chromium -run TestStatusPage ./cmd/cdc
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags chromium ./cmd/cdc
 
 dev:
 	$(GO) run ./cmd/cdc dev

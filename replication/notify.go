@@ -43,6 +43,9 @@ type NotifyOptions struct {
 	// long notifications may have been missed (0 on the first connect:
 	// unknown). It is where lost notifications are made up for.
 	CatchUp func(ctx context.Context, missed time.Duration) error
+	// OnBatch, when set, is called after each batch of notified ids is
+	// applied (for metrics); Latency counts from the oldest notification.
+	OnBatch func(sink.BatchInfo)
 	Logger  *slog.Logger
 }
 
@@ -56,6 +59,7 @@ type NotifyStats struct {
 	Connected        atomic.Bool
 	LastNotification atomic.Int64 // unix ns
 	Latency          atomic.Int64 // notification received -> applied, ns, of the last batch
+	Pending          atomic.Int64 // receive time (unix ns) of the oldest notification not yet applied; 0 when none
 }
 
 // Notify is the fallback source for sources that forbid logical
@@ -284,10 +288,18 @@ func (n *Notify) apply(ctx context.Context) error {
 		if len(ids) == 0 {
 			return nil
 		}
-		if err := n.applyIDs(ctx, ids); err != nil {
+		start := time.Now()
+		res, err := n.applyIDs(ctx, ids)
+		if err != nil {
 			return err
 		}
-		n.Stats.Latency.Store(int64(time.Since(oldest)))
+		latency := time.Since(oldest)
+		n.Stats.Latency.Store(int64(latency))
+		n.Stats.Pending.Store(0)
+		if n.opts.OnBatch != nil {
+			n.opts.OnBatch(sink.BatchInfo{Received: len(ids), Upserts: res.Missing + res.Stale, Deletes: res.Extra,
+				DeadLetters: res.Dead, Latency: latency, Took: time.Since(start)})
+		}
 		ids, oldest = ids[:0], time.Time{}
 		clear(seen)
 		return nil
@@ -306,6 +318,7 @@ func (n *Notify) apply(ctx context.Context) error {
 				}
 				if oldest.IsZero() {
 					oldest = nt.at
+					n.Stats.Pending.Store(oldest.UnixNano())
 				}
 			case "truncate":
 				if err := flush(); err != nil {
@@ -346,18 +359,18 @@ func (n *Notify) apply(ctx context.Context) error {
 }
 
 // applyIDs makes chat equal to the current source rows of ids.
-func (n *Notify) applyIDs(ctx context.Context, ids []string) error {
+func (n *Notify) applyIDs(ctx context.Context, ids []string) (sink.RepairResult, error) {
 	keys, err := n.keys(ctx, ids)
 	if err != nil {
-		return err
+		return sink.RepairResult{}, err
 	}
 	res, err := n.sink.Repair(ctx, keys, n.fetch)
 	if err != nil {
-		return err
+		return res, err
 	}
 	n.Stats.Upserts.Add(int64(res.Missing + res.Stale))
 	n.Stats.Deletes.Add(int64(res.Extra))
-	return nil
+	return res, nil
 }
 
 // keys turns ids, as the trigger sent them (text), into binary key values.
@@ -373,7 +386,7 @@ func (n *Notify) keys(ctx context.Context, ids []string) ([][]byte, error) {
 		var bad []string
 		keys, bad, err = sink.ParseKeys(ctx, conn.Conn().PgConn(), n.opts.Table, ids)
 		for _, id := range bad {
-			n.log.Warn("ignoring a notification whose id is not a valid key", "id", id, "type", n.opts.Table.KeyColumn().TypeName)
+			n.log.Warn("ignoring a notification whose id is not a valid key", "user_id", id, "type", n.opts.Table.KeyColumn().TypeName)
 		}
 		return err
 	})

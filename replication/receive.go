@@ -204,7 +204,25 @@ func (r *reader) handle(a applied) error {
 	}
 	a.b.Reset()
 	r.spare = a.b
+	r.publishPending()
 	return nil
+}
+
+// publishPending makes the commit time of the oldest change not yet
+// committed in chat visible in Stats.Pending.
+func (r *reader) publishPending() {
+	var oldest time.Time
+	if r.inflight != nil {
+		oldest = r.inflight.FirstCommit
+	}
+	if oldest.IsZero() && r.cur.Received > 0 {
+		oldest = r.cur.FirstCommit
+	}
+	var ns int64
+	if !oldest.IsZero() {
+		ns = oldest.UnixNano()
+	}
+	r.s.Stats.Pending.Store(ns)
 }
 
 // idle reports that nothing received is waiting to be committed.
@@ -217,6 +235,7 @@ func (r *reader) idle() bool {
 // inside a transaction and its checkpoint says how far). force sends
 // whatever is in hand (shutdown).
 func (r *reader) dispatch(force bool) {
+	defer r.publishPending()
 	if r.inflight != nil {
 		return
 	}

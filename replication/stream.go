@@ -57,6 +57,9 @@ type Stats struct {
 	// committed in chat: the applied checkpoint, or the WAL end of a
 	// keepalive received while nothing was in flight.
 	Position atomic.Uint64
+	// Pending is the source commit time (unix ns) of the oldest change
+	// received and not yet committed in chat; 0 when none is.
+	Pending atomic.Int64
 }
 
 // Stream consumes the slot with pgoutput and feeds the sink. It owns its

@@ -61,6 +61,9 @@ type Batch struct {
 	Received   int        // changes added before compaction
 	Started    time.Time  // when the first change was added
 	LastCommit time.Time  // newest source commit time in the batch
+	// FirstCommit is the source commit time of the oldest change in the
+	// batch (zero when its changes carry none, e.g. repairs).
+	FirstCommit time.Time
 	// ReceiveDelay is the longest time between a transaction's source
 	// commit and its arrival, among the batch's transactions.
 	ReceiveDelay time.Duration
@@ -85,6 +88,9 @@ func (b *Batch) Add(c Change) {
 		b.Started = time.Now()
 	}
 	b.Received++
+	if b.FirstCommit.IsZero() {
+		b.FirstCommit = c.CommitTime
+	}
 	k := c.Values[b.key]
 	if i, ok := b.index[string(k)]; ok {
 		prev := &b.changes[i]
@@ -139,6 +145,7 @@ func (b *Batch) Reset() {
 	b.Received = 0
 	b.Started = time.Time{}
 	b.LastCommit = time.Time{}
+	b.FirstCommit = time.Time{}
 	b.ReceiveDelay = 0
 }
 

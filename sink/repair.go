@@ -44,12 +44,12 @@ func (s *Sink) Repair(ctx context.Context, keys [][]byte, fetch Fetch) (RepairRe
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var res RepairResult
-	err := retry.Do(ctx, s.opts.Retry, s.log, "repair rows", func(ctx context.Context) error {
+	err := retry.Do(ctx, s.opts.Retry, s.log, "repair rows", s.counted(func(ctx context.Context) error {
 		res = RepairResult{}
 		s.begin()
 		conn, err := s.writer(ctx)
 		if err != nil {
-			return s.track(err)
+			return err
 		}
 		pc := conn.Conn().PgConn()
 		if err := s.repair(ctx, pc, keys, fetch, &res); err != nil {
@@ -57,10 +57,10 @@ func (s *Sink) Repair(ctx context.Context, keys [][]byte, fetch Fetch) (RepairRe
 				_ = execSimple(context.WithoutCancel(ctx), pc, "ROLLBACK")
 			}
 			s.dropBroken()
-			return s.track(err)
+			return err
 		}
-		return s.track(nil)
-	})
+		return nil
+	}))
 	if err != nil {
 		return res, fmt.Errorf("repair: %w", err)
 	}

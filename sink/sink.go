@@ -22,6 +22,22 @@ type Options struct {
 	Slot   string       // key of this stream's row in cdc_checkpoint
 	Retry  retry.Policy // for transient chat failures; the sink never gives up on those
 	Logger *slog.Logger
+	// OnBatch, when set, is called after each batch Apply commits (for
+	// metrics). It runs on the writer's goroutine and must not block.
+	OnBatch func(BatchInfo)
+}
+
+// BatchInfo describes one committed batch.
+type BatchInfo struct {
+	Received    int  // changes received for the batch, before compaction
+	Upserts     int  // upserts after compaction (refused ones included)
+	Deletes     int  // deletes after compaction
+	Truncate    bool // the table was emptied first
+	DeadLetters int  // changes refused and recorded in sync_errors
+	// Latency is from the source commit (notify mode: the notification) of
+	// the batch's oldest change to the chat commit; 0 when unknown.
+	Latency time.Duration
+	Took    time.Duration // time spent writing, retries included
 }
 
 // Stats counts what the sink has written since it started.
@@ -33,11 +49,14 @@ type Stats struct {
 	DeadLetters atomic.Int64
 	Resolved    atomic.Int64  // ids whose dead letters a later write resolved
 	LSN         atomic.Uint64 // last committed checkpoint LSN
-	// ConsecutiveFailures counts failed write attempts since the last
-	// success; while it is above zero the sink is backing off (the circuit
-	// is open) and the source keeps the changes.
-	ConsecutiveFailures atomic.Int64
-	FailingSince        atomic.Int64 // unix ns of the first failure of the current run, 0 when healthy
+	// Failures counts writes (batches, repairs) that failed at least once;
+	// a write retried many times counts once.
+	Failures atomic.Int64
+	Failing  atomic.Int64 // consecutive failed attempts of the write in progress; 0 after a success
+	// FailingSince is the unix ns of the current streak's first failure
+	// (0 when healthy). While failing, the sink backs off (the circuit is
+	// open) and the source keeps the changes.
+	FailingSince atomic.Int64
 }
 
 // Sink is the single writer of the chat table. It holds one connection from
@@ -94,13 +113,13 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	start := time.Now()
-	attempt := 0
-	err := retry.Do(ctx, s.opts.Retry, s.log, "apply batch", func(ctx context.Context) error {
+	attempt, dead := 0, 0
+	err := retry.Do(ctx, s.opts.Retry, s.log, "apply batch", s.counted(func(ctx context.Context) error {
 		attempt++
 		s.begin()
 		conn, err := s.writer(ctx)
 		if err != nil {
-			return s.track(err)
+			return err
 		}
 		if attempt > 1 && b.Checkpoint != (Checkpoint{}) {
 			// A connection lost during COMMIT leaves its outcome unknown: the
@@ -115,19 +134,25 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 				return nil
 			}
 		}
-		dead, err := s.write(ctx, conn.Conn().PgConn(), b)
-		if err != nil {
+		if dead, err = s.write(ctx, conn.Conn().PgConn(), b); err != nil {
 			s.dropBroken()
-			return s.track(err)
+			return err
 		}
 		s.Stats.DeadLetters.Add(int64(dead))
-		return s.track(nil)
-	})
+		return nil
+	}))
 	if err != nil {
 		return fmt.Errorf("apply batch: %w", err)
 	}
 	s.committed()
-	s.count(b)
+	info := s.count(b)
+	if s.opts.OnBatch != nil {
+		info.DeadLetters, info.Took = dead, time.Since(start)
+		if !b.FirstCommit.IsZero() {
+			info.Latency = time.Since(b.FirstCommit)
+		}
+		s.opts.OnBatch(info)
+	}
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.Debug("batch applied", "rows", len(b.changes), "received", b.Received, "lsn", b.Checkpoint.LSN,
 			"apply_ms", time.Since(start).Milliseconds(), "age_ms", time.Since(b.Started).Milliseconds(),
@@ -136,20 +161,49 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 	return nil
 }
 
-func (s *Sink) count(b *Batch) {
+// count adds the committed batch b to Stats and describes it.
+func (s *Sink) count(b *Batch) BatchInfo {
+	info := BatchInfo{Received: b.Received, Truncate: b.truncate}
+	for i := range b.changes {
+		if b.changes[i].Op == OpDelete {
+			info.Deletes++
+		} else {
+			info.Upserts++
+		}
+	}
 	s.Stats.Batches.Add(1)
 	if b.truncate {
 		s.Stats.Truncates.Add(1)
 	}
-	for i := range b.changes {
-		if b.changes[i].Op == OpDelete {
-			s.Stats.Deletes.Add(1)
-		} else {
-			s.Stats.Upserts.Add(1)
-		}
-	}
+	s.Stats.Upserts.Add(int64(info.Upserts))
+	s.Stats.Deletes.Add(int64(info.Deletes))
 	if b.Checkpoint.LSN != 0 {
 		s.Stats.LSN.Store(uint64(b.Checkpoint.LSN))
+	}
+	return info
+}
+
+// counted wraps one write attempt so Stats show failures as they happen,
+// not only once the retries end.
+func (s *Sink) counted(op func(ctx context.Context) error) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		err := op(ctx)
+		switch {
+		case err == nil:
+			if n := s.Stats.Failing.Swap(0); n > 0 {
+				since := time.Unix(0, s.Stats.FailingSince.Swap(0))
+				s.log.Info("chat database writable again; resuming", "failed_attempts", n, "paused_for", time.Since(since).Round(time.Millisecond).String())
+			}
+		case ctx.Err() == nil:
+			if s.Stats.Failing.Add(1) == 1 {
+				s.Stats.Failures.Add(1)
+				s.Stats.FailingSince.Store(time.Now().UnixNano())
+				if retry.Transient(err) {
+					s.log.Warn("chat database write failed; pausing writes and retrying with backoff (nothing is lost: the source keeps the changes until they are applied)", "err", err)
+				}
+			}
+		}
+		return err
 	}
 }
 
@@ -227,26 +281,6 @@ func (s *Sink) writer(ctx context.Context) (*pgxpool.Conn, error) {
 	}
 	s.conn, s.stmts = c, stmts
 	return c, nil
-}
-
-// track records the outcome of a write attempt: the first failure logs
-// that writes are paused (the source keeps the changes; retries back off up
-// to RETRY_MAX_DELAY), the first success after failures that they resume.
-func (s *Sink) track(err error) error {
-	if err == nil {
-		if n := s.Stats.ConsecutiveFailures.Swap(0); n > 0 {
-			since := time.Unix(0, s.Stats.FailingSince.Swap(0))
-			s.log.Info("chat database writable again; resuming", "failed_attempts", n, "paused_for", time.Since(since).Round(time.Millisecond).String())
-		}
-		return nil
-	}
-	if s.Stats.ConsecutiveFailures.Add(1) == 1 {
-		s.Stats.FailingSince.Store(time.Now().UnixNano())
-	}
-	if s.Stats.ConsecutiveFailures.Load() == 1 && retry.Transient(err) {
-		s.log.Warn("chat database write failed; pausing writes and retrying with backoff (nothing is lost: the source keeps the changes until they are applied)", "err", err)
-	}
-	return err
 }
 
 // durableCommits makes the writer's commits durable before they return:

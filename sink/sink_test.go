@@ -22,18 +22,24 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-func newSink(t *testing.T, p *pgtest.Pair) *sink.Sink {
+// newSink returns a sink for p's chat table; onBatch, if given, sees each
+// committed batch.
+func newSink(t *testing.T, p *pgtest.Pair, onBatch ...func(sink.BatchInfo)) *sink.Sink {
 	t.Helper()
 	cfg := p.Config(t)
 	tbl, err := schema.Load(context.Background(), p.Chat, cfg.ChatTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := sink.New(p.Chat, tbl, sink.Options{
+	opts := sink.Options{
 		Slot:   p.Slot,
 		Retry:  retry.Policy{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond, Multiplier: 2, Loud: 3},
 		Logger: quiet,
-	})
+	}
+	if len(onBatch) > 0 {
+		opts.OnBatch = onBatch[0]
+	}
+	s := sink.New(p.Chat, tbl, opts)
 	t.Cleanup(s.Close)
 	return s
 }

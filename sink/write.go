@@ -188,7 +188,7 @@ func (s *Sink) write(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead int
 		if err == nil || !rowRejected(err) {
 			return 0, err
 		}
-		s.log.Warn("chat database rejected a row; isolating it", "rows", len(b.changes), "err", err)
+		s.log.Warn("chat database rejected a row; isolating it", "rows", len(b.changes), "lsn", b.Checkpoint.LSN, "err", err)
 	} else if len(partial) == 0 {
 		var batch pgconn.Batch
 		batch.ExecParams(s.sql.lock, nil, nil, nil, nil)
@@ -204,7 +204,7 @@ func (s *Sink) write(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead int
 		if err == nil || !rowRejected(err) {
 			return 0, err
 		}
-		s.log.Warn("chat database rejected a row; isolating it", "rows", len(b.changes), "err", err)
+		s.log.Warn("chat database rejected a row; isolating it", "rows", len(b.changes), "lsn", b.Checkpoint.LSN, "err", err)
 	}
 	return s.writeCareful(ctx, pc, b, dels, ups, partial)
 }

@@ -96,7 +96,7 @@ func cmdErrors(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "marked %d dead letters resolved (nothing was written to the chat table)\n", tag.RowsAffected())
 		return nil
 	}
-	sk := newSink(cfg, log, o.chat)
+	sk := newSink(cfg, log, o.chat, nil)
 	defer sk.Close()
 	return retryErrors(ctx, e, sk, o.src.Pool, o.chat.Pool, rows)
 }

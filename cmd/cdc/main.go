@@ -52,6 +52,7 @@ var commands = map[string]command{
 	"verify":    {"prove chat equals the source (--full: every row); exit 3 on drift", cmdVerify},
 	"errors":    {"list, retry (re-read the source row) or resolve the changes chat refused (sync_errors)", cmdErrors},
 	"teardown":  {"remove cdc from the source: its slot, publication and notify trigger (asks first)", cmdTeardown},
+	"status":    {"show the health and progress of the running cdc (at HTTP_ADDR); exit 1 unless HEALTHY", cmdStatus},
 }
 
 // env is what a subcommand may touch of the outside world.

@@ -26,7 +26,8 @@ type notifySource struct{ *replication.Notify }
 //     notification (plus one reconcile window of margin for transactions
 //     that committed after they stamped updated_at), then a full compare,
 //     because deletes leave nothing in any window.
-func newNotifySource(cfg *config.Config, log *slog.Logger, pool *pgxpool.Pool, sk *sink.Sink, table *schema.Table, rec func() *reconcile.Reconciler) *notifySource {
+func newNotifySource(cfg *config.Config, log *slog.Logger, pool *pgxpool.Pool, sk *sink.Sink, table *schema.Table,
+	rec func() *reconcile.Reconciler, onBatch func(sink.BatchInfo)) *notifySource {
 	var n *replication.Notify
 	catchUp := func(ctx context.Context, missed time.Duration) error {
 		r := rec()
@@ -58,6 +59,7 @@ func newNotifySource(cfg *config.Config, log *slog.Logger, pool *pgxpool.Pool, s
 		BatchMaxRows: cfg.BatchMaxRows,
 		Retry:        reconnectPolicy(cfg),
 		CatchUp:      catchUp,
+		OnBatch:      onBatch,
 		Logger:       log,
 	})
 	return &notifySource{n}

@@ -63,8 +63,9 @@ func newReconciler(cfg *config.Config, log *slog.Logger, src, chat reconcile.Sid
 	})
 }
 
-func newSink(cfg *config.Config, log *slog.Logger, chat reconcile.Side) *sink.Sink {
-	return sink.New(chat.Pool, chat.Table, sink.Options{Slot: cfg.SlotName, Retry: writePolicy(cfg), Logger: log})
+// newSink returns the chat writer; onBatch (may be nil) sees each batch.
+func newSink(cfg *config.Config, log *slog.Logger, chat reconcile.Side, onBatch func(sink.BatchInfo)) *sink.Sink {
+	return sink.New(chat.Pool, chat.Table, sink.Options{Slot: cfg.SlotName, Retry: writePolicy(cfg), Logger: log, OnBatch: onBatch})
 }
 
 // cmdReconcile is the one-shot backfill and repair. It is safe beside a
@@ -108,7 +109,7 @@ func cmdReconcile(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer o.close()
-	sk := newSink(cfg, log, o.chat)
+	sk := newSink(cfg, log, o.chat, nil)
 	defer sk.Close()
 	r := newReconciler(cfg, log, o.src, o.chat, sk, nil)
 	var res reconcile.Result

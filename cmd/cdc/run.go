@@ -15,6 +15,7 @@ import (
 
 	"github.com/myusta/cdc/internal/config"
 	"github.com/myusta/cdc/internal/db"
+	"github.com/myusta/cdc/internal/health"
 	"github.com/myusta/cdc/internal/logging"
 	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/internal/schema"
@@ -75,6 +76,11 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	start := time.Now()
 	log.Info("cdc starting", "mode", cfg.Mode, "source", logging.RedactDSN(cfg.SourceURL), "chat", logging.RedactDSN(cfg.ChatURL),
 		"table", cfg.SourceTable+" -> "+cfg.ChatTable)
+	mon, stopHealth, err := startHealth(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stopHealth()
 	srcPool, err := openPool(ctx, log, "SOURCE_DATABASE_URL", cfg.SourceURL, cfg.SourcePoolSize, reconnectPolicy(cfg))
 	if err != nil {
 		return err
@@ -102,21 +108,23 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	}
 	src := reconcile.Side{Pool: srcPool, Table: srcTable}
 	chat := reconcile.Side{Pool: chatPool, Table: chatTable}
-	sk := newSink(cfg, log, chat)
+	sk := newSink(cfg, log, chat, mon.ObserveBatch)
 	defer sk.Close()
 
 	var source daemonSource
 	var rec *reconcile.Reconciler
+	parts := health.Parts{Sink: &sk.Stats, SourcePool: srcPool, ChatPool: chatPool}
 	if cfg.Mode == config.ModeNotify {
 		log.Info("sync mode: notify (SYNC_MODE=notify): a trigger sends {op, id} on LISTEN/NOTIFY and cdc applies the current source rows; " +
 			"notifications missed while disconnected are made up for by a reconcile on every reconnect and by the scheduled reconciler")
-		n := newNotifySource(cfg, log, srcPool, sk, srcTable, func() *reconcile.Reconciler { return rec })
+		n := newNotifySource(cfg, log, srcPool, sk, srcTable, func() *reconcile.Reconciler { return rec }, mon.ObserveBatch)
 		source = n
+		parts.Notify = n.Notify
 	} else {
 		log.Info("sync mode: replication (SYNC_MODE=replication, pgoutput slot " + cfg.SlotName + "); set SYNC_MODE=notify where the source forbids logical replication")
 		slot := &replication.SlotWatcher{Pool: srcPool, Slot: cfg.SlotName, WarnBytes: cfg.SlotWALWarnBytes, Every: cfg.StatusInterval, Logger: log}
 		go slot.Run(ctx)
-		source = &streamSource{Slot: slot, Stream: replication.New(srcPool, sk, replication.Options{
+		stream := replication.New(srcPool, sk, replication.Options{
 			SourceURL:      cfg.SourceURL,
 			Slot:           cfg.SlotName,
 			Publication:    cfg.PublicationName,
@@ -125,9 +133,13 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 			StatusInterval: cfg.StatusInterval,
 			Retry:          reconnectPolicy(cfg),
 			Logger:         log,
-		})}
+		})
+		source = &streamSource{Slot: slot, Stream: stream}
+		parts.Stream, parts.Slot = stream, slot
 	}
 	rec = newReconciler(cfg, log, src, chat, sk, source.Sync)
+	parts.Reconciler = &rec.Stats
+	mon.Attach(parts)
 	go reportProgress(ctx, log, source, progressEvery)
 	recDone := make(chan error, 1)
 	go func() { recDone <- rec.Run(ctx) }()

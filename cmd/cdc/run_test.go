@@ -224,7 +224,7 @@ func TestDev_RunsTheEmbeddedDefault(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	c := startCDC(t, map[string]string{"LOG_FORMAT": "json"}, "dev", "--dir", filepath.Join(dir, "pg"), "--users", "500", "--load", "100")
+	c := startCDC(t, map[string]string{"LOG_FORMAT": "json", "HTTP_ADDR": "127.0.0.1:0"}, "dev", "--dir", filepath.Join(dir, "pg"), "--users", "500", "--load", "100")
 	c.waitOutput(t, "streaming changes", 60*time.Second)
 	time.Sleep(2 * time.Second)
 	_ = c.cmd.Process.Signal(os.Interrupt)
@@ -241,7 +241,7 @@ func TestDev_RunsTheEmbeddedDefault(t *testing.T) {
 		t.Errorf("no updates were synced under --load:\n%s", out)
 	}
 	// The data directory is reused: a second start finds the data.
-	c = startCDC(t, map[string]string{"LOG_FORMAT": "json"}, "dev", "--dir", filepath.Join(dir, "pg"), "--users", "500")
+	c = startCDC(t, map[string]string{"LOG_FORMAT": "json", "HTTP_ADDR": "127.0.0.1:0"}, "dev", "--dir", filepath.Join(dir, "pg"), "--users", "500")
 	c.waitOutput(t, "streaming changes", 60*time.Second)
 	_ = c.cmd.Process.Signal(os.Interrupt)
 	if code := c.wait(t, 60*time.Second); code != 0 || strings.Contains(c.out.String(), "seeding") {

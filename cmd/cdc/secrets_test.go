@@ -37,6 +37,13 @@ func TestSecrets_NeverLeave(t *testing.T) {
 	pgtest.Exec(t, p.Source, `INSERT INTO users (first_name, password_hash, updated_at) VALUES ('new', 'pbkdf2$very-secret-hash', now())`)
 	pgtest.Exec(t, p.Source, `UPDATE users SET password_hash = 'pbkdf2$changed-secret', updated_at = now() WHERE email LIKE 'user1%'`)
 	p.WaitEqual(t, 30*time.Second)
+	// What the HTTP server shows: /stats, /metrics, the page, cdc status.
+	addr := httpAddr(t, c)
+	for _, path := range []string{"/stats", "/metrics", "/"} {
+		_, body := httpGet(t, "http://"+addr+path)
+		outputs = append(outputs, body)
+	}
+	record(runCDC(t, with(env, "HTTP_ADDR", addr), "status", "--json"))
 	if code := c.stop(t, 40*time.Second); code != 0 {
 		t.Fatalf("exit %d", code)
 	}

@@ -48,6 +48,8 @@ type Config struct {
 	SourceRunRole    string        // SOURCE_RUN_ROLE
 	ChatRunRole      string        // CHAT_RUN_ROLE
 	SlotWALWarnBytes int64         // SLOT_WAL_WARN_MB, in bytes
+	LagWarn          time.Duration // LAG_WARN
+	LagCritical      time.Duration // LAG_CRITICAL
 
 	HTTPAddr  string     // HTTP_ADDR
 	LogLevel  slog.Level // LOG_LEVEL
@@ -172,6 +174,9 @@ func Load(src Source) (*Config, error) { return NewLoader(src, nil).Load() }
 func (c *Config) check() error {
 	if c.RetryMaxDelay < c.RetryInitialDelay {
 		return newError("RETRY_MAX_DELAY", fmt.Sprintf("must be at least RETRY_INITIAL_DELAY (%d ms)", c.RetryInitialDelay.Milliseconds()))
+	}
+	if c.LagCritical < c.LagWarn {
+		return newError("LAG_CRITICAL", fmt.Sprintf("must be at least LAG_WARN (%s)", c.LagWarn))
 	}
 	if !contains(c.Columns, c.KeyColumn) {
 		return newError("SYNC_COLUMNS", fmt.Sprintf("must include KEY_COLUMN %q", c.KeyColumn))

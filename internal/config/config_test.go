@@ -58,12 +58,14 @@ func TestLoad_Defaults(t *testing.T) {
 		RetryInitialDelay:     time.Second,
 		RetryMaxDelay:         30 * time.Second,
 		RetryMultiplier:       2,
-		SlotWALWarnBytes:      1 << 30,
 		MaxReconnectAttempts:  10,
 		SlotName:              "cdc_users",
 		PublicationName:       "cdc_users",
 		BatchMaxRows:          10000,
 		StatusInterval:        10 * time.Second,
+		SlotWALWarnBytes:      1 << 30,
+		LagWarn:               30 * time.Second,
+		LagCritical:           5 * time.Minute,
 		HTTPAddr:              "127.0.0.1:8080",
 		LogLevel:              slog.LevelInfo,
 		LogFormat:             "auto",
@@ -113,7 +115,6 @@ func TestLoad_RejectsBadValues(t *testing.T) {
 		{"sync mode", map[string]string{"SYNC_MODE": "x"}, "SYNC_MODE", "use replication or notify"},
 		{"source run role not an identifier", map[string]string{"SOURCE_RUN_ROLE": "Cdc-Reader"}, "SOURCE_RUN_ROLE", "not a plain identifier"},
 		{"chat run role with a quote", map[string]string{"CHAT_RUN_ROLE": `x"; DROP TABLE users; --`}, "CHAT_RUN_ROLE", "not a plain identifier"},
-		{"slot WAL warning zero", map[string]string{"SLOT_WAL_WARN_MB": "0"}, "SLOT_WAL_WARN_MB", "megabytes from 1"},
 		{"slot WAL warning with a unit", map[string]string{"SLOT_WAL_WARN_MB": "1GB"}, "SLOT_WAL_WARN_MB", "megabytes from 1"},
 		{"sync interval zero", map[string]string{"SYNC_INTERVAL_MINUTES": "0"}, "SYNC_INTERVAL_MINUTES", "from 0.001 to 1440"},
 		{"sync interval negative", map[string]string{"SYNC_INTERVAL_MINUTES": "-1"}, "SYNC_INTERVAL_MINUTES", "from 0.001 to 1440"},
@@ -145,6 +146,11 @@ func TestLoad_RejectsBadValues(t *testing.T) {
 		{"status interval too long", map[string]string{"STANDBY_STATUS_INTERVAL": "11s"}, "STANDBY_STATUS_INTERVAL", "from 100ms to 10s"},
 		{"status interval too short", map[string]string{"STANDBY_STATUS_INTERVAL": "99ms"}, "STANDBY_STATUS_INTERVAL", "from 100ms to 10s"},
 		{"status interval zero", map[string]string{"STANDBY_STATUS_INTERVAL": "0"}, "STANDBY_STATUS_INTERVAL", "from 100ms to 10s"},
+		{"slot wal warn zero", map[string]string{"SLOT_WAL_WARN_MB": "0"}, "SLOT_WAL_WARN_MB", "megabytes from 1"},
+		{"lag warn without unit", map[string]string{"LAG_WARN": "30"}, "LAG_WARN", "from 1s to 24h"},
+		{"lag warn below a second", map[string]string{"LAG_WARN": "500ms"}, "LAG_WARN", "from 1s to 24h"},
+		{"lag critical too long", map[string]string{"LAG_CRITICAL": "200h"}, "LAG_CRITICAL", "from 1s to 168h"},
+		{"lag critical below warn", map[string]string{"LAG_WARN": "2m", "LAG_CRITICAL": "1m"}, "LAG_CRITICAL", "at least LAG_WARN (2m0s)"},
 		{"http addr nonsense", map[string]string{"HTTP_ADDR": "nonsense"}, "HTTP_ADDR", "host:port"},
 		{"http addr without port", map[string]string{"HTTP_ADDR": "127.0.0.1:"}, "HTTP_ADDR", "e.g. 127.0.0.1:8080"},
 		{"http addr port out of range", map[string]string{"HTTP_ADDR": "127.0.0.1:99999"}, "HTTP_ADDR", "host:port"},
@@ -308,6 +314,11 @@ func TestLoad_AcceptsValues(t *testing.T) {
 		{"chat pool two", map[string]string{"CHAT_DB_POOL_SIZE": "2", "SOURCE_DB_POOL_SIZE": "1"}, func(t *testing.T, c *config.Config) {
 			if c.ChatPoolSize != 2 || c.SourcePoolSize != 1 {
 				t.Errorf("pools = %d, %d; want 2, 1", c.ChatPoolSize, c.SourcePoolSize)
+			}
+		}},
+		{"lag thresholds", map[string]string{"LAG_WARN": "5s", "LAG_CRITICAL": "5s"}, func(t *testing.T, c *config.Config) {
+			if c.LagWarn != 5*time.Second || c.LagCritical != 5*time.Second {
+				t.Errorf("lag = %v, %v; want 5s, 5s", c.LagWarn, c.LagCritical)
 			}
 		}},
 		{"http addr any host", map[string]string{"HTTP_ADDR": ":9090"}, func(t *testing.T, c *config.Config) {

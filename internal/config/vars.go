@@ -136,6 +136,16 @@ var Vars = []Var{
 		c.SlotWALWarnBytes = int64(n) << 20
 		return err
 	}},
+	{"LAG_WARN", "30s", "lag (source commit to chat commit) past which /readyz answers 503 and health is DEGRADED (Go duration)", func(c *Config, s string) error {
+		d, err := parseDuration(s, time.Second, 24*time.Hour, "a duration from 1s to 24h, such as 30s")
+		c.LagWarn = d
+		return err
+	}},
+	{"LAG_CRITICAL", "5m", "lag past which health is UNHEALTHY (Go duration, at least LAG_WARN)", func(c *Config, s string) error {
+		d, err := parseDuration(s, time.Second, 7*24*time.Hour, "a duration from 1s to 168h, such as 5m")
+		c.LagCritical = d
+		return err
+	}},
 	{"HTTP_ADDR", "127.0.0.1:8080", "health, stats and metrics listener (host:port)", func(c *Config, s string) error {
 		if _, port, err := net.SplitHostPort(s); err != nil || !validPort(port) {
 			return fmt.Errorf("%q is not host:port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080", s)

@@ -86,20 +86,35 @@ func NewPairOn(t testing.TB, srv *pglocal.Server, users int) *Pair {
 	return p
 }
 
+// NewSplitPair is NewPair with the source database on srcSrv and the chat
+// database on chatSrv, so that a test can stop one side alone.
+func NewSplitPair(t testing.TB, srcSrv, chatSrv *pglocal.Server, users int) *Pair {
+	t.Helper()
+	p := newPair(t, srcSrv, chatSrv, users)
+	p.Migrate(t)
+	return p
+}
+
 // NewBarePair is NewPairOn without the migrations.
 func NewBarePair(t testing.TB, srv *pglocal.Server, users int) *Pair {
+	t.Helper()
+	return newPair(t, srv, srv, users)
+}
+
+func newPair(t testing.TB, srcSrv, chatSrv *pglocal.Server, users int) *Pair {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	n := seq.Add(1)
-	p := &Pair{Name: fmt.Sprintf("t%d", n), Server: srv, Slot: fmt.Sprintf("cdc_t%d_%d", os.Getpid(), n)}
+	p := &Pair{Name: fmt.Sprintf("t%d", n), Server: srcSrv, Slot: fmt.Sprintf("cdc_t%d_%d", os.Getpid(), n)}
 	src, chat := "src_"+p.Name, "chat_"+p.Name
-	for _, name := range []string{src, chat} {
-		if err := srv.CreateDatabase(ctx, name); err != nil {
-			t.Fatalf("create database: %v", err)
-		}
+	if err := srcSrv.CreateDatabase(ctx, src); err != nil {
+		t.Fatalf("create database: %v", err)
 	}
-	p.SourceURL, p.ChatURL = srv.DSN(src), srv.DSN(chat)
+	if err := chatSrv.CreateDatabase(ctx, chat); err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	p.SourceURL, p.ChatURL = srcSrv.DSN(src), chatSrv.DSN(chat)
 	var err error
 	if p.Source, err = db.NewPool(ctx, p.SourceURL, 8); err != nil {
 		t.Fatal(err)
@@ -107,7 +122,12 @@ func NewBarePair(t testing.TB, srv *pglocal.Server, users int) *Pair {
 	if p.Chat, err = db.NewPool(ctx, p.ChatURL, 8); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.drop(srv, src, chat) })
+	t.Cleanup(func() {
+		p.Source.Close()
+		p.Chat.Close()
+		dropOn(srcSrv, p.Slot, src)
+		dropOn(chatSrv, "", chat)
+	})
 	if err := demo.CreateSchema(ctx, p.Source); err != nil {
 		t.Fatal(err)
 	}
@@ -140,6 +160,7 @@ func (p *Pair) Env() map[string]string {
 		"RETRY_MAX_DELAY":     "1000",
 		"LOG_FORMAT":          "json",
 		"LOG_LEVEL":           "debug",
+		"HTTP_ADDR":           "127.0.0.1:0", // tests run side by side
 	}
 }
 
@@ -160,9 +181,8 @@ func (p *Pair) Migrate(t testing.TB) {
 	}
 }
 
-func (p *Pair) drop(srv *pglocal.Server, dbs ...string) {
-	p.Source.Close()
-	p.Chat.Close()
+// dropOn drops slot (unless empty) and dbs on srv.
+func dropOn(srv *pglocal.Server, slot string, dbs ...string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, srv.DSN("postgres"))
@@ -170,13 +190,15 @@ func (p *Pair) drop(srv *pglocal.Server, dbs ...string) {
 		return
 	}
 	defer conn.Close(ctx)
-	_, _ = conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, p.Slot)
-	for i := 0; i < 50; i++ {
-		_, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, p.Slot)
-		if err == nil {
-			break
+	if slot != "" {
+		_, _ = conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, slot)
+		for i := 0; i < 50; i++ {
+			_, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
+			if err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
 	for _, name := range dbs {
 		_, _ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")

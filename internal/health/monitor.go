@@ -1,0 +1,359 @@
+package health
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/myusta/cdc/reconcile"
+	"github.com/myusta/cdc/replication"
+	"github.com/myusta/cdc/sink"
+)
+
+// Options configure a Monitor.
+type Options struct {
+	Mode       string // replication or notify
+	Thresholds Thresholds
+	Logger     *slog.Logger
+}
+
+// Parts are the running daemon's components the monitor reads. Those of
+// the other mode stay nil.
+type Parts struct {
+	Stream     *replication.Stream      // replication mode
+	Slot       *replication.SlotWatcher // replication mode
+	Notify     *replication.Notify      // notify mode
+	Sink       *sink.Stats
+	Reconciler *reconcile.Stats
+	SourcePool *pgxpool.Pool
+	ChatPool   *pgxpool.Pool
+}
+
+// Timing of the monitor's own work.
+const (
+	sampleEvery     = time.Second
+	throughputEvery = 10 * time.Second
+	throughputKeep  = 60 // intervals: 10 minutes
+)
+
+// Monitor collects the daemon's state for the health model, /stats and
+// the metrics. Create it before the parts (the sink needs ObserveBatch),
+// Attach them once built, and Run it for the daemon's lifetime.
+type Monitor struct {
+	opts     Options
+	log      *slog.Logger
+	started  time.Time
+	parts    atomic.Pointer[Parts]
+	attached chan struct{}
+	reg      *prometheus.Registry
+	hist     histograms
+
+	// Totals of ObserveBatch.
+	upserts, deletes, truncates, batches  atomic.Int64
+	lastBatch, lastBatchTook, lastLatency atomic.Int64 // unix ns, ns, ns
+
+	mu    sync.Mutex
+	conn  connState
+	rec   recState
+	ring  []mark // cumulative totals every throughputEvery, oldest first
+	probe probeState
+}
+
+// connState follows the source's connection between samples.
+type connState struct {
+	connected, ever bool
+	since           time.Time // of the last change
+}
+
+// recState tells whether the reconciler's last run failed.
+type recState struct {
+	runs, failures int64
+	lastFailed     bool
+}
+
+// mark is the cumulative rows and errors at one instant.
+type mark struct {
+	at           time.Time
+	rows, errors int64
+}
+
+// NewMonitor returns a monitor with its metrics registry.
+func NewMonitor(opts Options) *Monitor {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	now := time.Now()
+	m := &Monitor{
+		opts:     opts,
+		log:      opts.Logger.With("component", "health"),
+		started:  now,
+		attached: make(chan struct{}),
+		ring:     []mark{{at: now}},
+		conn:     connState{since: now},
+	}
+	m.reg = m.newRegistry()
+	return m
+}
+
+// Attach hands the monitor the daemon's parts; call it once.
+func (m *Monitor) Attach(p Parts) {
+	if m.parts.CompareAndSwap(nil, &p) {
+		m.mu.Lock()
+		m.conn.since = time.Now()
+		m.mu.Unlock()
+		close(m.attached)
+	}
+}
+
+// ObserveBatch records a batch committed in chat. The sink and the notify
+// source call it (sink.Options.OnBatch, replication.NotifyOptions.OnBatch).
+func (m *Monitor) ObserveBatch(b sink.BatchInfo) {
+	m.upserts.Add(int64(b.Upserts))
+	m.deletes.Add(int64(b.Deletes))
+	if b.Truncate {
+		m.truncates.Add(1)
+	}
+	m.batches.Add(1)
+	m.lastBatch.Store(time.Now().UnixNano())
+	m.lastBatchTook.Store(int64(b.Took))
+	m.hist.batchSize.Observe(float64(b.Received))
+	m.hist.applyDuration.Observe(b.Took.Seconds())
+	if b.Latency > 0 {
+		m.lastLatency.Store(int64(b.Latency))
+		m.hist.latency.Observe(b.Latency.Seconds())
+	}
+}
+
+// Run samples the parts every second and probes the databases until ctx
+// ends.
+func (m *Monitor) Run(ctx context.Context) {
+	go m.probeLoop(ctx)
+	t := time.NewTicker(sampleEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			m.sample(now)
+		}
+	}
+}
+
+// sample notes connection changes, the reconciler's outcome and, every
+// throughputEvery, the cumulative totals.
+func (m *Monitor) sample(now time.Time) {
+	p := m.parts.Load()
+	if p == nil {
+		return
+	}
+	m.connection(p, now)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r := p.Reconciler; r != nil {
+		runs, failures := r.Runs.Load(), r.Failures.Load()
+		switch {
+		case failures > m.rec.failures:
+			m.rec.lastFailed = true
+		case runs > m.rec.runs:
+			m.rec.lastFailed = false
+		}
+		m.rec.runs, m.rec.failures = runs, failures
+	}
+	if now.Sub(m.ring[len(m.ring)-1].at) >= throughputEvery {
+		rows, errs := m.totals(p)
+		m.ring = append(m.ring, mark{at: now, rows: rows, errors: errs})
+		if len(m.ring) > throughputKeep+1 {
+			m.ring = append(m.ring[:0], m.ring[len(m.ring)-throughputKeep-1:]...)
+		}
+	}
+}
+
+// connection reads whether the source is connected and returns the
+// followed state.
+func (m *Monitor) connection(p *Parts, now time.Time) connState {
+	var connected bool
+	switch {
+	case p.Stream != nil:
+		connected = p.Stream.Stats.Streaming.Load()
+	case p.Notify != nil:
+		// Until the first catch-up (bulk copy or full compare) is done,
+		// chat is not following the source yet.
+		connected = p.Notify.Stats.Connected.Load() && p.Notify.CatchUps.Load() > 0
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if connected != m.conn.connected {
+		m.conn.connected, m.conn.since = connected, now
+	}
+	m.conn.ever = m.conn.ever || connected
+	return m.conn
+}
+
+// totals returns the rows written to chat (stream and repairs) and the
+// errors (failed write attempts and dead letters) since start.
+func (m *Monitor) totals(p *Parts) (rows, errs int64) {
+	rows = m.upserts.Load() + m.deletes.Load()
+	if r := p.Reconciler; r != nil {
+		rows += r.Missing.Load() + r.Stale.Load() + r.Extra.Load()
+	}
+	if s := p.Sink; s != nil {
+		errs = s.Failures.Load() + s.DeadLetters.Load()
+	}
+	return rows, errs
+}
+
+// Health evaluates the health model now.
+func (m *Monitor) Health() Health { return m.Stats(time.Now()).HealthStatus }
+
+// Stats builds the /stats document as of now.
+func (m *Monitor) Stats(now time.Time) *Stats {
+	st := &Stats{
+		Mode:          m.opts.Mode,
+		StartedAt:     m.started,
+		Now:           now,
+		UptimeSeconds: now.Sub(m.started).Seconds(),
+		Applied: AppliedStats{Upserts: m.upserts.Load(), Deletes: m.deletes.Load(), Truncates: m.truncates.Load(),
+			Batches: m.batches.Load(), LatencyMs: time.Duration(m.lastLatency.Load()).Milliseconds()},
+		Pools:      []PoolStats{},
+		Databases:  []DatabaseStats{},
+		Throughput: []Sample{},
+	}
+	st.Reconcile.IntervalMs = m.opts.Thresholds.ReconcileInterval.Milliseconds()
+	st.DeadLetters.Recent = []DeadLetter{}
+	p := m.parts.Load()
+	if p == nil {
+		st.disconnected = now.Sub(m.started)
+		m.finish(st, now, mark{at: now})
+		return st
+	}
+	st.started = true
+	conn := m.connection(p, now)
+	st.Stream = StreamStats{Connected: conn.connected, Since: &conn.since, EverConnected: conn.ever}
+	if !conn.connected {
+		st.disconnected = now.Sub(conn.since)
+	}
+	var pending int64
+	switch {
+	case p.Stream != nil:
+		s := &p.Stream.Stats
+		st.Stream.Reconnects = s.Reconnects.Load()
+		pending = s.Pending.Load()
+		if st.lsn = s.Applied.Load(); st.lsn != 0 {
+			str := pglogrepl.LSN(st.lsn).String()
+			st.AppliedLSN = &str
+		}
+		lag := int64(0)
+		if recv, pos := s.Received.Load(), s.Position.Load(); recv > pos {
+			lag = int64(recv - pos)
+		}
+		st.LagBytes = &lag
+	case p.Notify != nil:
+		st.Stream.Reconnects = p.Notify.Stats.Reconnects.Load()
+		pending = p.Notify.Stats.Pending.Load()
+	}
+	if pending != 0 {
+		st.IsSyncInProgress = true
+		st.LagSeconds = max(now.Sub(time.Unix(0, pending)).Seconds(), 0)
+	}
+	st.IsRealTimeActive = conn.connected
+	if s := p.Sink; s != nil {
+		st.Errors = s.Failures.Load() + s.DeadLetters.Load()
+		st.ConsecutiveFailures = s.Failing.Load()
+		st.DeadLetters.SinceStart = s.DeadLetters.Load()
+	}
+	m.reconcileStats(st, p)
+	if p.Slot != nil {
+		st.Slot = slotStats(p.Slot)
+	}
+	for _, pool := range []struct {
+		name string
+		pool *pgxpool.Pool
+	}{{"source", p.SourcePool}, {"chat", p.ChatPool}} {
+		if pool.pool != nil {
+			s := pool.pool.Stat()
+			st.Pools = append(st.Pools, PoolStats{Name: pool.name, Acquired: s.AcquiredConns(), Idle: s.IdleConns(), Total: s.TotalConns(), Max: s.MaxConns()})
+		}
+	}
+	rows, errs := m.totals(p)
+	st.TotalSynced = rows
+	m.finish(st, now, mark{at: now, rows: rows, errors: errs})
+	return st
+}
+
+func (m *Monitor) reconcileStats(st *Stats, p *Parts) {
+	r := p.Reconciler
+	if r == nil {
+		return
+	}
+	rs := &st.Reconcile
+	rs.Runs, rs.FullRuns, rs.Failures = r.Runs.Load(), r.FullRuns.Load(), r.Failures.Load()
+	rs.RowsChecked = r.Checked.Load()
+	rs.Missing, rs.Stale, rs.Extra = r.Missing.Load(), r.Stale.Load(), r.Extra.Load()
+	rs.Repairs = rs.Missing + rs.Stale + rs.Extra
+	rs.LastRunMs = time.Duration(r.LastRunTook.Load()).Milliseconds()
+	if ns := r.LastRun.Load(); ns != 0 {
+		t := time.Unix(0, ns)
+		rs.LastRun = &t
+	}
+	m.mu.Lock()
+	rs.LastRunFailed = m.rec.lastFailed
+	m.mu.Unlock()
+}
+
+// finish fills in what comes from the monitor's own samples and probes,
+// then evaluates the health model.
+func (m *Monitor) finish(st *Stats, now time.Time, cur mark) {
+	if ns := m.lastBatch.Load(); ns != 0 {
+		t := time.Unix(0, ns)
+		st.LastSyncTime, st.LastSyncDuration = &t, time.Duration(m.lastBatchTook.Load()).Milliseconds()
+	}
+	if r := st.Reconcile.LastRun; r != nil && (st.LastSyncTime == nil || r.After(*st.LastSyncTime)) {
+		st.LastSyncTime, st.LastSyncDuration = r, st.Reconcile.LastRunMs
+	}
+	m.mu.Lock()
+	for i := 1; i < len(m.ring); i++ {
+		a, b := m.ring[i-1], m.ring[i]
+		st.Throughput = append(st.Throughput, Sample{At: b.at, Seconds: b.at.Sub(a.at).Seconds(), Rows: b.rows - a.rows, Errors: b.errors - a.errors})
+	}
+	// The error window starts at the newest mark at least errorWindow old
+	// (or the oldest one kept).
+	from := m.ring[0]
+	for _, mk := range m.ring {
+		if now.Sub(mk.at) < errorWindow {
+			break
+		}
+		from = mk
+	}
+	st.window = window{rows: cur.rows - from.rows, errors: cur.errors - from.errors, span: now.Sub(from.at)}
+	st.Databases = append(st.Databases, m.probe.databases...)
+	if m.probe.unresolvedKnown {
+		n := m.probe.unresolved
+		st.DeadLetters.Unresolved = &n
+	}
+	st.DeadLetters.Recent = append(st.DeadLetters.Recent, m.probe.recent...)
+	m.mu.Unlock()
+	st.HealthStatus = evaluate(st, m.opts.Thresholds)
+	st.Ready, _ = ready(st.HealthStatus)
+}
+
+func slotStats(w *replication.SlotWatcher) *SlotStats {
+	h := w.Last()
+	s := &SlotStats{Name: w.Slot, Exists: h.Exists, Active: h.Active, WALStatus: h.WALStatus,
+		RetainedBytes: h.RetainedBytes, LagBytes: h.LagBytes}
+	if h.SafeWALBytes >= 0 && h.Exists {
+		safe := h.SafeWALBytes
+		s.SafeWALBytes = &safe
+	}
+	if !h.CheckedAt.IsZero() {
+		t := h.CheckedAt
+		s.CheckedAt = &t
+	}
+	return s
+}
