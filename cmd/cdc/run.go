@@ -16,6 +16,7 @@ import (
 	"github.com/myusta/cdc/internal/config"
 	"github.com/myusta/cdc/internal/db"
 	"github.com/myusta/cdc/internal/health"
+	"github.com/myusta/cdc/internal/leader"
 	"github.com/myusta/cdc/internal/logging"
 	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/internal/schema"
@@ -106,6 +107,28 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
+	// One active cdc per slot: a second instance stands by here (healthy,
+	// not ready) until the active one stops or dies.
+	lock, err := leader.Acquire(ctx, leader.Options{DSN: cfg.ChatURL, Slot: cfg.SlotName, Every: time.Second,
+		Retry: reconnectPolicy(cfg), Logger: log, Standby: mon.Standby})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	defer lock.Release()
+	mon.Active()
+	ctx, stopActive := context.WithCancelCause(ctx)
+	defer stopActive(nil)
+	go func() {
+		select {
+		case <-lock.Lost():
+			stopActive(leader.ErrLost)
+		case <-ctx.Done():
+		}
+	}()
+
 	src := reconcile.Side{Pool: srcPool, Table: srcTable}
 	chat := reconcile.Side{Pool: chatPool, Table: chatTable}
 	sk := newSink(cfg, log, chat, mon.ObserveBatch)
@@ -149,6 +172,11 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		"rows_upserted", sk.Stats.Upserts.Load(), "rows_deleted", sk.Stats.Deletes.Load(),
 		"batches", sk.Stats.Batches.Load(), "dead_letters", sk.Stats.DeadLetters.Load(),
 		"reconcile_runs", rec.Stats.Runs.Load(), "uptime", time.Since(start).Round(time.Millisecond).String())...)
+	if cause := context.Cause(ctx); errors.Is(cause, leader.ErrLost) {
+		// Another instance may be active by now: exit, and let the
+		// supervisor's restart stand this one by again.
+		return fmt.Errorf("stopped: %w (its chat connection failed)", cause)
+	}
 	return err
 }
 

@@ -19,6 +19,7 @@ import (
 func cmdStatus(ctx context.Context, e *env, args []string) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print the /stats JSON as the daemon sent it")
+	live := fs.Bool("live", false, "only check that the process answers /healthz (a container health check); print nothing")
 	cfg, _, err := e.setup(fs, args)
 	if err != nil {
 		return err
@@ -26,6 +27,12 @@ func cmdStatus(ctx context.Context, e *env, args []string) error {
 	base, err := health.BaseURL(cfg.HTTPAddr)
 	if err != nil {
 		return err
+	}
+	if *live {
+		if err := health.Live(ctx, base); err != nil {
+			return &exitError{code: exitFailure, err: fmt.Errorf("not alive: %w", err)}
+		}
+		return nil
 	}
 	st, raw, err := health.Fetch(ctx, base)
 	if err != nil {

@@ -58,10 +58,11 @@ const (
 	CheckSlot        = "slot"
 	CheckDatabases   = "databases"
 	CheckDeadLetters = "dead_letters"
+	CheckStandby     = "standby"
 )
 
 // readiness is what /readyz requires to pass.
-var readiness = []string{CheckStream, CheckLag, CheckDatabases, CheckFailures}
+var readiness = []string{CheckStandby, CheckStream, CheckLag, CheckDatabases, CheckFailures}
 
 // Thresholds tune the checks.
 type Thresholds struct {
@@ -87,6 +88,13 @@ const (
 
 // evaluate runs every check on st.
 func evaluate(st *Stats, th Thresholds) Health {
+	if st.Role == "standby" {
+		// Waiting is this instance's job: healthy, but not ready (it
+		// serves no traffic), and nothing else to judge.
+		return Health{Status: Healthy, Checks: map[string]Check{CheckStandby: {Status: Warn,
+			Message:        "standing by: " + st.ActiveInstance + " is active on this slot; this instance takes over when it stops",
+			Recommendation: "none needed: this is a hot standby"}}, Recommendations: []string{AllOK}}
+	}
 	h := Health{Status: Healthy, Checks: map[string]Check{}}
 	add := func(name string, c Check) {
 		h.Checks[name] = c

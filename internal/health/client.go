@@ -45,6 +45,13 @@ func Fetch(ctx context.Context, base string) (*Stats, []byte, error) {
 	return &st, body, nil
 }
 
+// Live asks the cdc at base whether its process is alive (/healthz): the
+// container health check, for an image with no shell or curl.
+func Live(ctx context.Context, base string) error {
+	_, err := get(ctx, base+"/healthz")
+	return err
+}
+
 // Scrape reads and parses the /metrics of the cdc at base.
 func Scrape(ctx context.Context, base string) (map[string]*dto.MetricFamily, error) {
 	body, err := get(ctx, base+"/metrics")

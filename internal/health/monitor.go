@@ -58,6 +58,8 @@ type Monitor struct {
 	upserts, deletes, truncates, batches  atomic.Int64
 	lastBatch, lastBatchTook, lastLatency atomic.Int64 // unix ns, ns, ns
 
+	standby atomic.Pointer[string] // the active instance, while standing by
+
 	mu    sync.Mutex
 	conn  connState
 	rec   recState
@@ -100,6 +102,13 @@ func NewMonitor(opts Options) *Monitor {
 	m.reg = m.newRegistry()
 	return m
 }
+
+// Standby reports that this instance stands by while active (another cdc,
+// described for people) holds the leader lock; Active that it took over.
+func (m *Monitor) Standby(active string) { m.standby.Store(&active) }
+
+// Active reports that this instance holds the leader lock.
+func (m *Monitor) Active() { m.standby.Store(nil) }
 
 // Attach hands the monitor the daemon's parts; call it once.
 func (m *Monitor) Attach(p Parts) {
@@ -227,6 +236,10 @@ func (m *Monitor) Stats(now time.Time) *Stats {
 	}
 	st.Reconcile.IntervalMs = m.opts.Thresholds.ReconcileInterval.Milliseconds()
 	st.DeadLetters.Recent = []DeadLetter{}
+	st.Role = "active"
+	if active := m.standby.Load(); active != nil {
+		st.Role, st.ActiveInstance = "standby", *active
+	}
 	p := m.parts.Load()
 	if p == nil {
 		st.disconnected = now.Sub(m.started)

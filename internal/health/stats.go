@@ -29,8 +29,12 @@ type Stats struct {
 	IsSyncInProgress bool   `json:"isSyncInProgress"`
 	HealthStatus     Health `json:"healthStatus"`
 
-	Mode  string `json:"mode"`  // replication or notify
-	Ready bool   `json:"ready"` // what /readyz answers
+	Mode string `json:"mode"` // replication or notify
+	// Role is "active", or "standby" while another cdc holds the leader
+	// lock on the same slot (ActiveInstance names it).
+	Role           string `json:"role"`
+	ActiveInstance string `json:"activeInstance,omitempty"`
+	Ready          bool   `json:"ready"` // what /readyz answers
 	// AppliedLSN is the end of the last source transaction committed in
 	// chat; null in notify mode and before the first commit.
 	AppliedLSN *string `json:"appliedLsn"`

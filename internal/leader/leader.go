@@ -99,7 +99,7 @@ func holderOf(ctx context.Context, conn *pgx.Conn, slot string) string {
 	var app, addr string
 	err := conn.QueryRow(ctx, `SELECT a.pid, a.application_name, COALESCE(host(a.client_addr), 'local')
 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-WHERE l.locktype = 'advisory' AND l.granted AND l.classid = (($1 >> 32) & 4294967295)::oid AND l.objid = ($1 & 4294967295)::oid AND l.objsubid = 1`, k).Scan(&pid, &app, &addr)
+WHERE l.locktype = 'advisory' AND l.granted AND l.classid = (($1::bigint >> 32) & 4294967295)::oid AND l.objid = ($1::bigint & 4294967295)::oid AND l.objsubid = 1`, k).Scan(&pid, &app, &addr)
 	if err != nil {
 		return "unknown"
 	}
