@@ -84,12 +84,12 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	defer stopHealth()
 	srcPool, err := openPool(ctx, log, "SOURCE_DATABASE_URL", cfg.SourceURL, cfg.SourcePoolSize, reconnectPolicy(cfg))
 	if err != nil {
-		return err
+		return shutdownOr(ctx, err)
 	}
 	defer srcPool.Close()
 	chatPool, err := openPool(ctx, log, "CHAT_DATABASE_URL", cfg.ChatURL, cfg.ChatPoolSize, reconnectPolicy(cfg))
 	if err != nil {
-		return err
+		return shutdownOr(ctx, err)
 	}
 	defer chatPool.Close()
 
@@ -164,9 +164,12 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	parts.Reconciler = &rec.Stats
 	mon.Attach(parts)
 	go reportProgress(ctx, log, source, progressEvery)
+	recCtx, stopRec := context.WithCancel(ctx)
+	defer stopRec()
 	recDone := make(chan error, 1)
-	go func() { recDone <- rec.Run(ctx) }()
+	go func() { recDone <- rec.Run(recCtx) }()
 	err = source.Run(ctx)
+	stopRec() // the source ended (shutdown, or an error it cannot retry)
 	<-recDone
 	log.Info("cdc stopped", append(source.final(),
 		"rows_upserted", sk.Stats.Upserts.Load(), "rows_deleted", sk.Stats.Deletes.Load(),
@@ -176,6 +179,15 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		// Another instance may be active by now: exit, and let the
 		// supervisor's restart stand this one by again.
 		return fmt.Errorf("stopped: %w (its chat connection failed)", cause)
+	}
+	return err
+}
+
+// shutdownOr is nil when ctx ended (a signal during start-up is a clean
+// stop), else err.
+func shutdownOr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
 	}
 	return err
 }

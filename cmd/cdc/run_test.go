@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/myusta/cdc/internal/db"
 	"github.com/myusta/cdc/internal/demo"
 	"github.com/myusta/cdc/internal/pglocal"
 	"github.com/myusta/cdc/internal/pgtest"
@@ -150,29 +151,42 @@ func TestRun_CrashDuringFirstCopy(t *testing.T) {
 	}
 }
 
-// TestRun_SlotHeldByAnotherProcessIsRetried starts a second cdc on the same
-// slot: it waits (retrying with backoff) instead of exiting, and takes over
-// when the first one stops.
+// TestRun_SlotHeldByAnotherProcessIsRetried: a slot held by another
+// process (not a cdc: pg_recvlogical-like, here a bare walsender session) is
+// retried with backoff and an explanation instead of ending cdc, which
+// takes the slot once it is free.
 func TestRun_SlotHeldByAnotherProcessIsRetried(t *testing.T) {
+	ctx := context.Background()
 	p := pgtest.NewPair(t, 100)
 	env := p.Env()
 	a := startCDC(t, env, "run")
 	p.WaitEqual(t, 30*time.Second)
-	b := startCDC(t, env, "run")
-	b.waitOutput(t, "55006", 20*time.Second) // "replication slot … is active for PID …"
-	if !b.running() {
-		t.Fatalf("second cdc exited instead of waiting for the slot:\n%s", b.out.String())
-	}
 	if code := a.stop(t, 40*time.Second); code != 0 {
 		t.Fatalf("first cdc exit code %d", code)
 	}
-	if !strings.Contains(a.out.String(), `"msg":"cdc stopped"`) {
-		t.Errorf("no final stats line on SIGTERM:\n%s", a.out.String())
+	// Another consumer reads the slot.
+	holder, err := db.ConnectReplication(ctx, p.SourceURL)
+	if err != nil {
+		t.Fatal(err)
 	}
+	if err := pglogrepl.StartReplication(ctx, holder, p.Slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names 'cdc_users'"}}); err != nil {
+		t.Fatal(err)
+	}
+	b := startCDC(t, env, "run")
+	b.waitOutput(t, "55006", 20*time.Second) // "replication slot … is active for PID …"
+	b.waitOutput(t, "another consumer holds slot", time.Second)
+	if !b.running() {
+		t.Fatalf("cdc exited instead of waiting for the slot:\n%s", b.out.String())
+	}
+	_ = holder.Close(ctx)
 	pgtest.Exec(t, p.Source, `INSERT INTO users (first_name, updated_at) VALUES ('after takeover', now())`)
 	p.WaitEqual(t, 30*time.Second)
 	if code := b.stop(t, 40*time.Second); code != 0 {
 		t.Fatalf("second cdc exit code %d", code)
+	}
+	if !strings.Contains(b.out.String(), `"msg":"cdc stopped"`) {
+		t.Errorf("no final stats line on SIGTERM:\n%s", b.out.String())
 	}
 }
 

@@ -67,7 +67,7 @@ func Acquire(ctx context.Context, opts Options) (*Lock, error) {
 				if standing {
 					log.Info("the active cdc is gone: taking over")
 				}
-				return watch(conn, opts.Every, log), nil
+				return watch(conn, opts, log), nil
 			}
 			if !standing {
 				standing = true
@@ -106,14 +106,17 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = (($1::bigint >> 32) 
 	return fmt.Sprintf("%s from %s (chat backend pid %d)", app, addr, pid)
 }
 
-// watch checks the lock's session every interval; if it fails, the lock
-// may be held by another process by now, so Lost closes.
-func watch(conn *pgx.Conn, every time.Duration, log *slog.Logger) *Lock {
+// watch checks the lock's session every interval. When the session fails
+// (the chat database restarted, the network cut), the server has dropped
+// the lock: watch reconnects, with backoff and for as long as it takes, and
+// takes the lock again — unless another instance took it meanwhile, in
+// which case Lost closes.
+func watch(conn *pgx.Conn, opts Options, log *slog.Logger) *Lock {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Lock{conn: conn, lost: make(chan struct{}), stop: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(l.done)
-		t := time.NewTicker(every)
+		t := time.NewTicker(opts.Every)
 		defer t.Stop()
 		for {
 			select {
@@ -121,17 +124,41 @@ func watch(conn *pgx.Conn, every time.Duration, log *slog.Logger) *Lock {
 				return
 			case <-t.C:
 			}
-			pctx, pcancel := context.WithTimeout(ctx, max(every, 5*time.Second))
-			err := conn.Ping(pctx)
+			pctx, pcancel := context.WithTimeout(ctx, max(opts.Every, 5*time.Second))
+			err := l.conn.Ping(pctx)
 			pcancel()
-			if err != nil && ctx.Err() == nil {
-				log.Error("lost the leader lock's connection: another cdc may take over; stopping", "err", err)
+			if err == nil || ctx.Err() != nil {
+				continue
+			}
+			log.Warn("the leader lock's connection failed; taking the lock again once the chat database answers", "err", err)
+			_ = l.conn.Close(context.Background())
+			got, err := l.retake(ctx, opts, log)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil || !got {
+				log.Error("another cdc took the leader lock while this one's connection was down: stopping here", "err", err)
 				close(l.lost)
 				return
 			}
+			log.Info("took the leader lock again")
 		}
 	}()
 	return l
+}
+
+// retake reconnects and tries the lock once.
+func (l *Lock) retake(ctx context.Context, opts Options, log *slog.Logger) (bool, error) {
+	err := retry.Do(ctx, opts.Retry, log, "reconnect for the leader lock", func(ctx context.Context) (err error) {
+		l.conn, err = db.Connect(ctx, opts.DSN)
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	var got bool
+	err = l.conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key(opts.Slot)).Scan(&got)
+	return got, err
 }
 
 // Lost is closed when the lock can no longer be trusted.
