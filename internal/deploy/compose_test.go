@@ -11,6 +11,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/myusta/cdc/internal/config"
+	"github.com/myusta/cdc/internal/demo"
 )
 
 // compose is the part of the Compose file format the checks read.
@@ -156,6 +157,10 @@ func TestCompose_EnvironmentMatchesTheCode(t *testing.T) {
 		if !strings.Contains(read(t, "docker-compose.yml"), "./"+script+":") {
 			t.Errorf("%s is not mounted", script)
 		}
+	}
+	// The bundled source gets the reference table cdc dev and the tests use.
+	if !strings.Contains(read(t, "deploy/source-init.sh"), strings.TrimSpace(demo.SourceSchema)) {
+		t.Error("deploy/source-init.sh does not create the reference users table exactly as internal/demo does")
 	}
 	if !strings.Contains(read(t, "deploy/source-init.sh"), "cdc_source LOGIN REPLICATION") || !strings.Contains(read(t, "deploy/chat-init.sh"), "cdc_chat LOGIN") {
 		t.Error("the init scripts do not create the run roles")
