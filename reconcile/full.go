@@ -19,6 +19,11 @@ const (
 	bitsPerLevel = 12   // 4096 buckets per level
 	maxDepth     = 5    // 60 bits of the key hash
 	leafRows     = 1000 // buckets this small are compared row by row
+	// chunkRows bounds the rows whose hashes are held at once when many
+	// buckets differ (say, chat missed a tenth of the rows spread over
+	// every bucket): the leaves are read in chunks of about this many rows,
+	// so memory stays flat however much drifted.
+	chunkRows = 20_000
 )
 
 // summary is a bucket's row count and hash sum.
@@ -93,6 +98,7 @@ func fullDiff(ctx context.Context, src, chat Side) (d differences, srcRows, chat
 			}
 		}
 		var deeper, leaves []int64
+		size := map[int64]int64{}
 		seen := map[int64]bool{}
 		for _, m := range []map[int64]summary{sb, cb} {
 			for b := range m {
@@ -103,18 +109,19 @@ func fullDiff(ctx context.Context, src, chat Side) (d differences, srcRows, chat
 				if sb[b] == cb[b] {
 					continue
 				}
-				if max(sb[b].count, cb[b].count) <= leafRows || depth == maxDepth {
+				if n := max(sb[b].count, cb[b].count); n <= leafRows || depth == maxDepth {
 					leaves = append(leaves, b)
+					size[b] = n
 				} else {
 					deeper = append(deeper, b)
 				}
 			}
 		}
-		if len(leaves) > 0 {
+		for _, chunk := range chunks(leaves, size, chunkRows) {
 			var sr, cr rows
 			g, gctx := errgroup.WithContext(ctx)
-			g.Go(func() (err error) { sr, err = src.leafHashes(gctx, depth, leaves); return err })
-			g.Go(func() (err error) { cr, err = chat.leafHashes(gctx, depth, leaves); return err })
+			g.Go(func() (err error) { sr, err = src.leafHashes(gctx, depth, chunk); return err })
+			g.Go(func() (err error) { cr, err = chat.leafHashes(gctx, depth, chunk); return err })
 			if err := g.Wait(); err != nil {
 				return d, 0, 0, err
 			}
@@ -126,6 +133,26 @@ func fullDiff(ctx context.Context, src, chat Side) (d differences, srcRows, chat
 		parents = deeper
 	}
 	return d, srcRows, chatRows, nil
+}
+
+// chunks splits buckets into groups of about limit rows (a bucket larger
+// than limit forms a group of its own).
+func chunks(buckets []int64, size map[int64]int64, limit int64) [][]int64 {
+	var out [][]int64
+	var cur []int64
+	var n int64
+	for _, b := range buckets {
+		if len(cur) > 0 && n+size[b] > limit {
+			out = append(out, cur)
+			cur, n = nil, 0
+		}
+		cur = append(cur, b)
+		n += size[b]
+	}
+	if len(cur) > 0 {
+		out = append(out, cur)
+	}
+	return out
 }
 
 // differences are the keys (binary) found to differ, by kind.

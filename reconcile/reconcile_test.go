@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -176,4 +177,40 @@ func TestRun_RepairsWithinAFewIntervalsAndNeverOverlaps(t *testing.T) {
 	if !strings.Contains(logs.String(), `"level":"WARN","msg":"reconcile run took more than 80% of the interval`) {
 		t.Fatalf("no WARN for slow runs:\n%s", logs.String())
 	}
+}
+
+// TestChunks: leaves are read in groups of at most limit rows, every
+// bucket exactly once, a bucket larger than the limit alone.
+func TestChunks(t *testing.T) {
+	size := map[int64]int64{1: 400, 2: 400, 3: 300, 4: 1500, 5: 10}
+	got := chunks([]int64{1, 2, 3, 4, 5}, size, 1000)
+	want := [][]int64{{1, 2}, {3}, {4}, {5}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("chunks = %v, want %v", got, want)
+	}
+	if len(chunks(nil, size, 1000)) != 0 {
+		t.Fatal("chunks of nothing")
+	}
+}
+
+// TestFull_WidespreadDriftIsReadInChunks: when a tenth of 60,000 rows
+// drifted, every bucket of the first level differs and all of them are
+// compared row by row — more rows than one chunk — and every drifted row
+// is still found and repaired.
+func TestFull_WidespreadDriftIsReadInChunks(t *testing.T) {
+	ctx := context.Background()
+	p, r, _ := setup(t, 60_000, Options{})
+	pgtest.Exec(t, p.Chat, "UPDATE users SET status = 'drifted' WHERE abs(hashtext(id::text)) % 10 = 0")
+	var drifted int
+	if err := p.Chat.QueryRow(ctx, "SELECT count(*) FROM users WHERE status = 'drifted'").Scan(&drifted); err != nil {
+		t.Fatal(err)
+	}
+	if drifted <= chunkRows/4 {
+		t.Fatalf("only %d rows drifted; the test needs drift in every bucket", drifted)
+	}
+	res, err := r.Full(ctx, false)
+	if err != nil || res.Repair.Stale != drifted {
+		t.Fatalf("full repair: %+v %v; want %d stale", res.Repair, err, drifted)
+	}
+	p.WaitEqual(t, 10*time.Second)
 }
