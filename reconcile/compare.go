@@ -80,16 +80,17 @@ func (s Side) hashes(ctx context.Context, where string, args ...[]byte) (rows, e
 	return out, err
 }
 
-// windowHashes reads the rows whose updated_at is at or after from (and,
-// when to is not zero, at or before to). No upper bound by default, so rows
-// stamped a little in the future by a skewed clock are included.
-func (s Side) windowHashes(ctx context.Context, from, to time.Time) (rows, error) {
+// windowFilter is the SQL predicate of rows whose updated_at is at or after
+// from (and, when to is not zero, at or before to). No upper bound by
+// default, so rows stamped a little in the future by a skewed clock are
+// included. The times are formatted here, never taken from input.
+func (s Side) windowFilter(from, to time.Time) string {
 	col := schema.Quote(s.Table.Columns[s.Table.UpdatedAt].Name)
-	if to.IsZero() {
-		return s.hashes(ctx, col+" >= $1::timestamptz", []byte(from.UTC().Format(time.RFC3339Nano)))
+	f := fmt.Sprintf("%s >= '%s'::timestamptz", col, from.UTC().Format(time.RFC3339Nano))
+	if !to.IsZero() {
+		f += fmt.Sprintf(" AND %s <= '%s'::timestamptz", col, to.UTC().Format(time.RFC3339Nano))
 	}
-	return s.hashes(ctx, col+" >= $1::timestamptz AND "+col+" <= $2::timestamptz",
-		[]byte(from.UTC().Format(time.RFC3339Nano)), []byte(to.UTC().Format(time.RFC3339Nano)))
+	return f
 }
 
 // diff compares two hash sets; keys only in src are missing from chat,

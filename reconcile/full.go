@@ -33,16 +33,22 @@ type summary struct {
 }
 
 // buckets summarises the rows per bucket at depth, within the parent
-// buckets (all rows at depth 1).
-func (s Side) buckets(ctx context.Context, depth int, parents []int64) (map[int64]summary, error) {
+// buckets (all rows at depth 1), of the rows matching filter (SQL, "" for
+// all). The sum of 64-bit row hashes is exact: PostgreSQL accumulates
+// sum(bigint) in 128 bits and returns numeric.
+func (s Side) buckets(ctx context.Context, depth int, parents []int64, filter string) (map[int64]summary, error) {
 	shift := 64 - bitsPerLevel*depth
 	where, args := "", [][]byte(nil)
 	if depth > 1 {
 		where = fmt.Sprintf("WHERE kh >> %d = ANY($1::int8[])", shift+bitsPerLevel)
 		args = [][]byte{int8Array(parents)}
 	}
-	sql := fmt.Sprintf("SELECT kh >> %d, count(*), sum(rh::numeric)::text FROM (SELECT %s AS kh, %s AS rh FROM %s) r %s GROUP BY 1",
-		shift, s.keyHash(), s.rowHash(), s.Table.Ident(), where)
+	inner := ""
+	if filter != "" {
+		inner = " WHERE " + filter
+	}
+	sql := fmt.Sprintf("SELECT kh >> %d, count(*), sum(rh)::text FROM (SELECT %s AS kh, %s AS rh FROM %s%s) r %s GROUP BY 1",
+		shift, s.keyHash(), s.rowHash(), s.Table.Ident(), inner, where)
 	out := map[int64]summary{}
 	err := s.withSession(ctx, func(pc *pgconn.PgConn) error {
 		rr := pc.ExecParams(ctx, sql, args, nil, nil, nil)
@@ -64,9 +70,14 @@ func (s Side) buckets(ctx context.Context, depth int, parents []int64) (map[int6
 	return out, err
 }
 
-// leafHashes reads (key, row hash) of the rows in the given buckets.
-func (s Side) leafHashes(ctx context.Context, depth int, leaves []int64) (rows, error) {
-	return s.hashes(ctx, fmt.Sprintf("%s >> %d = ANY($1::int8[])", s.keyHash(), 64-bitsPerLevel*depth), int8Array(leaves))
+// leafHashes reads (key, row hash) of the rows in the given buckets that
+// match filter.
+func (s Side) leafHashes(ctx context.Context, depth int, leaves []int64, filter string) (rows, error) {
+	where := fmt.Sprintf("%s >> %d = ANY($1::int8[])", s.keyHash(), 64-bitsPerLevel*depth)
+	if filter != "" {
+		where += " AND " + filter
+	}
+	return s.hashes(ctx, where, int8Array(leaves))
 }
 
 func int8Array(v []int64) []byte {
@@ -77,15 +88,16 @@ func int8Array(v []int64) []byte {
 	return []byte("{" + strings.Join(parts, ",") + "}")
 }
 
-// fullDiff compares the whole table on both sides and returns the keys
-// that differ, and how many rows the two sides hold.
-func fullDiff(ctx context.Context, src, chat Side) (d differences, srcRows, chatRows int64, err error) {
+// bucketDiff compares the rows matching filter ("" for the whole table) on
+// both sides and returns the keys that differ, and how many rows the two
+// sides hold.
+func bucketDiff(ctx context.Context, src, chat Side, filter string) (d differences, srcRows, chatRows int64, err error) {
 	var parents []int64
 	for depth := 1; depth <= maxDepth; depth++ {
 		var sb, cb map[int64]summary
 		g, gctx := errgroup.WithContext(ctx)
-		g.Go(func() (err error) { sb, err = src.buckets(gctx, depth, parents); return err })
-		g.Go(func() (err error) { cb, err = chat.buckets(gctx, depth, parents); return err })
+		g.Go(func() (err error) { sb, err = src.buckets(gctx, depth, parents, filter); return err })
+		g.Go(func() (err error) { cb, err = chat.buckets(gctx, depth, parents, filter); return err })
 		if err := g.Wait(); err != nil {
 			return d, 0, 0, err
 		}
@@ -120,8 +132,8 @@ func fullDiff(ctx context.Context, src, chat Side) (d differences, srcRows, chat
 		for _, chunk := range chunks(leaves, size, chunkRows) {
 			var sr, cr rows
 			g, gctx := errgroup.WithContext(ctx)
-			g.Go(func() (err error) { sr, err = src.leafHashes(gctx, depth, chunk); return err })
-			g.Go(func() (err error) { cr, err = chat.leafHashes(gctx, depth, chunk); return err })
+			g.Go(func() (err error) { sr, err = src.leafHashes(gctx, depth, chunk, filter); return err })
+			g.Go(func() (err error) { cr, err = chat.leafHashes(gctx, depth, chunk, filter); return err })
 			if err := g.Wait(); err != nil {
 				return d, 0, 0, err
 			}
