@@ -126,17 +126,26 @@ func (r *Reconciler) Window(ctx context.Context, window time.Duration, dryRun bo
 func (r *Reconciler) Range(ctx context.Context, from, to time.Time, dryRun bool) (Result, error) {
 	start := time.Now()
 	res := Result{}
-	if err := r.sync(ctx); err != nil {
-		return res, err
-	}
-	// Both sides by key-hash buckets of the window's rows, like Full: equal
-	// windows cost a scan per side and a few kilobytes of transfer, and
-	// only buckets that differ are read row by row.
-	d, srcRows, chatRows, err := bucketDiff(ctx, r.src, r.chat, r.src.windowFilter(from, to))
+	// Every window row's (key, hash) from each side: for a 3-minute window
+	// of 180k rows per side this measured as fast as the key-hash buckets of
+	// Full restricted to the window (TestPerf_WindowCompare), and reading
+	// the source before waiting for the stream keeps in-flight changes out
+	// of the comparison.
+	filter := r.src.windowFilter(from, to)
+	src, err := r.src.hashes(ctx, filter)
 	if err != nil {
 		return res, err
 	}
-	res.Checked = srcRows + chatRows
+	if err := r.sync(ctx); err != nil {
+		return res, err
+	}
+	chat, err := r.chat.hashes(ctx, filter)
+	if err != nil {
+		return res, err
+	}
+	var d differences
+	d.add(diff(src, chat))
+	res.Checked = int64(len(src) + len(chat))
 	return r.finish(ctx, res, d, start, dryRun, "window", "from", from.UTC().Format(time.RFC3339))
 }
 

@@ -1,0 +1,59 @@
+package reconcile
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/myusta/cdc/internal/pgtest"
+)
+
+// TestPerf_WindowCompare times one windowed compare of 1M rows with 18 %
+// changed in the window, by key-hash buckets (what Range does) and by
+// shipping every window row's hash (the previous way), for choosing
+// between them. PERF=1 runs it (a minute of seeding); it asserts only that
+// both ways agree the tables are equal.
+func TestPerf_WindowCompare(t *testing.T) {
+	if os.Getenv("PERF") == "" {
+		t.Skip("a measurement, not a test: PERF=1 runs it")
+	}
+	ctx := context.Background()
+	p, r, _ := setup(t, 1_000_000, Options{})
+	upd := `UPDATE users SET status = 'window', updated_at = $1::timestamptz - (abs(hashtext(id::text)) % 170) * interval '1 second'
+WHERE abs(hashtext(id::text)) % 100 < 18`
+	base := time.Now().UTC().Format(time.RFC3339Nano)
+	for _, pool := range []*pgxpool.Pool{p.Source, p.Chat} {
+		pgtest.Exec(t, pool, upd, base)
+		pgtest.Exec(t, pool, "VACUUM ANALYZE users")
+	}
+	var now time.Time
+	if err := p.Source.QueryRow(ctx, "SELECT now()").Scan(&now); err != nil {
+		t.Fatal(err)
+	}
+	filter := r.src.windowFilter(now.Add(-3*time.Minute), time.Time{})
+	for rep := 0; rep < 3; rep++ {
+		start := time.Now()
+		d, n, m, err := bucketDiff(ctx, r.src, r.chat, filter)
+		if err != nil || !d.empty() {
+			t.Fatalf("buckets: %v, %d keys differ", err, len(d.keys()))
+		}
+		buckets := time.Since(start)
+		start = time.Now()
+		src, err := r.src.hashes(ctx, filter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chat, err := r.chat.hashes(ctx, filter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a, b, c := diff(src, chat); len(a)+len(b)+len(c) != 0 {
+			t.Fatal("row hashes differ")
+		}
+		perRow := time.Since(start)
+		t.Logf("window of %d+%d rows: buckets %s, per-row hashes %s", n, m, buckets.Round(time.Millisecond), perRow.Round(time.Millisecond))
+	}
+}
