@@ -9,17 +9,13 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/myusta/cdc/internal/config"
-	"github.com/myusta/cdc/internal/db"
-	"github.com/myusta/cdc/internal/demo"
 	"github.com/myusta/cdc/internal/pglocal"
 	"github.com/myusta/cdc/internal/tablediff"
-	"github.com/myusta/cdc/migrations"
 )
 
 // Options configure a run.
@@ -421,162 +417,4 @@ func quantiles(xs []float64) [3]float64 {
 	slices.Sort(s)
 	at := func(q float64) float64 { return s[min(len(s)-1, int(q*float64(len(s))))] }
 	return [3]float64{at(0.5), at(0.95), at(0.99)}
-}
-
-// autovacuum turns autovacuum of the chat tables on or off.
-func autovacuum(ctx context.Context, s *servers, on bool) error {
-	for _, p := range []*pgxpool.Pool{s.cdc, s.native, s.pipe} {
-		if _, err := p.Exec(ctx, fmt.Sprintf("ALTER TABLE users SET (autovacuum_enabled = %v)", on)); err != nil {
-			return fmt.Errorf("autovacuum: %w", err)
-		}
-	}
-	return nil
-}
-
-// checkpoint flushes both servers so no checkpoint lands inside a timed
-// phase by accident.
-func checkpoint(ctx context.Context, s *servers) error {
-	for _, p := range []*pgxpool.Pool{s.source, s.cdc} {
-		if _, err := p.Exec(ctx, "CHECKPOINT"); err != nil {
-			return fmt.Errorf("checkpoint: %w", err)
-		}
-	}
-	return nil
-}
-
-// setup starts the servers, loads the source and prepares the three chat
-// databases with identical tables.
-func setup(ctx context.Context, o Options, r *Result) (*servers, error) {
-	s := &servers{}
-	// wal_retrieve_retry_interval: the launcher would otherwise take up to
-	// 5 s to start an enabled subscription's worker, which is not apply speed.
-	settings := map[string]string{"max_wal_size": "4GB", "shared_buffers": "256MB", "checkpoint_timeout": "30min",
-		"wal_retrieve_retry_interval": "100ms"}
-	var err error
-	if s.src, err = pglocal.Start(ctx, pglocal.Options{Fast: o.Fast, Settings: settings}); err != nil {
-		return s, err
-	}
-	if s.chat, err = pglocal.Start(ctx, pglocal.Options{Fast: o.Fast, Settings: settings}); err != nil {
-		return s, err
-	}
-	if err := s.src.CreateDatabase(ctx, sourceDB); err != nil {
-		return s, err
-	}
-	for _, name := range []string{chatCDC, chatNative, chatPipe} {
-		if err := s.chat.CreateDatabase(ctx, name); err != nil {
-			return s, err
-		}
-	}
-	s.sourceDSN, s.cdcDSN, s.natDSN = s.src.DSN(sourceDB), s.chat.DSN(chatCDC), s.chat.DSN(chatNative)
-	for _, x := range []struct {
-		p   **pgxpool.Pool
-		dsn string
-	}{{&s.source, s.sourceDSN}, {&s.cdc, s.cdcDSN}, {&s.native, s.natDSN}, {&s.pipe, s.chat.DSN(chatPipe)}} {
-		if *x.p, err = db.NewPool(ctx, x.dsn, 16); err != nil {
-			return s, err
-		}
-	}
-	if err := s.source.QueryRow(ctx, "SHOW server_version").Scan(&r.PGVersion); err != nil {
-		return s, err
-	}
-	if s.cfg, err = config.Load(config.MapSource(nil)); err != nil {
-		return s, err
-	}
-	fmt.Fprintf(o.Log, "bench: seeding %d users …\n", o.Rows)
-	if err := demo.CreateSchema(ctx, s.source); err != nil {
-		return s, err
-	}
-	if err := demo.Seed(ctx, s.source, o.Rows); err != nil {
-		return s, err
-	}
-	if _, err := s.source.Exec(ctx, "VACUUM ANALYZE users"); err != nil {
-		return s, err
-	}
-	spec := migrations.SpecFor(s.cfg)
-	if _, err := migrations.EnsurePublication(ctx, s.source, spec); err != nil {
-		return s, err
-	}
-	if _, err := migrations.MigrateChat(ctx, s.cdc, nil); err != nil {
-		return s, err
-	}
-	for _, p := range []*pgxpool.Pool{s.cdc, s.native, s.pipe} {
-		if _, err := migrations.EnsureChatTable(ctx, s.source, p, spec); err != nil {
-			return s, err
-		}
-	}
-	return s, nil
-}
-
-// pipeCopy is the practical limit of a first copy: binary COPY out of the
-// source piped into COPY into an empty chat table.
-func pipeCopy(ctx context.Context, s *servers) (time.Duration, error) {
-	if _, err := s.pipe.Exec(ctx, "TRUNCATE users"); err != nil {
-		return 0, err
-	}
-	src, err := s.source.Acquire(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer src.Release()
-	dst, err := s.pipe.Acquire(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer dst.Release()
-	cols := migrations.SpecFor(s.cfg).Columns
-	list := ""
-	for i, c := range cols {
-		if i > 0 {
-			list += ", "
-		}
-		list += c
-	}
-	start := time.Now()
-	pr, pw := io.Pipe()
-	errc := make(chan error, 1)
-	go func() {
-		_, err := src.Conn().PgConn().CopyTo(ctx, pw, "COPY users ("+list+") TO STDOUT (FORMAT binary)")
-		pw.CloseWithError(err)
-		errc <- err
-	}()
-	_, err = dst.Conn().PgConn().CopyFrom(ctx, pr, "COPY users ("+list+") FROM STDIN (FORMAT binary)")
-	if oerr := <-errc; oerr != nil {
-		return 0, oerr
-	}
-	if err != nil {
-		return 0, err
-	}
-	return time.Since(start), nil
-}
-
-// resetCDC makes the next cdc start a first start: no slot, no checkpoint,
-// an empty chat table.
-func resetCDC(ctx context.Context, s *servers) error {
-	if _, err := s.source.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", slot); err != nil {
-		return fmt.Errorf("drop slot: %w", err)
-	}
-	_, err := s.cdc.Exec(ctx, "TRUNCATE users; DELETE FROM cdc_checkpoint")
-	return err
-}
-
-// lockedWriter serializes writes to w.
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
-
-// median of durations.
-func median(d []time.Duration) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
