@@ -196,7 +196,7 @@ func (r *Reconciler) finish(ctx context.Context, res Result, d differences, star
 	}
 	keys := d.keys()
 	res.Found = len(keys)
-	fetch := r.fetch()
+	fetch := sink.PoolFetch(r.src.Pool, r.src.Table)
 	lastReport := time.Now()
 	for i := 0; i < len(keys); i += repairChunk {
 		if time.Since(lastReport) >= progressEvery {
@@ -241,21 +241,9 @@ func (r *Reconciler) record(res Result, dryRun bool) {
 	}
 }
 
-// fetch reads source rows by key, for repairs.
-func (r *Reconciler) fetch() sink.Fetch {
-	return func(ctx context.Context, keys [][]byte) (map[string][][]byte, error) {
-		conn, err := r.src.Pool.Acquire(ctx)
-		if err != nil {
-			return nil, err
-		}
-		defer conn.Release()
-		return sink.ReadRows(ctx, conn.Conn().PgConn(), r.src.Table, keys)
-	}
-}
-
 // readBoth reads keys on both sides, outside any lock.
 func (r *Reconciler) readBoth(ctx context.Context, keys [][]byte) (src, chat map[string][][]byte, err error) {
-	if src, err = r.fetch()(ctx, keys); err != nil {
+	if src, err = sink.PoolFetch(r.src.Pool, r.src.Table)(ctx, keys); err != nil {
 		return nil, nil, err
 	}
 	conn, err := r.chat.Pool.Acquire(ctx)

@@ -364,7 +364,7 @@ func (n *Notify) applyIDs(ctx context.Context, ids []string) (sink.RepairResult,
 	if err != nil {
 		return sink.RepairResult{}, err
 	}
-	res, err := n.sink.Repair(ctx, keys, n.fetch)
+	res, err := n.sink.Repair(ctx, keys, sink.PoolFetch(n.pool, n.opts.Table))
 	if err != nil {
 		return res, err
 	}
@@ -391,16 +391,6 @@ func (n *Notify) keys(ctx context.Context, ids []string) ([][]byte, error) {
 		return err
 	})
 	return keys, err
-}
-
-// fetch reads current source rows by key.
-func (n *Notify) fetch(ctx context.Context, keys [][]byte) (map[string][][]byte, error) {
-	conn, err := n.pool.Acquire(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Release()
-	return sink.ReadRows(ctx, conn.Conn().PgConn(), n.opts.Table, keys)
 }
 
 func (n *Notify) truncate(ctx context.Context) error {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/internal/schema"
@@ -16,6 +17,18 @@ import (
 // binary values of the synced columns in order; keys without a row are left
 // out of the map.
 type Fetch func(ctx context.Context, keys [][]byte) (map[string][][]byte, error)
+
+// PoolFetch is the Fetch of table t read through pool (the source).
+func PoolFetch(pool *pgxpool.Pool, t *schema.Table) Fetch {
+	return func(ctx context.Context, keys [][]byte) (map[string][][]byte, error) {
+		conn, err := pool.Acquire(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer conn.Release()
+		return ReadRows(ctx, conn.Conn().PgConn(), t, keys)
+	}
+}
 
 // RepairResult counts what Repair found and did.
 type RepairResult struct {

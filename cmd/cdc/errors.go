@@ -126,14 +126,7 @@ func retryErrors(ctx context.Context, e *env, sk *sink.Sink, src, chat *pgxpool.
 	for _, b := range bad {
 		fmt.Fprintf(e.stdout, "skipping user_id %q: not a valid %s; use cdc errors resolve --id\n", b, sk.Table().KeyColumn().TypeName)
 	}
-	res, err := sk.Repair(ctx, keys, func(ctx context.Context, keys [][]byte) (map[string][][]byte, error) {
-		c, err := src.Acquire(ctx)
-		if err != nil {
-			return nil, err
-		}
-		defer c.Release()
-		return sink.ReadRows(ctx, c.Conn().PgConn(), sk.Table(), keys)
-	})
+	res, err := sk.Repair(ctx, keys, sink.PoolFetch(src, sk.Table()))
 	if err != nil {
 		return err
 	}

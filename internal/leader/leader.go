@@ -50,17 +50,13 @@ func Acquire(ctx context.Context, opts Options) (*Lock, error) {
 	log := opts.Logger.With("component", "leader")
 	standing := false
 	for {
-		var conn *pgx.Conn
-		err := retry.Do(ctx, opts.Retry, log, "connect for the leader lock", func(ctx context.Context) (err error) {
-			conn, err = db.Connect(ctx, opts.DSN)
-			return err
-		})
+		conn, err := connect(ctx, opts, log)
 		if err != nil {
 			return nil, err
 		}
 		for {
 			var got bool
-			if err = conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key(opts.Slot)).Scan(&got); err != nil {
+			if got, err = tryLock(ctx, conn, opts.Slot); err != nil {
 				break
 			}
 			if got {
@@ -149,15 +145,26 @@ func watch(conn *pgx.Conn, opts Options, log *slog.Logger) *Lock {
 
 // retake reconnects and tries the lock once.
 func (l *Lock) retake(ctx context.Context, opts Options, log *slog.Logger) (bool, error) {
-	err := retry.Do(ctx, opts.Retry, log, "reconnect for the leader lock", func(ctx context.Context) (err error) {
-		l.conn, err = db.Connect(ctx, opts.DSN)
-		return err
-	})
+	conn, err := connect(ctx, opts, log)
 	if err != nil {
 		return false, err
 	}
-	var got bool
-	err = l.conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key(opts.Slot)).Scan(&got)
+	l.conn = conn
+	return tryLock(ctx, conn, opts.Slot)
+}
+
+// connect opens the lock's own session, retrying with backoff.
+func connect(ctx context.Context, opts Options, log *slog.Logger) (conn *pgx.Conn, err error) {
+	err = retry.Do(ctx, opts.Retry, log, "connect for the leader lock", func(ctx context.Context) (err error) {
+		conn, err = db.Connect(ctx, opts.DSN)
+		return err
+	})
+	return conn, err
+}
+
+// tryLock takes the lock on conn's session if it is free.
+func tryLock(ctx context.Context, conn *pgx.Conn, slot string) (got bool, err error) {
+	err = conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key(slot)).Scan(&got)
 	return got, err
 }
 
