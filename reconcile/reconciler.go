@@ -196,6 +196,18 @@ func (r *Reconciler) finish(ctx context.Context, res Result, d differences, star
 	}
 	keys := d.keys()
 	res.Found = len(keys)
+	if !dryRun && len(keys) > 0 {
+		// Under write load many of these differ only because the row
+		// changed between the two reads. Look again, outside the writer
+		// lock, so repairs (which pause the stream) are only for rows that
+		// still differ.
+		var same int
+		var err error
+		if keys, same, err = r.stillDiffering(ctx, keys); err != nil {
+			return res, err
+		}
+		res.Repair.Same += same
+	}
 	fetch := sink.PoolFetch(r.src.Pool, r.src.Table)
 	lastReport := time.Now()
 	for i := 0; i < len(keys); i += repairChunk {
@@ -253,6 +265,29 @@ func (r *Reconciler) readBoth(ctx context.Context, keys [][]byte) (src, chat map
 	defer conn.Release()
 	chat, err = sink.ReadRows(ctx, conn.Conn().PgConn(), r.chat.Table, keys)
 	return src, chat, err
+}
+
+// stillDiffering waits for the change stream, reads keys again on both
+// sides, and returns those that still differ and how many are now equal.
+func (r *Reconciler) stillDiffering(ctx context.Context, keys [][]byte) (differ [][]byte, same int, err error) {
+	if err := r.sync(ctx); err != nil {
+		return nil, 0, err
+	}
+	for i := 0; i < len(keys); i += repairChunk {
+		chunk := keys[i:min(i+repairChunk, len(keys))]
+		src, chat, err := r.readBoth(ctx, chunk)
+		if err != nil {
+			return nil, 0, fmt.Errorf("read differing rows again: %w", err)
+		}
+		for _, k := range chunk {
+			if sink.KindOf(k, src, chat) == "" {
+				same++
+			} else {
+				differ = append(differ, k)
+			}
+		}
+	}
+	return differ, same, nil
 }
 
 // classify is a dry-run repair: it reads both sides and counts, writing

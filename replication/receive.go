@@ -131,7 +131,7 @@ func (r *reader) run(ctx context.Context) (err error) {
 		if time.Since(r.lastMsg) > silence {
 			return fmt.Errorf("no message from the source in %s; the connection looks dead", silence.Round(time.Second))
 		}
-		_ = r.conn.Conn().SetReadDeadline(r.lastStatus.Add(interval))
+		_ = r.conn.Conn().SetReadDeadline(r.readDeadline(interval))
 		// A batch finishing or ctx ending after this point moves the
 		// deadline to now, so the receive below returns at once.
 		if len(r.done) > 0 || ctx.Err() != nil {
@@ -254,6 +254,9 @@ func (r *reader) dispatch(force bool) {
 			}
 			return
 		}
+		if !force && r.lingering() {
+			return
+		}
 		r.cur.Checkpoint = sink.Checkpoint{LSN: r.lastEnd}
 	}
 	r.inflight = r.cur
@@ -263,6 +266,27 @@ func (r *reader) dispatch(force bool) {
 	}
 	r.spare = nil
 	r.work <- r.inflight
+}
+
+// lingering reports that the current batch, complete but small, may wait
+// for more changes (BATCH_MAX_WAIT from its first change) although the sink
+// is idle: at a trickle of single-row transactions, writing each at once
+// costs a chat transaction (and a wake-up of both processes) per change,
+// and that load, not the wait, is what delays changes on a busy machine.
+func (r *reader) lingering() bool {
+	return r.cur.Received < r.s.opts.BatchMaxRows && time.Since(r.cur.Started) < r.s.opts.BatchMaxWait
+}
+
+// readDeadline is when a blocked receive must return: at the next status
+// update, or when the lingering batch is due.
+func (r *reader) readDeadline(interval time.Duration) time.Time {
+	d := r.lastStatus.Add(interval)
+	if r.inflight == nil && !r.inTx && r.cur.Received > 0 {
+		if due := r.cur.Started.Add(r.s.opts.BatchMaxWait); due.Before(d) {
+			d = due
+		}
+	}
+	return d
 }
 
 // drain commits the batch in hand and confirms it.

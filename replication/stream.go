@@ -34,6 +34,7 @@ type Options struct {
 	Publication    string        // publication name
 	Table          *schema.Table // the source table's synced columns
 	BatchMaxRows   int           // most changes per chat transaction
+	BatchMaxWait   time.Duration // how long a small batch may wait for more while the sink is idle
 	StatusInterval time.Duration // longest gap between standby status updates
 	Retry          retry.Policy  // reconnect backoff; Loud = MAX_RECONNECT_ATTEMPTS
 	DrainTimeout   time.Duration // how long shutdown may spend committing the batch in hand

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -171,5 +172,26 @@ VALUES ('Zoë 🚀', NULL, 'zoe@example.com', NULL, 'usta', 'active', now()),
 	lsn, _ := pglogrepl.ParseLSN(confirmed)
 	if applied := pglogrepl.LSN(r.stream.Stats.Applied.Load()); lsn < applied {
 		t.Errorf("after shutdown the slot confirms %s, before the applied %s", lsn, applied)
+	}
+}
+
+// TestStream_SmallTransactionsShareAChatTransaction: single-row source
+// transactions committed within BATCH_MAX_WAIT of each other, while the
+// writer is idle, are written in one chat transaction, not one each.
+func TestStream_SmallTransactionsShareAChatTransaction(t *testing.T) {
+	p := pgtest.NewPair(t, 1000)
+	r := start(t, p, func(o *replication.Options) { o.BatchMaxWait = time.Second })
+	p.WaitEqual(t, 30*time.Second)
+	before := r.sink.Stats.Batches.Load()
+	began := time.Now()
+	for i := 1; i <= 5; i++ {
+		pgtest.Exec(t, p.Source, `UPDATE users SET status = 'linger', updated_at = now() WHERE `+
+			`split_part(split_part(email, '-', 1), 'user', 2) = $1`, strconv.Itoa(i))
+	}
+	took := time.Since(began)
+	p.WaitEqual(t, 30*time.Second)
+	batches := r.sink.Stats.Batches.Load() - before
+	if batches >= 5 || took < 500*time.Millisecond && batches != 1 {
+		t.Fatalf("5 single-row transactions committed within %s were written in %d chat transactions; want 1", took.Round(time.Millisecond), batches)
 	}
 }

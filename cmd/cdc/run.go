@@ -153,6 +153,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 			Publication:    cfg.PublicationName,
 			Table:          srcTable,
 			BatchMaxRows:   cfg.BatchMaxRows,
+			BatchMaxWait:   cfg.BatchMaxWait,
 			StatusInterval: cfg.StatusInterval,
 			Retry:          reconnectPolicy(cfg),
 			Logger:         log,

@@ -44,6 +44,7 @@ type Config struct {
 	PublicationName string // PUBLICATION_NAME
 
 	BatchMaxRows     int           // BATCH_MAX_ROWS
+	BatchMaxWait     time.Duration // BATCH_MAX_WAIT
 	StatusInterval   time.Duration // STANDBY_STATUS_INTERVAL
 	SourceRunRole    string        // SOURCE_RUN_ROLE
 	ChatRunRole      string        // CHAT_RUN_ROLE

@@ -126,6 +126,11 @@ var Vars = []Var{
 		c.BatchMaxRows = n
 		return err
 	}},
+	{"BATCH_MAX_WAIT", "10ms", "longest a change waits for others to share its chat transaction while the writer is idle (0 to 1s; 0 = write at once)", func(c *Config, s string) error {
+		d, err := parseDuration(s, 0, time.Second, "a duration from 0 to 1s, such as 10ms")
+		c.BatchMaxWait = d
+		return err
+	}},
 	{"STANDBY_STATUS_INTERVAL", "10s", "how often the committed position is confirmed to the slot (100ms to 10s)", func(c *Config, s string) error {
 		d, err := parseDuration(s, 100*time.Millisecond, 10*time.Second, "a duration from 100ms to 10s")
 		c.StatusInterval = d
