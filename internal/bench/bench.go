@@ -77,6 +77,7 @@ type Steady struct {
 	Latency [3]float64 // source updated_at -> chat write, p50/p95/p99 ms
 	Samples int        // rows measured
 	Commit  [3]float64 // the load's own statement+commit time on the source, p50/p95/p99 ms
+	CPU     CPUUse     // the consumer's processes during the window (when watched)
 }
 
 // servers are the two throw-away PostgreSQL servers and the pools the
@@ -272,7 +273,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	first := 0
-	if r.SteadyCDC, err = steadyPhase(ctx, s, s.cdc, ids, o, "cdc", func() { first = proc.lineCount() }); err != nil {
+	if r.SteadyCDC, err = steadyPhase(ctx, s, s.cdc, ids, o, "cdc", func() { first = proc.lineCount() },
+		func(ctx context.Context) ([]procGroup, error) { return cdcProcesses(ctx, s, proc) }); err != nil {
 		return nil, err
 	}
 	r.CDCApply, r.CDCAge, r.CDCReceive = proc.batchTimings(first)
@@ -286,7 +288,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := nat.enable(ctx, true); err != nil {
 		return nil, err
 	}
-	if r.SteadyNat, err = steadyPhase(ctx, s, s.native, ids, o, "native", func() {}); err != nil {
+	if r.SteadyNat, err = steadyPhase(ctx, s, s.native, ids, o, "native", func() {},
+		func(ctx context.Context) ([]procGroup, error) { return nativeProcesses(ctx, s) }); err != nil {
 		return nil, err
 	}
 	step("steady %d tps: p99 walsender alone %.1f ms, cdc %.1f ms, native %.1f ms", o.SteadyTPS, r.SteadyFloor[2], r.SteadyCDC.Latency[2], r.SteadyNat.Latency[2])
@@ -325,9 +328,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 }
 
 // steadyPhase makes the steady load and measures one consumer's latency;
-// begin (if not nil) is called when the measured window starts. A consumer
-// gets catchUpWithin to apply what the load wrote.
-func steadyPhase(ctx context.Context, s *servers, chat *pgxpool.Pool, ids []string, o Options, name string, begin func()) (Steady, error) {
+// begin (if not nil) is called when the measured window starts, and watch
+// (if not nil) names the consumer's processes, whose CPU is measured over
+// the window. A consumer gets catchUpWithin to apply what the load wrote.
+func steadyPhase(ctx context.Context, s *servers, chat *pgxpool.Pool, ids []string, o Options, name string, begin func(), watch func(context.Context) ([]procGroup, error)) (Steady, error) {
 	var st Steady
 	// The consumer first catches up on what was written while it was
 	// stopped, so the window measures steady state, not a backlog.
@@ -349,10 +353,21 @@ func steadyPhase(ctx context.Context, s *servers, chat *pgxpool.Pool, ids []stri
 	if begin != nil {
 		begin()
 	}
+	var cpu *cpuWatch
+	if watch != nil {
+		groups, err := watch(ctx)
+		if err != nil {
+			return st, fmt.Errorf("%s: %w", name, err)
+		}
+		cpu = startCPU(groups)
+	}
 	since := time.Now()
 	var err error
 	if st.Done, st.Commit, err = steadyLoad(ctx, s.source, ids, o.SteadyTPS, o.SteadyFor, 8, o.Log); err != nil {
 		return st, err
+	}
+	if cpu != nil {
+		st.CPU = cpu.stop()
 	}
 	if err := caughtUp(); err != nil {
 		return st, err

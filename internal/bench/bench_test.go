@@ -36,12 +36,15 @@ func TestBench_Smoke(t *testing.T) {
 	if r.SteadyCDC.Samples == 0 || r.SteadyNat.Samples == 0 || r.RSSCopy == 0 || r.RSSSteady == 0 || r.CDCApply[2] == 0 && r.CDCAge[2] == 0 {
 		t.Errorf("steady samples %d/%d, RSS %d/%d, cdc timings %v %v", r.SteadyCDC.Samples, r.SteadyNat.Samples, r.RSSCopy, r.RSSSteady, r.CDCApply, r.CDCAge)
 	}
+	if c, n := r.SteadyCDC.CPU, r.SteadyNat.CPU; len(c.Procs) != 3 || len(n.Procs) != 2 || c.Procs[0].Percent <= 0 || n.Procs[0].Percent <= 0 || c.Machine <= 0 {
+		t.Errorf("steady CPU not measured: cdc %+v, native %+v", c, n)
+	}
 	if r.SteadyNotify.Samples == 0 || len(r.RampCDC) == 0 || len(r.RampNotify) == 0 {
 		t.Errorf("notify steady samples %d, ramp steps %d (replication) / %d (notify)", r.SteadyNotify.Samples, len(r.RampCDC), len(r.RampNotify))
 	}
 	var table bytes.Buffer
 	r.Write(&table)
-	for _, want := range []string{"initial copy", "backlog catch-up", "walsender alone", "steady", "notify mode", "kept up with", "peak RSS"} {
+	for _, want := range []string{"initial copy", "backlog catch-up", "walsender alone", "steady", "notify mode", "kept up with", "peak RSS", "CPU during the window"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

@@ -45,7 +45,7 @@ func maxKept(steps []RampStep) (rate float64, loadLimited bool) {
 func ramp(ctx context.Context, s *servers, chat *pgxpool.Pool, ids []string, o Options, name string) ([]RampStep, error) {
 	var steps []RampStep
 	for _, tps := range o.RampRates {
-		st, err := steadyPhase(ctx, s, chat, ids, Options{SteadyTPS: tps, SteadyFor: o.RampStep, Log: o.Log}, name, nil)
+		st, err := steadyPhase(ctx, s, chat, ids, Options{SteadyTPS: tps, SteadyFor: o.RampStep, Log: o.Log}, name, nil, nil)
 		if err != nil {
 			return steps, err
 		}
@@ -94,7 +94,7 @@ func notifyPhase(ctx context.Context, s *servers, ids []string, o Options, r *Re
 	if _, err := proc.waitLog(ctx, "reconcile full"); err != nil {
 		return err
 	}
-	if r.SteadyNotify, err = steadyPhase(ctx, s, s.cdc, ids, o, "cdc notify", nil); err != nil {
+	if r.SteadyNotify, err = steadyPhase(ctx, s, s.cdc, ids, o, "cdc notify", nil, nil); err != nil {
 		return err
 	}
 	r.RSSNotify = proc.peak()
