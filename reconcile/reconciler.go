@@ -258,13 +258,25 @@ func (r *Reconciler) readBoth(ctx context.Context, keys [][]byte) (src, chat map
 	if src, err = sink.PoolFetch(r.src.Pool, r.src.Table)(ctx, keys); err != nil {
 		return nil, nil, err
 	}
-	conn, err := r.chat.Pool.Acquire(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer conn.Release()
-	chat, err = sink.ReadRows(ctx, conn.Conn().PgConn(), r.chat.Table, keys)
+	chat, err = sink.PoolFetch(r.chat.Pool, r.chat.Table)(ctx, keys)
 	return src, chat, err
+}
+
+// kinds reads keys again on both sides, outside any lock, a repair chunk
+// at a time, and calls fn with each key's kind of difference ("" when the
+// two sides are equal).
+func (r *Reconciler) kinds(ctx context.Context, keys [][]byte, fn func(key []byte, kind string)) error {
+	for i := 0; i < len(keys); i += repairChunk {
+		chunk := keys[i:min(i+repairChunk, len(keys))]
+		src, chat, err := r.readBoth(ctx, chunk)
+		if err != nil {
+			return fmt.Errorf("read differing rows again: %w", err)
+		}
+		for _, k := range chunk {
+			fn(k, sink.KindOf(k, src, chat))
+		}
+	}
+	return nil
 }
 
 // stillDiffering waits for the change stream, reads keys again on both
@@ -273,21 +285,14 @@ func (r *Reconciler) stillDiffering(ctx context.Context, keys [][]byte) (differ 
 	if err := r.sync(ctx); err != nil {
 		return nil, 0, err
 	}
-	for i := 0; i < len(keys); i += repairChunk {
-		chunk := keys[i:min(i+repairChunk, len(keys))]
-		src, chat, err := r.readBoth(ctx, chunk)
-		if err != nil {
-			return nil, 0, fmt.Errorf("read differing rows again: %w", err)
+	err = r.kinds(ctx, keys, func(k []byte, kind string) {
+		if kind == "" {
+			same++
+		} else {
+			differ = append(differ, k)
 		}
-		for _, k := range chunk {
-			if sink.KindOf(k, src, chat) == "" {
-				same++
-			} else {
-				differ = append(differ, k)
-			}
-		}
-	}
-	return differ, same, nil
+	})
+	return differ, same, err
 }
 
 // classify is a dry-run repair: it reads both sides and counts, writing

@@ -125,28 +125,19 @@ func (r *Reconciler) counts(ctx context.Context, rep *Report, totals bool) error
 
 // recheck reads the keys on both sides and records those that differ.
 func (r *Reconciler) recheck(ctx context.Context, keys [][]byte, rep *Report) error {
-	for i := 0; i < len(keys); i += repairChunk {
-		chunk := keys[i:min(i+repairChunk, len(keys))]
-		src, chat, err := r.readBoth(ctx, chunk)
-		if err != nil {
-			return err
+	return r.kinds(ctx, keys, func(k []byte, kind string) {
+		switch kind {
+		case "":
+			return
+		case sink.KindMissing:
+			rep.Missing++
+		case sink.KindStale:
+			rep.Stale++
+		case sink.KindExtra:
+			rep.Extra++
 		}
-		for _, k := range chunk {
-			kind := sink.KindOf(k, src, chat)
-			switch kind {
-			case "":
-				continue
-			case sink.KindMissing:
-				rep.Missing++
-			case sink.KindStale:
-				rep.Stale++
-			case sink.KindExtra:
-				rep.Extra++
-			}
-			if len(rep.Drifted) < maxDrifted {
-				rep.Drifted = append(rep.Drifted, Drifted{ID: sink.FormatValue(r.src.Table.KeyColumn(), k), Kind: kind})
-			}
+		if len(rep.Drifted) < maxDrifted {
+			rep.Drifted = append(rep.Drifted, Drifted{ID: sink.FormatValue(r.src.Table.KeyColumn(), k), Kind: kind})
 		}
-	}
-	return nil
+	})
 }
