@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -78,19 +77,6 @@ func (s Side) hashes(ctx context.Context, where string, args ...[]byte) (rows, e
 		return err
 	})
 	return out, err
-}
-
-// windowFilter is the SQL predicate of rows whose updated_at is at or after
-// from (and, when to is not zero, at or before to). No upper bound by
-// default, so rows stamped a little in the future by a skewed clock are
-// included. The times are formatted here, never taken from input.
-func (s Side) windowFilter(from, to time.Time) string {
-	col := schema.Quote(s.Table.Columns[s.Table.UpdatedAt].Name)
-	f := fmt.Sprintf("%s >= '%s'::timestamptz", col, from.UTC().Format(time.RFC3339Nano))
-	if !to.IsZero() {
-		f += fmt.Sprintf(" AND %s <= '%s'::timestamptz", col, to.UTC().Format(time.RFC3339Nano))
-	}
-	return f
 }
 
 // diff compares two hash sets; keys only in src are missing from chat,

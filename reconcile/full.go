@@ -178,11 +178,21 @@ func (d *differences) add(missing, stale, extra [][]byte) {
 	d.extra = append(d.extra, extra...)
 }
 
+// keys returns each differing key once: a row that moved in updated_at
+// between the two reads of a window is missing from one slice and extra in
+// another.
 func (d differences) keys() [][]byte {
 	out := make([][]byte, 0, len(d.missing)+len(d.stale)+len(d.extra))
-	out = append(out, d.missing...)
-	out = append(out, d.stale...)
-	return append(out, d.extra...)
+	seen := make(map[string]bool, cap(out))
+	for _, set := range [][][]byte{d.missing, d.stale, d.extra} {
+		for _, k := range set {
+			if !seen[string(k)] {
+				seen[string(k)] = true
+				out = append(out, k)
+			}
+		}
+	}
+	return out
 }
 
 func (d differences) empty() bool { return len(d.missing)+len(d.stale)+len(d.extra) == 0 }

@@ -144,6 +144,51 @@ func TestWindow_HandlesSkewedClocks(t *testing.T) {
 	p.WaitEqual(t, time.Second)
 }
 
+// TestWindow_ComparesInSlices: a window of 24k changed rows per side is
+// read in several slices of updated_at; drift anywhere in it, and rows
+// whose updated_at differs between the sides (so they sit in different
+// slices), are each repaired once; a paced run rests between slices.
+func TestWindow_ComparesInSlices(t *testing.T) {
+	ctx := context.Background()
+	p, r, _ := setup(t, 30000, Options{})
+	base := time.Now().Add(-time.Second).UTC()
+	for _, pool := range []*pgxpool.Pool{p.Source, p.Chat} {
+		pgtest.Exec(t, pool, `UPDATE users SET updated_at = $1::timestamptz - (abs(hashtext(id::text)) % 170000) * interval '1 millisecond'
+WHERE abs(hashtext(id::text)) % 100 < 80`, base)
+	}
+	res, err := r.window(ctx, 3*time.Minute, false, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Repair.Repairs() != 0 || res.Checked < 2*20000 || res.Slices < 3 || res.Rested <= 0 {
+		t.Fatalf("paced run over equal tables: %+v", res)
+	}
+	changed := "abs(hashtext(id::text)) % 100 < 80 AND abs(hashtext(id::text)) % 1000 "
+	pgtest.Exec(t, p.Chat, "DELETE FROM users WHERE "+changed+"= 1")
+	pgtest.Exec(t, p.Chat, "UPDATE users SET status = 'tampered' WHERE "+changed+"= 2")
+	pgtest.Exec(t, p.Chat, "UPDATE users SET updated_at = updated_at - interval '150 seconds' WHERE "+changed+"= 3")
+	var want int64
+	if err := p.Source.QueryRow(ctx, "SELECT count(*) FROM users WHERE "+changed+"IN (1, 2, 3)").Scan(&want); err != nil {
+		t.Fatal(err)
+	}
+	res, err = r.Window(ctx, 3*time.Minute, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(res.Repair.Repairs()) != want || res.Repair.Missing == 0 || res.Repair.Stale == 0 || res.Rested != 0 {
+		t.Fatalf("repaired %+v, want %d repairs", res, want)
+	}
+	p.WaitEqual(t, time.Second)
+	// Without an index on updated_at each slice would scan the table: one
+	// slice then.
+	pgtest.Exec(t, p.Chat, "DROP INDEX users_updated_at_idx")
+	pgtest.Exec(t, p.Chat, "UPDATE users SET status = 'tampered' WHERE "+changed+"= 4")
+	if res, err = r.window(ctx, 3*time.Minute, false, 1); err != nil || res.Slices != 1 || res.Repair.Stale == 0 {
+		t.Fatalf("unindexed: %+v %v", res, err)
+	}
+	p.WaitEqual(t, time.Second)
+}
+
 func TestRun_RepairsWithinAFewIntervalsAndNeverOverlaps(t *testing.T) {
 	var logs pgtest.Buffer
 	var running, overlaps atomic.Int32

@@ -24,7 +24,13 @@ type Options struct {
 	// Sync, when set, waits until the change stream has applied everything
 	// the source had committed when it was called, so a comparison does not
 	// mistake changes in flight for drift.
-	Sync   func(ctx context.Context) error
+	Sync func(ctx context.Context) error
+	// Pace, when above 0, makes the scheduled window runs rest after each
+	// slice for Pace times as long as the slice's reads took (1: the run
+	// reads at most half the time), so a run spreads its load over a few
+	// seconds instead of taking the databases' CPU in one burst, which
+	// would delay the live stream. One-shot runs (Window, Range) never rest.
+	Pace   float64
 	Logger *slog.Logger
 
 	afterCompare func() // test hook: runs between compare and repair
@@ -71,6 +77,8 @@ type Result struct {
 	Checked int64 // rows compared, both sides
 	Found   int   // keys whose hashes differed
 	Repair  sink.RepairResult
+	Slices  int           // slices of updated_at a window run read
+	Rested  time.Duration // time a paced run paused between slices
 	Took    time.Duration
 }
 
@@ -95,7 +103,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			res, err = r.Full(ctx, false)
 			lastFull = time.Now()
 		} else {
-			res, err = r.Window(ctx, time.Duration(float64(r.opts.Interval)*r.opts.Multiplier), false)
+			res, err = r.window(ctx, time.Duration(float64(r.opts.Interval)*r.opts.Multiplier), false, r.opts.Pace)
 		}
 		switch {
 		case ctx.Err() != nil:
@@ -109,44 +117,6 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		}
 		timer.Reset(r.opts.Interval)
 	}
-}
-
-// Window compares the rows updated within the last window (by the source
-// database's clock) and repairs what differs, unless dryRun.
-func (r *Reconciler) Window(ctx context.Context, window time.Duration, dryRun bool) (Result, error) {
-	var now time.Time
-	if err := r.src.Pool.QueryRow(ctx, "SELECT now()").Scan(&now); err != nil {
-		return Result{}, fmt.Errorf("read source clock: %w", err)
-	}
-	return r.Range(ctx, now.Add(-window), time.Time{}, dryRun)
-}
-
-// Range compares the rows whose updated_at lies in [from, to] (to zero: no
-// upper bound) and repairs what differs, unless dryRun.
-func (r *Reconciler) Range(ctx context.Context, from, to time.Time, dryRun bool) (Result, error) {
-	start := time.Now()
-	res := Result{}
-	// Every window row's (key, hash) from each side: for a 3-minute window
-	// of 180k rows per side this measured as fast as the key-hash buckets of
-	// Full restricted to the window (TestPerf_WindowCompare), and reading
-	// the source before waiting for the stream keeps in-flight changes out
-	// of the comparison.
-	filter := r.src.windowFilter(from, to)
-	src, err := r.src.hashes(ctx, filter)
-	if err != nil {
-		return res, err
-	}
-	if err := r.sync(ctx); err != nil {
-		return res, err
-	}
-	chat, err := r.chat.hashes(ctx, filter)
-	if err != nil {
-		return res, err
-	}
-	var d differences
-	d.add(diff(src, chat))
-	res.Checked = int64(len(src) + len(chat))
-	return r.finish(ctx, res, d, start, dryRun, "window", "from", from.UTC().Format(time.RFC3339))
 }
 
 // Full compares the whole table by key-range checksums and repairs what
@@ -168,17 +138,36 @@ func (r *Reconciler) Full(ctx context.Context, dryRun bool) (Result, error) {
 // sync waits for the change stream, when there is one, for up to half an
 // interval; a stream that is behind only makes this run repair more.
 func (r *Reconciler) sync(ctx context.Context) error {
-	if r.opts.Sync == nil {
+	return r.newSyncer().wait(ctx)
+}
+
+// syncer waits for the change stream before each comparison of one run.
+// The waits of a run share one budget (half an interval, at least 2 s), so
+// a stream that is behind costs a run one timeout, not one per slice.
+type syncer struct {
+	r      *Reconciler
+	wait0  time.Duration
+	until  time.Time
+	behind bool
+}
+
+func (r *Reconciler) newSyncer() *syncer {
+	wait := max(r.opts.Interval/2, 2*time.Second)
+	return &syncer{r: r, wait0: wait, until: time.Now().Add(wait)}
+}
+
+func (s *syncer) wait(ctx context.Context) error {
+	if s.r.opts.Sync == nil || s.behind {
 		return nil
 	}
-	wait := max(r.opts.Interval/2, 2*time.Second)
-	sctx, cancel := context.WithTimeout(ctx, wait)
+	sctx, cancel := context.WithDeadline(ctx, s.until)
 	defer cancel()
-	if err := r.opts.Sync(sctx); err != nil {
+	if err := s.r.opts.Sync(sctx); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		r.log.Warn("change stream is behind; comparing anyway", "waited", wait.String(), "err", err)
+		s.behind = true
+		s.r.log.Warn("change stream is behind; comparing anyway", "waited", s.wait0.String(), "err", err)
 	}
 	return nil
 }
