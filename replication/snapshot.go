@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -18,6 +19,9 @@ import (
 
 // progressEvery is how often the first copy reports progress.
 const progressEvery = 5 * time.Second
+
+// copyBuffer is the size of the chunks the first copy hands to chat.
+const copyBuffer = 64 << 10
 
 // firstCopy creates the slot with an exported snapshot and copies the table
 // as of that snapshot. The replication connection stays open and idle while
@@ -72,7 +76,16 @@ func copyTable(ctx context.Context, pool *pgxpool.Pool, t *schema.Table, snapsho
 		}
 		stop := reportProgress(ctx, pool, log, src.Conn().PgConn().PID(), estimate, start)
 		defer stop()
-		_, err = src.Conn().PgConn().CopyTo(ctx, w, fmt.Sprintf("COPY %s (%s) TO STDOUT (FORMAT binary)", t.Ident(), t.ColumnList()))
+		// The source sends one CopyData message per row; the chat COPY
+		// sends one per read of the pipe. Buffering here turns a million
+		// ~200-byte messages (a pipe hand-off and a send each) into
+		// 64 KiB ones: the copy of 1M rows took 5.3-5.4 s instead of
+		// 6.3-7.2 s (see BENCHMARKS.md).
+		bw := bufio.NewWriterSize(w, copyBuffer)
+		_, err = src.Conn().PgConn().CopyTo(ctx, bw, fmt.Sprintf("COPY %s (%s) TO STDOUT (FORMAT binary)", t.Ident(), t.ColumnList()))
+		if err == nil {
+			err = bw.Flush()
+		}
 		if err != nil {
 			return fmt.Errorf("copy out of %s: %w", t, err)
 		}

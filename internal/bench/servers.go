@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -129,7 +130,13 @@ func pipeCopy(ctx context.Context, s *servers) (time.Duration, error) {
 	pr, pw := io.Pipe()
 	errc := make(chan error, 1)
 	go func() {
-		_, err := src.Conn().PgConn().CopyTo(ctx, pw, "COPY users ("+list+") TO STDOUT (FORMAT binary)")
+		// Buffered like a shell pipe between two psql: chat gets 64 KiB
+		// CopyData messages, not one per row.
+		bw := bufio.NewWriterSize(pw, 64<<10)
+		_, err := src.Conn().PgConn().CopyTo(ctx, bw, "COPY users ("+list+") TO STDOUT (FORMAT binary)")
+		if err == nil {
+			err = bw.Flush()
+		}
 		pw.CloseWithError(err)
 		errc <- err
 	}()
