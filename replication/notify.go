@@ -29,7 +29,7 @@ import (
 type NotifySink interface {
 	Repair(ctx context.Context, keys [][]byte, fetch sink.Fetch) (sink.RepairResult, error)
 	Apply(ctx context.Context, b *sink.Batch) error
-	LoadSnapshot(ctx context.Context, copyOut sink.CopyOut, cp sink.Checkpoint) (int64, error)
+	LoadSnapshot(ctx context.Context, copyOuts []sink.CopyOut, cp sink.Checkpoint) (int64, error)
 }
 
 // NotifyOptions configure a Notify source.
@@ -408,5 +408,5 @@ func (n *Notify) truncate(ctx context.Context) error {
 // first start), with progress.
 func (n *Notify) CopyAll(ctx context.Context) error {
 	n.log.Info("chat table is empty: copying the source table")
-	return copyTable(ctx, n.pool, n.opts.Table, "", n.sink, sink.Checkpoint{}, n.log)
+	return copyTable(ctx, n.pool, n.opts.Table, "", 1, n.sink, sink.Checkpoint{}, n.log)
 }

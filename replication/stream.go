@@ -24,7 +24,7 @@ import (
 type Applier interface {
 	Apply(ctx context.Context, b *sink.Batch) error
 	Checkpoint(ctx context.Context) (cp sink.Checkpoint, ok bool, err error)
-	LoadSnapshot(ctx context.Context, copyOut sink.CopyOut, cp sink.Checkpoint) (int64, error)
+	LoadSnapshot(ctx context.Context, copyOuts []sink.CopyOut, cp sink.Checkpoint) (int64, error)
 }
 
 // Options configure a Stream.
@@ -35,6 +35,7 @@ type Options struct {
 	Table          *schema.Table // the source table's synced columns
 	BatchMaxRows   int           // most changes per chat transaction
 	BatchMaxWait   time.Duration // how long a small batch may wait for more while the sink is idle
+	CopyWorkers    int           // parts of the first copy copied at once (at most)
 	StatusInterval time.Duration // longest gap between standby status updates
 	Retry          retry.Policy  // reconnect backoff; Loud = MAX_RECONNECT_ATTEMPTS
 	DrainTimeout   time.Duration // how long shutdown may spend committing the batch in hand

@@ -175,6 +175,52 @@ VALUES ('Zoë 🚀', NULL, 'zoe@example.com', NULL, 'usta', 'active', now()),
 	}
 }
 
+// TestStream_FirstCopyInPartsUnderWrites: the first copy reads the table
+// in three ranges of pages at once, under the slot's snapshot, while the
+// source takes inserts, updates (which move rows to other pages) and
+// deletes; streaming from the slot's consistent point then makes chat
+// equal to the source, row by row.
+func TestStream_FirstCopyInPartsUnderWrites(t *testing.T) {
+	defer replication.SetMinPartPages(50)()
+	p := pgtest.NewPair(t, 20_000)
+	ctx, stopWrites := context.WithCancel(context.Background())
+	wrote := make(chan int)
+	go func() {
+		n := 0
+		for ctx.Err() == nil {
+			n++
+			g := strconv.Itoa(n%20_000 + 1)
+			for _, q := range []string{
+				`UPDATE users SET status = 'during-copy', last_name = md5(random()::text), updated_at = now() WHERE split_part(split_part(email, '-', 1), 'user', 2) = '` + g + `'`,
+				`INSERT INTO users (first_name, updated_at) VALUES ('new during copy', now())`,
+				`DELETE FROM users WHERE split_part(split_part(email, '-', 1), 'user', 2) = '` + strconv.Itoa((n*7)%20_000+1) + `'`,
+			} {
+				_, _ = p.Source.Exec(ctx, q)
+			}
+		}
+		wrote <- n
+	}()
+	var logs pgtest.Buffer
+	time.Sleep(200 * time.Millisecond)
+	start(t, p, func(o *replication.Options) {
+		o.CopyWorkers = 3
+		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(logs.String(), "first copy done") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // writes after the copy, streamed
+	stopWrites()
+	if n := <-wrote; n < 10 {
+		t.Fatalf("only %d rounds of writes ran", n)
+	}
+	if !strings.Contains(logs.String(), `"parts":3`) {
+		t.Fatalf("the first copy did not run in 3 parts:\n%s", logs.String())
+	}
+	p.WaitEqual(t, 30*time.Second)
+}
+
 // TestStream_SmallTransactionsShareAChatTransaction: single-row source
 // transactions committed within BATCH_MAX_WAIT of each other, while the
 // writer is idle, are written in one chat transaction, not one each.

@@ -1,11 +1,14 @@
 package sink_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -306,6 +309,47 @@ WHERE datname = current_database() AND application_name = 'cdc' AND pid <> pg_ba
 	}
 }
 
+// copyParts returns two CopyOuts that together write every source row
+// (split by id), each on its own source connection; fail, when set, makes
+// the second one fail after writing its first rows.
+func copyParts(t *testing.T, p *pgtest.Pair, fail bool) []sink.CopyOut {
+	t.Helper()
+	var outs []sink.CopyOut
+	for i, where := range []string{"id < '80000000-0000-0000-0000-000000000000'", "id >= '80000000-0000-0000-0000-000000000000'"} {
+		src, err := p.Source.Acquire(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(src.Release)
+		sql := "COPY (SELECT id, first_name, last_name, email, phone, role, status, profile_picture, created_at, updated_at FROM users WHERE " + where + ") TO STDOUT (FORMAT binary)"
+		outs = append(outs, func(ctx context.Context, w io.Writer) error {
+			if fail && i == 1 {
+				var buf bytes.Buffer
+				if _, err := src.Conn().PgConn().CopyTo(ctx, &buf, sql); err != nil {
+					return err
+				}
+				if _, err := w.Write(buf.Bytes()[:buf.Len()/2]); err != nil {
+					return err
+				}
+				time.Sleep(500 * time.Millisecond) // the other part has committed by now
+				return errors.New("source went away")
+			}
+			_, err := src.Conn().PgConn().CopyTo(ctx, w, sql)
+			return err
+		})
+	}
+	return outs
+}
+
+func checkpointOf(t *testing.T, p *pgtest.Pair) int64 {
+	t.Helper()
+	var lsn int64
+	if err := p.Chat.QueryRow(context.Background(), "SELECT COALESCE(max(lsn) - '0/0', 0)::int8 FROM cdc_checkpoint").Scan(&lsn); err != nil {
+		t.Fatal(err)
+	}
+	return lsn
+}
+
 func TestSink_LoadSnapshotMergesIntoAPopulatedTable(t *testing.T) {
 	ctx := context.Background()
 	p := pgtest.NewPair(t, 1000)
@@ -313,23 +357,49 @@ func TestSink_LoadSnapshotMergesIntoAPopulatedTable(t *testing.T) {
 	// no longer has.
 	pgtest.Exec(t, p.Chat, `INSERT INTO users (id, first_name, updated_at) VALUES
 ('00000000-0000-0000-0000-00000000dead', 'gone from source', now())`)
-	src, err := p.Source.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Release()
-	copyOut := func(ctx context.Context, w io.Writer) error {
-		_, err := src.Conn().PgConn().CopyTo(ctx, w, "COPY users (id, first_name, last_name, email, phone, role, status, profile_picture, created_at, updated_at) TO STDOUT (FORMAT binary)")
-		return err
-	}
 	s := newSink(t, p)
-	if _, err := s.LoadSnapshot(ctx, copyOut, sink.Checkpoint{LSN: 0x60}); err != nil {
+	if _, err := s.LoadSnapshot(ctx, copyParts(t, p, false), sink.Checkpoint{LSN: 0x60}); err != nil {
 		t.Fatal(err)
 	}
 	pgtest.Exec(t, p.Chat, `UPDATE users SET first_name = 'stale' WHERE email LIKE 'user1%'`)
-	rows, err := s.LoadSnapshot(ctx, copyOut, sink.Checkpoint{LSN: 0x70})
+	rows, err := s.LoadSnapshot(ctx, copyParts(t, p, false), sink.Checkpoint{LSN: 0x70})
 	if err != nil || rows != 1000 {
 		t.Fatalf("second load: %d rows, err %v", rows, err)
+	}
+	p.WaitEqual(t, time.Second)
+	if lsn := checkpointOf(t, p); lsn != 0x70 {
+		t.Fatalf("checkpoint %x, want 70", lsn)
+	}
+}
+
+// TestSink_LoadSnapshotInPartsIntoAnEmptyTable: parts are copied at once,
+// each committing on its own, and the checkpoint is stored only when all
+// have: a part that fails leaves rows but no checkpoint, and loading again
+// merges into what the first attempt left.
+func TestSink_LoadSnapshotInPartsIntoAnEmptyTable(t *testing.T) {
+	ctx := context.Background()
+	p := pgtest.NewPair(t, 3000)
+	s := newSink(t, p)
+	if _, err := s.LoadSnapshot(ctx, copyParts(t, p, true), sink.Checkpoint{LSN: 0x60}); err == nil || !strings.Contains(err.Error(), "source went away") {
+		t.Fatalf("a failing part must fail the load: %v", err)
+	}
+	if lsn := checkpointOf(t, p); lsn != 0 {
+		t.Fatalf("checkpoint %x stored by a failed load", lsn)
+	}
+	if n := count(t, p, "true"); n == 0 || n >= 3000 {
+		t.Fatalf("%d rows after a failed parallel load: want the first part's rows (about half)", n)
+	}
+	rows, err := s.LoadSnapshot(ctx, copyParts(t, p, false), sink.Checkpoint{LSN: 0x70})
+	if err != nil || rows != 3000 {
+		t.Fatalf("second load: %d rows, err %v", rows, err)
+	}
+	p.WaitEqual(t, time.Second)
+	if lsn := checkpointOf(t, p); lsn != 0x70 {
+		t.Fatalf("checkpoint %x, want 70", lsn)
+	}
+	pgtest.Exec(t, p.Chat, "TRUNCATE users; DELETE FROM cdc_checkpoint")
+	if rows, err = s.LoadSnapshot(ctx, copyParts(t, p, false), sink.Checkpoint{LSN: 0x80}); err != nil || rows != 3000 {
+		t.Fatalf("parallel load into an empty table: %d rows, err %v", rows, err)
 	}
 	p.WaitEqual(t, time.Second)
 }

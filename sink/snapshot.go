@@ -5,23 +5,33 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/myusta/cdc/internal/schema"
 )
 
-// CopyOut writes every source row, in PostgreSQL binary COPY format with the
+// CopyOut writes source rows, in PostgreSQL binary COPY format with the
 // synced columns in order, to w.
 type CopyOut func(ctx context.Context, w io.Writer) error
 
-// LoadSnapshot is the chat side of the first copy. In one transaction it
-// streams the rows from copyOut into the chat table with binary COPY and
-// stores cp (unless zero), so a crash leaves either nothing or the whole
-// copy with its checkpoint. An empty chat table is filled directly; a table that already
-// has rows (say, from the service cdc replaces) is merged: rows are
-// upserted, and rows the source does not have are deleted.
-func (s *Sink) LoadSnapshot(ctx context.Context, copyOut CopyOut, cp Checkpoint) (rows int64, err error) {
+// LoadSnapshot is the chat side of the first copy: the copyOuts together
+// write every source row (each a part of the table, under one snapshot).
+//
+// A table that already has rows (say, from the service cdc replaces) is
+// merged in one transaction: the parts fill a staging table in turn, rows
+// are upserted, rows the source does not have are deleted, and cp (unless
+// zero) is stored, so a crash leaves either nothing or the whole merge with
+// its checkpoint.
+//
+// An empty table is filled by all parts at once, each on its own chat
+// connection in its own COPY transaction, while the writer transaction holds
+// the writer lock; cp is stored in that transaction once every part has
+// committed. A copy cut short leaves rows without a checkpoint, so the next
+// start copies again and merges. With one part it is all one transaction.
+func (s *Sink) LoadSnapshot(ctx context.Context, copyOuts []CopyOut, cp Checkpoint) (rows int64, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	conn, err := s.writer(ctx)
@@ -43,20 +53,31 @@ func (s *Sink) LoadSnapshot(ctx context.Context, copyOut CopyOut, cp Checkpoint)
 	if err := conn.QueryRow(ctx, "SELECT NOT EXISTS (SELECT 1 FROM "+t.Ident()+")").Scan(&empty); err != nil {
 		return 0, fmt.Errorf("check chat table: %w", err)
 	}
-	target := t.Ident()
-	if !empty {
-		target = "cdc_snapshot"
+	copySQL := func(target string) string {
+		return fmt.Sprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", target, t.ColumnList())
+	}
+	switch {
+	case empty && len(copyOuts) > 1:
+		if rows, err = s.pipes(ctx, copyOuts, copySQL(t.Ident())); err != nil {
+			return 0, err
+		}
+	case empty:
+		if rows, err = s.pipe(ctx, pc, copyOuts[0], copySQL(t.Ident())); err != nil {
+			return 0, err
+		}
+	default:
 		s.log.Info("chat table already has rows; merging the copy into it", "table", t.String())
 		if err := execSimple(ctx, pc, fmt.Sprintf("CREATE TEMP TABLE cdc_snapshot ON COMMIT DROP AS SELECT %s FROM %s WITH NO DATA",
 			t.ColumnList(), t.Ident())); err != nil {
 			return 0, fmt.Errorf("create staging table: %w", err)
 		}
-	}
-	rows, err = s.pipe(ctx, pc, copyOut, fmt.Sprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", target, t.ColumnList()))
-	if err != nil {
-		return 0, err
-	}
-	if !empty {
+		for _, out := range copyOuts {
+			n, err := s.pipe(ctx, pc, out, copySQL("cdc_snapshot"))
+			if err != nil {
+				return 0, err
+			}
+			rows += n
+		}
 		if err := execSimple(ctx, pc, mergeSQL(t)); err != nil {
 			return 0, fmt.Errorf("merge copy into chat table: %w", err)
 		}
@@ -71,6 +92,28 @@ func (s *Sink) LoadSnapshot(ctx context.Context, copyOut CopyOut, cp Checkpoint)
 	}
 	s.Stats.LSN.Store(uint64(cp.LSN))
 	return rows, nil
+}
+
+// pipes runs each copyOut into the chat COPY on a connection of its own,
+// all at once; each COPY commits when its part ends. The first failure
+// cancels the others.
+func (s *Sink) pipes(ctx context.Context, copyOuts []CopyOut, copySQL string) (int64, error) {
+	var rows atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	for _, out := range copyOuts {
+		g.Go(func() error {
+			c, err := s.pool.Acquire(gctx)
+			if err != nil {
+				return fmt.Errorf("connect to chat database: %w", err)
+			}
+			defer c.Release()
+			n, err := s.pipe(gctx, c.Conn().PgConn(), out, copySQL)
+			rows.Add(n)
+			return err
+		})
+	}
+	err := g.Wait()
+	return rows.Load(), err
 }
 
 // pipe runs copyOut into the chat COPY through an in-memory pipe.

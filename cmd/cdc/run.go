@@ -154,6 +154,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 			Table:          srcTable,
 			BatchMaxRows:   cfg.BatchMaxRows,
 			BatchMaxWait:   cfg.BatchMaxWait,
+			CopyWorkers:    cfg.CopyWorkers,
 			StatusInterval: cfg.StatusInterval,
 			Retry:          reconnectPolicy(cfg),
 			Logger:         log,

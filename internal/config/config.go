@@ -45,6 +45,7 @@ type Config struct {
 
 	BatchMaxRows     int           // BATCH_MAX_ROWS
 	BatchMaxWait     time.Duration // BATCH_MAX_WAIT
+	CopyWorkers      int           // COPY_WORKERS
 	StatusInterval   time.Duration // STANDBY_STATUS_INTERVAL
 	SourceRunRole    string        // SOURCE_RUN_ROLE
 	ChatRunRole      string        // CHAT_RUN_ROLE

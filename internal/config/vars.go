@@ -131,6 +131,11 @@ var Vars = []Var{
 		c.BatchMaxWait = d
 		return err
 	}},
+	{"COPY_WORKERS", "2", "parts of the table the first copy reads and writes at once, each on its own source and chat connection (1 to 16; tables under ~16 MB, sources before PostgreSQL 14, and notify mode copy in one part)", func(c *Config, s string) error {
+		n, err := parseInt(s, 1, 16, "an integer from 1 to 16")
+		c.CopyWorkers = n
+		return err
+	}},
 	{"STANDBY_STATUS_INTERVAL", "10s", "how often the committed position is confirmed to the slot (100ms to 10s)", func(c *Config, s string) error {
 		d, err := parseDuration(s, 100*time.Millisecond, 10*time.Second, "a duration from 100ms to 10s")
 		c.StatusInterval = d
