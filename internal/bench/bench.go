@@ -48,6 +48,7 @@ type Result struct {
 	// debug log: batch apply, batch age (first change in -> committed), and
 	// receive delay (source commit -> change read by cdc), p50/p95/p99 ms.
 	CDCApply, CDCAge, CDCReceive [3]float64
+	SteadyReconcile              string // scheduled reconcile runs cdc logged during its steady window
 
 	RSSCopy, RSSBacklog, RSSSteady, RSSNotify int64
 
@@ -278,6 +279,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	r.CDCApply, r.CDCAge, r.CDCReceive = proc.batchTimings(first)
+	r.SteadyReconcile = proc.reconcileRuns(first)
 	if r.RampCDC, err = ramp(ctx, s, s.cdc, ids, o, "cdc replication"); err != nil {
 		return nil, err
 	}

@@ -191,3 +191,26 @@ func (p *cdcProc) batchTimings(first int) (apply, age, receive [3]float64) {
 	}
 	return quantiles(a), quantiles(g), quantiles(r)
 }
+
+// reconcileRuns describes the reconcile runs cdc logged since line first
+// (a scheduled run inside a steady window adds its load to the stream's).
+func (p *cdcProc) reconcileRuns(first int) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var runs []string
+	for _, m := range p.lines[first:] {
+		msg, _ := m["msg"].(string)
+		if !strings.HasPrefix(msg, "reconcile ") || msg == "reconcile in progress" {
+			continue
+		}
+		run := fmt.Sprintf("%s, took %v", strings.TrimPrefix(msg, "reconcile "), m["took"])
+		if slices, ok := m["slices"].(float64); ok {
+			run += fmt.Sprintf(" (%.0f slices, rested %v)", slices, m["rested"])
+		}
+		runs = append(runs, run)
+	}
+	if len(runs) == 0 {
+		return "none"
+	}
+	return strings.Join(runs, "; ")
+}
