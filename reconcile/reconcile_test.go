@@ -128,6 +128,49 @@ func TestWindow_RepairsOnlyRecentRows(t *testing.T) {
 	}
 }
 
+// TestHash_EnumOnSourceTextInChat: rows are hashed by value, but an enum
+// on the source and its text copy in chat hash alike (by text), so equal
+// rows have equal hashes and a changed value still changes the hash; the
+// row-text hash (PostgreSQL before 14) behaves the same.
+func TestHash_EnumOnSourceTextInChat(t *testing.T) {
+	ctx := context.Background()
+	settle = 100 * time.Millisecond
+	p, _, _ := setup(t, 2000, Options{})
+	pgtest.Exec(t, p.Source, `CREATE TYPE user_status AS ENUM ('active', 'inactive', 'banned', 'pending', 'deleted')`)
+	cfg := p.Config(t)
+	pgtest.Exec(t, p.Source, "ALTER PUBLICATION "+cfg.PublicationName+" DROP TABLE users") // its column list pins the type
+	pgtest.Exec(t, p.Source, `ALTER TABLE users ALTER COLUMN status TYPE user_status USING status::user_status`)
+	st, err := schema.Load(ctx, p.Source, cfg.SourceTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := schema.Load(ctx, p.Chat, cfg.ChatTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, record := range []bool{true, false} {
+		r := New(Side{Pool: p.Source, Table: st}, Side{Pool: p.Chat, Table: ct}, nil, Options{Interval: time.Minute, Multiplier: 3, Logger: quiet})
+		if !record {
+			r.src.recordHash, r.chat.recordHash, r.hashChosen = false, false, true
+		}
+		// Found counts the keys whose hashes differed (a dry run re-reads
+		// them by value before classifying).
+		res, err := r.Full(ctx, true)
+		if err != nil || res.Found != 0 || r.src.recordHash != record {
+			t.Fatalf("record hash %v: equal tables with an enum column: %+v %v", record, res, err)
+		}
+		pgtest.Exec(t, p.Chat, `UPDATE users SET status = 'banned' WHERE `+seq("'7'"))
+		pgtest.Exec(t, p.Chat, `UPDATE users SET first_name = upper(first_name) WHERE `+seq("'8'"))
+		if res, err = r.Full(ctx, true); err != nil || res.Found != 2 || res.Repair.Stale != 2 {
+			t.Fatalf("record hash %v: a changed enum value and a change of case: %+v %v", record, res, err)
+		}
+		// Back to the source's values (seeded: status of row g is
+		// active/inactive/pending by g % 3, first name First<g>).
+		pgtest.Exec(t, p.Chat, `UPDATE users SET status = 'inactive' WHERE `+seq("'7'"))
+		pgtest.Exec(t, p.Chat, `UPDATE users SET first_name = 'First8' WHERE `+seq("'8'"))
+	}
+}
+
 func TestWindow_HandlesSkewedClocks(t *testing.T) {
 	ctx := context.Background()
 	p, r, _ := setup(t, 1000, Options{})

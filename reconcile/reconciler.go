@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -60,6 +61,9 @@ type Reconciler struct {
 
 	// Stats is updated after every run.
 	Stats Stats
+
+	hashMu     sync.Mutex
+	hashChosen bool // chooseHash has set the sides' recordHash
 }
 
 // New returns a reconciler of src against chat.
@@ -124,6 +128,9 @@ func (r *Reconciler) Run(ctx context.Context) error {
 func (r *Reconciler) Full(ctx context.Context, dryRun bool) (Result, error) {
 	start := time.Now()
 	res := Result{Full: true}
+	if err := r.chooseHash(ctx); err != nil {
+		return res, err
+	}
 	if err := r.sync(ctx); err != nil {
 		return res, err
 	}

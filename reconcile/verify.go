@@ -69,6 +69,9 @@ func (r *Reconciler) Verify(ctx context.Context, full bool) (Report, error) {
 	}
 	// The checksum pass counts every row; only the last hour is counted
 	// apart (through the updated_at index).
+	if err := r.chooseHash(ctx); err != nil {
+		return rep, err
+	}
 	d, srcRows, chatRows, err := bucketDiff(ctx, r.src, r.chat, "")
 	if err != nil {
 		return rep, err

@@ -70,6 +70,9 @@ func (r *Reconciler) sourceNow(ctx context.Context) (time.Time, error) {
 func (r *Reconciler) compareRange(ctx context.Context, from, to, end time.Time, dryRun bool, pace float64) (Result, error) {
 	start := time.Now()
 	res := Result{}
+	if err := r.chooseHash(ctx); err != nil {
+		return res, err
+	}
 	var d differences
 	sy := r.newSyncer()
 	width := max(end.Sub(from)/firstSlices, time.Second)
