@@ -111,9 +111,11 @@ func TestRun_SurvivesKillNine(t *testing.T) {
 		kills, resumed, total, confirmed)
 }
 
-// TestRun_CrashDuringFirstCopy kills cdc while the first copy runs: the
-// copy is one chat transaction, so nothing of it remains, and the next start
-// drops the half-made slot and copies again.
+// TestRun_CrashDuringFirstCopy kills cdc while the first copy runs: no
+// checkpoint is stored (each part's rows commit on their own, so a part
+// that had finished may remain), and the next start drops the half-made
+// slot and copies again, merging into what is there. (Sink tests cover a
+// failed part and the merge deterministically.)
 func TestRun_CrashDuringFirstCopy(t *testing.T) {
 	p := pgtest.NewPair(t, 300_000)
 	env := p.Env()
@@ -137,9 +139,10 @@ func TestRun_CrashDuringFirstCopy(t *testing.T) {
 	if err := p.Chat.QueryRow(context.Background(), "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM cdc_checkpoint)").Scan(&rows, &checkpoints); err != nil {
 		t.Fatal(err)
 	}
-	if rows != 0 || checkpoints != 0 {
-		t.Fatalf("after a crash mid-copy chat holds %d rows and %d checkpoints; want none", rows, checkpoints)
+	if checkpoints != 0 {
+		t.Fatalf("after a crash mid-copy chat holds %d rows and %d checkpoints; want no checkpoint", rows, checkpoints)
 	}
+	t.Logf("after the crash chat holds %d rows (parts that had committed)", rows)
 
 	c = startCDC(t, env, "run")
 	p.WaitEqual(t, 120*time.Second)
