@@ -28,16 +28,7 @@ func setup(t *testing.T, users int, opts Options) (*pgtest.Pair, *Reconciler, *s
 	t.Helper()
 	p := pgtest.NewPair(t, users)
 	p.CopyToChat(t)
-	cfg := p.Config(t)
-	ctx := context.Background()
-	st, err := schema.Load(ctx, p.Source, cfg.SourceTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ct, err := schema.Load(ctx, p.Chat, cfg.ChatTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, ct := loadTables(t, p)
 	sk := sink.New(p.Chat, ct, sink.Options{Slot: p.Slot, Logger: quiet,
 		Retry: retry.Policy{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond, Multiplier: 2, Loud: 3}})
 	t.Cleanup(sk.Close)
@@ -48,6 +39,22 @@ func setup(t *testing.T, users int, opts Options) (*pgtest.Pair, *Reconciler, *s
 		opts.Interval, opts.Multiplier = time.Minute, 3
 	}
 	return p, New(Side{Pool: p.Source, Table: st}, Side{Pool: p.Chat, Table: ct}, sk, opts), sk
+}
+
+// loadTables describes the pair's source and chat tables as they are now.
+func loadTables(t *testing.T, p *pgtest.Pair) (src, chat *schema.Table) {
+	t.Helper()
+	cfg := p.Config(t)
+	ctx := context.Background()
+	src, err := schema.Load(ctx, p.Source, cfg.SourceTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chat, err = schema.Load(ctx, p.Chat, cfg.ChatTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src, chat
 }
 
 // seq selects seeded rows by their sequence number (emails are
@@ -134,20 +141,12 @@ func TestWindow_RepairsOnlyRecentRows(t *testing.T) {
 // row-text hash (PostgreSQL before 14) behaves the same.
 func TestHash_EnumOnSourceTextInChat(t *testing.T) {
 	ctx := context.Background()
-	settle = 100 * time.Millisecond
 	p, _, _ := setup(t, 2000, Options{})
 	pgtest.Exec(t, p.Source, `CREATE TYPE user_status AS ENUM ('active', 'inactive', 'banned', 'pending', 'deleted')`)
 	cfg := p.Config(t)
 	pgtest.Exec(t, p.Source, "ALTER PUBLICATION "+cfg.PublicationName+" DROP TABLE users") // its column list pins the type
 	pgtest.Exec(t, p.Source, `ALTER TABLE users ALTER COLUMN status TYPE user_status USING status::user_status`)
-	st, err := schema.Load(ctx, p.Source, cfg.SourceTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ct, err := schema.Load(ctx, p.Chat, cfg.ChatTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, ct := loadTables(t, p)
 	for _, record := range []bool{true, false} {
 		r := New(Side{Pool: p.Source, Table: st}, Side{Pool: p.Chat, Table: ct}, nil, Options{Interval: time.Minute, Multiplier: 3, Logger: quiet})
 		if !record {

@@ -341,6 +341,20 @@ func copyParts(t *testing.T, p *pgtest.Pair, fail bool) []sink.CopyOut {
 	return outs
 }
 
+// loadAll loads every source row in two parts and checks the rows
+// written, that chat equals the source and that lsn is the checkpoint.
+func loadAll(t *testing.T, s *sink.Sink, p *pgtest.Pair, lsn pglogrepl.LSN, want int64) {
+	t.Helper()
+	rows, err := s.LoadSnapshot(context.Background(), copyParts(t, p, false), sink.Checkpoint{LSN: lsn})
+	if err != nil || rows != want {
+		t.Fatalf("load: %d rows (want %d), err %v", rows, want, err)
+	}
+	p.WaitEqual(t, time.Second)
+	if got := checkpointOf(t, p); got != int64(lsn) {
+		t.Fatalf("checkpoint %x, want %x", got, int64(lsn))
+	}
+}
+
 func checkpointOf(t *testing.T, p *pgtest.Pair) int64 {
 	t.Helper()
 	var lsn int64
@@ -362,14 +376,7 @@ func TestSink_LoadSnapshotMergesIntoAPopulatedTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	pgtest.Exec(t, p.Chat, `UPDATE users SET first_name = 'stale' WHERE email LIKE 'user1%'`)
-	rows, err := s.LoadSnapshot(ctx, copyParts(t, p, false), sink.Checkpoint{LSN: 0x70})
-	if err != nil || rows != 1000 {
-		t.Fatalf("second load: %d rows, err %v", rows, err)
-	}
-	p.WaitEqual(t, time.Second)
-	if lsn := checkpointOf(t, p); lsn != 0x70 {
-		t.Fatalf("checkpoint %x, want 70", lsn)
-	}
+	loadAll(t, s, p, 0x70, 1000)
 }
 
 // TestSink_LoadSnapshotInPartsIntoAnEmptyTable: parts are copied at once,
@@ -389,19 +396,9 @@ func TestSink_LoadSnapshotInPartsIntoAnEmptyTable(t *testing.T) {
 	if n := count(t, p, "true"); n == 0 || n >= 3000 {
 		t.Fatalf("%d rows after a failed parallel load: want the first part's rows (about half)", n)
 	}
-	rows, err := s.LoadSnapshot(ctx, copyParts(t, p, false), sink.Checkpoint{LSN: 0x70})
-	if err != nil || rows != 3000 {
-		t.Fatalf("second load: %d rows, err %v", rows, err)
-	}
-	p.WaitEqual(t, time.Second)
-	if lsn := checkpointOf(t, p); lsn != 0x70 {
-		t.Fatalf("checkpoint %x, want 70", lsn)
-	}
+	loadAll(t, s, p, 0x70, 3000) // merges into what the failed load left
 	pgtest.Exec(t, p.Chat, "TRUNCATE users; DELETE FROM cdc_checkpoint")
-	if rows, err = s.LoadSnapshot(ctx, copyParts(t, p, false), sink.Checkpoint{LSN: 0x80}); err != nil || rows != 3000 {
-		t.Fatalf("parallel load into an empty table: %d rows, err %v", rows, err)
-	}
-	p.WaitEqual(t, time.Second)
+	loadAll(t, s, p, 0x80, 3000) // both parts at once into an empty table
 }
 
 // TestSink_LargeBatchIsStaged covers batches big enough to go through COPY
