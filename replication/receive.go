@@ -46,12 +46,26 @@ type reader struct {
 	skipN     int64 // its first skipN changes were applied before the restart
 	skipped   int   // transactions skipped as already applied
 
+	sentAt     time.Time     // server send time of the message being handled
 	received   pglogrepl.LSN // highest WAL position seen
 	idleLSN    pglogrepl.LSN // keepalive WAL end seen while nothing was in flight
 	reported   pglogrepl.LSN // flush position last sent
 	lastStatus time.Time
 	lastMsg    time.Time
 	replyDue   bool
+
+	// Resting (socket.go): unread reports the bytes waiting in the socket
+	// (nil: resting is off); emptied says the last look found nothing to
+	// read, fill that the socket holds bytes to read; catchUpUntil holds
+	// the batch back after a rest until what came meanwhile is read (at
+	// most BATCH_MAX_WAIT, so a socket that never empties cannot hold it
+	// longer); arrivedBy backdates the next batch to when a rest began,
+	// since what the rest left unread may have arrived then.
+	unread       func() (int, error)
+	emptied      bool
+	fill         bool
+	catchUpUntil time.Time
+	arrivedBy    time.Time
 }
 
 func newReader(s *Stream, conn *pgconn.PgConn, cp sink.Checkpoint, applyCtx context.Context) *reader {
@@ -71,6 +85,7 @@ func newReader(s *Stream, conn *pgconn.PgConn, cp sink.Checkpoint, applyCtx cont
 		received:  cp.LSN,
 		reported:  0,
 		lastMsg:   time.Now(),
+		unread:    unreadBytes(conn.Conn()),
 	}
 }
 
@@ -116,7 +131,9 @@ func (r *reader) run(ctx context.Context) (err error) {
 		if ctx.Err() != nil {
 			return r.drain()
 		}
-		r.dispatch(false)
+		if !r.catchingUp() || r.cur.Received >= r.s.opts.BatchMaxRows {
+			r.dispatch(false)
+		}
 		for r.inflight != nil && r.cur.Received >= r.s.opts.BatchMaxRows {
 			// Backpressure: stop reading until the sink takes the next
 			// batch, but keep telling the server we are alive.
@@ -131,7 +148,14 @@ func (r *reader) run(ctx context.Context) (err error) {
 		if time.Since(r.lastMsg) > silence {
 			return fmt.Errorf("no message from the source in %s; the connection looks dead", silence.Round(time.Second))
 		}
-		_ = r.conn.Conn().SetReadDeadline(r.readDeadline(interval))
+		if r.emptied {
+			if err := r.rest(ctx, r.readDeadline(interval)); err != nil {
+				return err
+			}
+			continue
+		}
+		deadline, peek := r.nextRead(interval)
+		_ = r.conn.Conn().SetReadDeadline(deadline)
 		// A batch finishing or ctx ending after this point moves the
 		// deadline to now, so the receive below returns at once.
 		if len(r.done) > 0 || ctx.Err() != nil {
@@ -140,6 +164,9 @@ func (r *reader) run(ctx context.Context) (err error) {
 		msg, err := r.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if pgconn.Timeout(err) {
+				if peek {
+					r.look()
+				}
 				continue
 			}
 			return fmt.Errorf("receive: %w", err)
@@ -312,7 +339,7 @@ func (r *reader) drain() error {
 	if _, err := pglogrepl.SendStandbyCopyDone(context.Background(), r.conn); err != nil {
 		r.s.log.Warn("ending replication cleanly failed; the slot may confirm a little less than was applied", "err", err)
 	}
-	r.s.log.Info("stream stopped", "applied_lsn", r.committed.LSN, "confirmed_lsn", r.reported)
+	r.s.log.Info("stream stopped", "applied_lsn", r.committed.LSN, "confirmed_lsn", r.reported, "rests", r.s.Stats.Rests.Load())
 	return nil
 }
 
@@ -374,6 +401,7 @@ func (r *reader) copyData(data []byte) error {
 			return fmt.Errorf("parse xlogdata: %w", err)
 		}
 		r.received = max(r.received, x.WALStart)
+		r.sentAt = x.ServerTime
 		if len(x.WALData) > 0 {
 			return r.message(x.WALData)
 		}
@@ -413,6 +441,7 @@ func (r *reader) message(m []byte) error {
 			r.lastEnd = max(r.lastEnd, c.TransactionEndLSN)
 			r.cur.LastCommit = c.CommitTime
 			r.cur.ReceiveDelay = max(r.cur.ReceiveDelay, time.Since(c.CommitTime))
+			r.cur.SendDelay = max(r.cur.SendDelay, r.sentAt.Sub(c.CommitTime))
 		}
 	case 'R':
 		var rel pglogrepl.RelationMessage
@@ -429,6 +458,7 @@ func (r *reader) message(m []byte) error {
 		if err != nil {
 			return fmt.Errorf("decode change at %s: %w", r.txFinal, err)
 		}
+		r.backdate()
 		if ours {
 			switch m[0] {
 			case 'I':
@@ -452,6 +482,7 @@ func (r *reader) message(m []byte) error {
 			if _, ok := r.dec.rels[id]; ok {
 				r.s.log.Warn("source table truncated; emptying the chat table", "lsn", r.txFinal)
 				r.cur.Truncate()
+				r.backdate()
 				st.Truncates.Add(1)
 			}
 		}

@@ -62,6 +62,9 @@ type Stats struct {
 	// Pending is the source commit time (unix ns) of the oldest change
 	// received and not yet committed in chat; 0 when none is.
 	Pending atomic.Int64
+	// Rests counts the reader's sleeps while a batch lingered or was
+	// being written (see rest).
+	Rests atomic.Int64
 }
 
 // Stream consumes the slot with pgoutput and feeds the sink. It owns its

@@ -67,6 +67,10 @@ type Batch struct {
 	// ReceiveDelay is the longest time between a transaction's source
 	// commit and its arrival, among the batch's transactions.
 	ReceiveDelay time.Duration
+	// SendDelay is the part of ReceiveDelay spent before the source's
+	// walsender sent the commit (decoding, waiting for the WAL flush), by
+	// the source's clock: ReceiveDelay - SendDelay is transit and reading.
+	SendDelay time.Duration
 }
 
 // NewBatch returns an empty batch for rows of ncols columns keyed by column key.
@@ -147,6 +151,7 @@ func (b *Batch) Reset() {
 	b.LastCommit = time.Time{}
 	b.FirstCommit = time.Time{}
 	b.ReceiveDelay = 0
+	b.SendDelay = 0
 }
 
 // arena hands out byte and slice memory in large chunks, reused across

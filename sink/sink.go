@@ -156,7 +156,7 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.Debug("batch applied", "rows", len(b.changes), "received", b.Received, "lsn", b.Checkpoint.LSN,
 			"apply_ms", time.Since(start).Milliseconds(), "age_ms", time.Since(b.Started).Milliseconds(),
-			"receive_delay_ms", b.ReceiveDelay.Milliseconds())
+			"receive_delay_ms", b.ReceiveDelay.Milliseconds(), "send_delay_ms", b.SendDelay.Milliseconds())
 	}
 	return nil
 }

@@ -46,9 +46,10 @@ type Result struct {
 	SteadyCDC, SteadyNat                   Steady
 	// CDCInside is where cdc's own time goes in its steady window, from its
 	// debug log: batch apply, batch age (first change in -> committed), and
-	// receive delay (source commit -> change read by cdc), p50/p95/p99 ms.
-	CDCApply, CDCAge, CDCReceive [3]float64
-	SteadyReconcile              string // scheduled reconcile runs cdc logged during its steady window
+	// receive delay (source commit -> change read by cdc) and its part
+	// before the source's walsender sent the commit, p50/p95/p99 ms.
+	CDCApply, CDCAge, CDCReceive, CDCSend [3]float64
+	SteadyReconcile                       string // scheduled reconcile runs cdc logged during its steady window
 
 	RSSCopy, RSSBacklog, RSSSteady, RSSNotify int64
 
@@ -278,7 +279,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		func(ctx context.Context) ([]procGroup, error) { return cdcProcesses(ctx, s, proc) }); err != nil {
 		return nil, err
 	}
-	r.CDCApply, r.CDCAge, r.CDCReceive = proc.batchTimings(first)
+	r.CDCApply, r.CDCAge, r.CDCReceive, r.CDCSend = proc.batchTimings(first)
 	r.SteadyReconcile = proc.reconcileRuns(first)
 	if r.RampCDC, err = ramp(ctx, s, s.cdc, ids, o, "cdc replication"); err != nil {
 		return nil, err

@@ -175,21 +175,23 @@ func (p *cdcProc) lineCount() int {
 }
 
 // batchTimings summarizes the "batch applied" debug lines logged after the
-// first-th line: apply time, batch age and receive delay, p50/p95/p99 ms.
-func (p *cdcProc) batchTimings(first int) (apply, age, receive [3]float64) {
+// first-th line: apply time, batch age, receive delay and its part before
+// the walsender sent the commit, p50/p95/p99 ms.
+func (p *cdcProc) batchTimings(first int) (apply, age, receive, send [3]float64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var a, g, r []float64
+	keys := []string{"apply_ms", "age_ms", "receive_delay_ms", "send_delay_ms"}
+	vals := make([][]float64, len(keys))
 	for _, m := range p.lines[first:] {
 		if m["msg"] != "batch applied" {
 			continue
 		}
-		x, _ := m["apply_ms"].(float64)
-		y, _ := m["age_ms"].(float64)
-		z, _ := m["receive_delay_ms"].(float64)
-		a, g, r = append(a, x), append(g, y), append(r, z)
+		for i, k := range keys {
+			v, _ := m[k].(float64)
+			vals[i] = append(vals[i], v)
+		}
 	}
-	return quantiles(a), quantiles(g), quantiles(r)
+	return quantiles(vals[0]), quantiles(vals[1]), quantiles(vals[2]), quantiles(vals[3])
 }
 
 // reconcileRuns describes the reconcile runs cdc logged since line first

@@ -71,7 +71,7 @@ func (r *Result) Write(w io.Writer) {
 	fmt.Fprintf(tw, "| steady: the source's walsender alone (floor)\t %s\t –\t –\t –\t –\t\n", ms(r.SteadyFloor))
 	fmt.Fprintf(tw, "| steady: source statement + commit, during each window\t %s\t %s\t –\t –\t –\t\n", ms(r.SteadyCDC.Commit), ms(r.SteadyNat.Commit))
 	fmt.Fprintf(tw, "| steady: CPU during the window, %% of one core\t %s\t %s\t –\t –\t –\t\n", r.SteadyCDC.CPU, r.SteadyNat.CPU)
-	fmt.Fprintf(tw, "| steady, inside cdc: receive delay / batch age / apply p99\t %.0f / %.0f / %.0f ms\t –\t –\t –\t –\t\n", r.CDCReceive[2], r.CDCAge[2], r.CDCApply[2])
+	fmt.Fprintf(tw, "| steady, inside cdc: receive delay (of which before the walsender sent it) / batch age / apply p99\t %.0f (%.0f) / %.0f / %.0f ms\t –\t –\t –\t –\t\n", r.CDCReceive[2], r.CDCSend[2], r.CDCAge[2], r.CDCApply[2])
 	fmt.Fprintf(tw, "| steady, inside cdc: scheduled reconcile runs during the window\t %s\t –\t –\t –\t –\t\n", r.SteadyReconcile)
 	fmt.Fprintf(tw, "| steady %d tps × %s, cdc in notify mode: p50 / p95 / p99\t %s\t –\t –\t p99 notify/replication %.2f\t p99 ≤ %.0f ms: %s\t\n",
 		r.SteadyTPS, r.SteadyFor, ms(r.SteadyNotify.Latency), r.SteadyNotify.Latency[2]/r.SteadyCDC.Latency[2], Targets.NotifyP99, verdict(r.SteadyNotify.Latency[2] <= Targets.NotifyP99))
