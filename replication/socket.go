@@ -74,6 +74,9 @@ func (r *reader) look() {
 // BATCH_MAX_WAIT.
 func (r *reader) rest(ctx context.Context, until time.Time) error {
 	r.emptied = false
+	if !r.holding() {
+		return nil // the batch in flight was committed meanwhile: block on the socket
+	}
 	r.s.Stats.Rests.Add(1)
 	start := time.Now()
 	if limit := start.Add(r.s.opts.BatchMaxWait); limit.Before(until) {
