@@ -20,9 +20,9 @@ import (
 // takes what has arrived, and once the socket is empty it sleeps until the
 // batch is due, the write finishes or a status update is due (at most
 // BATCH_MAX_WAIT), and reads everything that came meanwhile in one go
-// before the batch is handed on.
-// With nothing in hand it blocks on the socket as before, so a lone change
-// is read at once; a backlog never rests, since its socket is never empty.
+// before the batch is handed on. With nothing in hand it blocks on the
+// socket as before, so a lone change is read at once; a backlog seldom
+// rests, since its socket is seldom empty.
 
 // longAgo is a read deadline that has passed: a receive returns what is
 // buffered above the socket and times out instead of reading it.
