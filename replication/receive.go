@@ -46,7 +46,6 @@ type reader struct {
 	skipN     int64 // its first skipN changes were applied before the restart
 	skipped   int   // transactions skipped as already applied
 
-	sentAt     time.Time     // server send time of the message being handled
 	received   pglogrepl.LSN // highest WAL position seen
 	idleLSN    pglogrepl.LSN // keepalive WAL end seen while nothing was in flight
 	reported   pglogrepl.LSN // flush position last sent
@@ -401,16 +400,15 @@ func (r *reader) copyData(data []byte) error {
 			return fmt.Errorf("parse xlogdata: %w", err)
 		}
 		r.received = max(r.received, x.WALStart)
-		r.sentAt = x.ServerTime
 		if len(x.WALData) > 0 {
-			return r.message(x.WALData)
+			return r.message(x.WALData, x.ServerTime)
 		}
 	}
 	return nil
 }
 
-// message handles one pgoutput message.
-func (r *reader) message(m []byte) error {
+// message handles one pgoutput message, which the walsender sent at sentAt.
+func (r *reader) message(m []byte, sentAt time.Time) error {
 	st := &r.s.Stats
 	switch m[0] {
 	case 'B':
@@ -441,7 +439,7 @@ func (r *reader) message(m []byte) error {
 			r.lastEnd = max(r.lastEnd, c.TransactionEndLSN)
 			r.cur.LastCommit = c.CommitTime
 			r.cur.ReceiveDelay = max(r.cur.ReceiveDelay, time.Since(c.CommitTime))
-			r.cur.SendDelay = max(r.cur.SendDelay, r.sentAt.Sub(c.CommitTime))
+			r.cur.SendDelay = max(r.cur.SendDelay, sentAt.Sub(c.CommitTime))
 		}
 	case 'R':
 		var rel pglogrepl.RelationMessage
