@@ -22,7 +22,7 @@ import (
 func main() {
 	o := bench.Options{Log: os.Stderr}
 	flag.IntVar(&o.Rows, "rows", 1_000_000, "rows in the users table")
-	flag.IntVar(&o.Reps, "reps", 3, "repetitions of the copy and backlog phases (medians are reported)")
+	flag.IntVar(&o.Reps, "reps", 3, "repetitions of the copy, backlog and steady phases (medians are reported)")
 	flag.IntVar(&o.SteadyTPS, "tps", 2000, "single-row transactions per second in the steady phase")
 	flag.DurationVar(&o.SteadyFor, "steady", 30*time.Second, "length of the steady phase")
 	flag.IntVar(&o.BacklogClients, "clients", 4, "concurrent clients writing the backlog's single-row updates")
@@ -39,6 +39,23 @@ func main() {
 			os.Exit(2)
 		}
 		o.RampRates = append(o.RampRates, n)
+	}
+	for _, c := range []struct {
+		name string
+		ok   bool
+		want string
+	}{
+		{"--rows", o.Rows >= 1000, "at least 1000"},
+		{"--reps", o.Reps >= 1, "at least 1"},
+		{"--tps", o.SteadyTPS >= 1, "at least 1"},
+		{"--steady", o.SteadyFor >= time.Second, "at least 1s"},
+		{"--clients", o.BacklogClients >= 1, "at least 1"},
+		{"--ramp-step", o.RampStep >= time.Second, "at least 1s"},
+	} {
+		if !c.ok {
+			fmt.Fprintf(os.Stderr, "cdc-bench: %s must be %s\n", c.name, c.want)
+			os.Exit(2)
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

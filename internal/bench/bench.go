@@ -21,7 +21,7 @@ import (
 // Options configure a run.
 type Options struct {
 	Rows           int           // users rows (default 1,000,000)
-	Reps           int           // repetitions of the copy and backlog phases (median reported)
+	Reps           int           // repetitions of the copy, backlog and steady phases (median reported)
 	SteadyTPS      int           // single-row transactions per second in the steady phase
 	SteadyFor      time.Duration // length of the steady phase
 	BacklogClients int           // concurrent clients writing the backlog's single-row updates
@@ -42,14 +42,13 @@ type Result struct {
 
 	BacklogChanges                         int
 	BacklogCeiling, BacklogCDC, BacklogNat []time.Duration
-	SteadyFloor                            [3]float64 // source updated_at -> arrival at a discarding consumer, p50/p95/p99 ms
-	SteadyCDC, SteadyNat                   Steady
-	// CDCInside is where cdc's own time goes in its steady window, from its
-	// debug log: batch apply, batch age (first change in -> committed), and
-	// receive delay (source commit -> change read by cdc) and its part
-	// before the source's walsender sent the commit, p50/p95/p99 ms.
-	CDCApply, CDCAge, CDCReceive, CDCSend [3]float64
-	SteadyReconcile                       string // scheduled reconcile runs cdc logged during its steady window
+	// Steady windows, Reps rounds of each consumer alone: source
+	// updated_at -> arrival at a discarding consumer (the floor) or the
+	// chat write, and the window with the median p99 of each.
+	SteadyFloorRuns              [][3]float64
+	SteadyCDCRuns, SteadyNatRuns []Steady
+	SteadyFloor                  [3]float64 // p50/p95/p99 ms
+	SteadyCDC, SteadyNat         Steady
 
 	RSSCopy, RSSBacklog, RSSSteady, RSSNotify int64
 
@@ -72,15 +71,6 @@ const (
 	chatNative = "bench_chat_native"
 	chatPipe   = "bench_chat_pipe"
 )
-
-// Steady is one consumer's steady-state window.
-type Steady struct {
-	Done    int64      // transactions made by the load
-	Latency [3]float64 // source updated_at -> chat write, p50/p95/p99 ms
-	Samples int        // rows measured
-	Commit  [3]float64 // the load's own statement+commit time on the source, p50/p95/p99 ms
-	CPU     CPUUse     // the consumer's processes during the window (when watched)
-}
 
 // servers are the two throw-away PostgreSQL servers and the pools the
 // benchmark uses.
@@ -250,52 +240,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			r.BacklogCeiling[rep], r.BacklogCDC[rep], r.BacklogNat[rep])
 	}
 
-	// 3. Steady latency, each consumer measured alone, after a VACUUM so
-	// autovacuum of the backlog's dead rows does not land in a window.
-	for _, p := range []*pgxpool.Pool{s.source, s.cdc, s.native} {
-		if _, err := p.Exec(ctx, "VACUUM ANALYZE users"); err != nil {
-			return nil, fmt.Errorf("vacuum: %w", err)
-		}
-	}
-	for _, p := range []*pgxpool.Pool{s.cdc, s.native} {
-		if _, err := p.Exec(ctx, latencyTrigger); err != nil {
-			return nil, fmt.Errorf("install latency trigger: %w", err)
-		}
-	}
-	if err := nat.enable(ctx, false); err != nil {
+	// 3. Steady latency, each consumer measured alone, in rounds.
+	if err := steadyRounds(ctx, s, o, r, env, nat, floor, ids); err != nil {
 		return nil, err
 	}
-	if r.SteadyFloor, err = steadyFloor(ctx, s, floor, ids, o); err != nil {
-		return nil, err
-	}
-	if proc, err = startCDC(o.CDC, env, o.Log); err != nil {
-		return nil, err
-	}
-	if _, err := proc.waitLog(ctx, "streaming changes"); err != nil {
-		return nil, err
-	}
-	first := 0
-	if r.SteadyCDC, err = steadyPhase(ctx, s, s.cdc, ids, o, "cdc", func() { first = proc.lineCount() },
-		func(ctx context.Context) ([]procGroup, error) { return cdcProcesses(ctx, s, proc) }); err != nil {
-		return nil, err
-	}
-	r.CDCApply, r.CDCAge, r.CDCReceive, r.CDCSend = proc.batchTimings(first)
-	r.SteadyReconcile = proc.reconcileRuns(first)
-	if r.RampCDC, err = ramp(ctx, s, s.cdc, ids, o, "cdc replication"); err != nil {
-		return nil, err
-	}
-	r.RSSSteady = proc.peak()
-	if err := proc.stop(); err != nil {
-		return nil, err
-	}
-	if err := nat.enable(ctx, true); err != nil {
-		return nil, err
-	}
-	if r.SteadyNat, err = steadyPhase(ctx, s, s.native, ids, o, "native", func() {},
-		func(ctx context.Context) ([]procGroup, error) { return nativeProcesses(ctx, s) }); err != nil {
-		return nil, err
-	}
-	step("steady %d tps: p99 walsender alone %.1f ms, cdc %.1f ms, native %.1f ms", o.SteadyTPS, r.SteadyFloor[2], r.SteadyCDC.Latency[2], r.SteadyNat.Latency[2])
 
 	// cdc catches up on what native's steady phase wrote, then stops.
 	if proc, err = startCDC(o.CDC, env, o.Log); err != nil {
@@ -330,55 +278,6 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	return r, nil
 }
 
-// steadyPhase makes the steady load and measures one consumer's latency;
-// begin (if not nil) is called when the measured window starts, and watch
-// (if not nil) names the consumer's processes, whose CPU is measured over
-// the window. A consumer gets catchUpWithin to apply what the load wrote.
-func steadyPhase(ctx context.Context, s *servers, chat *pgxpool.Pool, ids []string, o Options, name string, begin func(), watch func(context.Context) ([]procGroup, error)) (Steady, error) {
-	var st Steady
-	// The consumer first catches up on what was written while it was
-	// stopped, so the window measures steady state, not a backlog.
-	caughtUp := func() error {
-		marker := fmt.Sprintf("00000000-0000-0000-0000-%012x", time.Now().UnixNano()&0xffffffffffff)
-		if err := insertMarker(ctx, s.source, marker); err != nil {
-			return err
-		}
-		wctx, cancel := context.WithTimeout(ctx, catchUpWithin)
-		defer cancel()
-		if err := waitMarker(wctx, chat, marker); err != nil {
-			return fmt.Errorf("%s: wait for the marker: %w", name, err)
-		}
-		return nil
-	}
-	if err := caughtUp(); err != nil {
-		return st, err
-	}
-	if begin != nil {
-		begin()
-	}
-	var cpu *cpuWatch
-	if watch != nil {
-		groups, err := watch(ctx)
-		if err != nil {
-			return st, fmt.Errorf("%s: %w", name, err)
-		}
-		cpu = startCPU(groups)
-	}
-	since := time.Now()
-	var err error
-	if st.Done, st.Commit, err = steadyLoad(ctx, s.source, ids, o.SteadyTPS, o.SteadyFor, 8, o.Log); err != nil {
-		return st, err
-	}
-	if cpu != nil {
-		st.CPU = cpu.stop()
-	}
-	if err := caughtUp(); err != nil {
-		return st, err
-	}
-	st.Latency, st.Samples, err = percentiles(ctx, chat, since)
-	return st, err
-}
-
 // equal checks that each chat table equals the source, row by row.
 func equal(ctx context.Context, s *servers, chats map[string]*pgxpool.Pool) error {
 	for name, p := range chats {
@@ -391,35 +290,6 @@ func equal(ctx context.Context, s *servers, chats map[string]*pgxpool.Pool) erro
 		}
 	}
 	return nil
-}
-
-// steadyFloor makes the steady load with only the discarding consumer
-// reading, and returns the percentiles of commit -> arrival.
-func steadyFloor(ctx context.Context, s *servers, floor *ceiling, ids []string, o Options) ([3]float64, error) {
-	if err := floor.create(ctx); err != nil {
-		return [3]float64{}, err
-	}
-	lctx, stop := context.WithCancel(ctx)
-	type result struct {
-		ms  []float64
-		err error
-	}
-	res := make(chan result, 1)
-	go func() {
-		ms, err := floor.latency(lctx)
-		res <- result{ms, err}
-	}()
-	_, _, err := steadyLoad(ctx, s.source, ids, o.SteadyTPS, o.SteadyFor, 8, o.Log)
-	time.Sleep(time.Second) // let the last transactions arrive
-	stop()
-	out := <-res
-	if err != nil {
-		return [3]float64{}, err
-	}
-	if out.err != nil {
-		return [3]float64{}, out.err
-	}
-	return quantiles(out.ms), nil
 }
 
 // catchUpWithin bounds how long a consumer may take to apply what a

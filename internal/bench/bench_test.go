@@ -33,8 +33,8 @@ func TestBench_Smoke(t *testing.T) {
 			t.Errorf("%s: %v", name, d)
 		}
 	}
-	if r.SteadyCDC.Samples == 0 || r.SteadyNat.Samples == 0 || r.RSSCopy == 0 || r.RSSSteady == 0 || r.CDCApply[2] == 0 && r.CDCAge[2] == 0 {
-		t.Errorf("steady samples %d/%d, RSS %d/%d, cdc timings %v %v", r.SteadyCDC.Samples, r.SteadyNat.Samples, r.RSSCopy, r.RSSSteady, r.CDCApply, r.CDCAge)
+	if r.SteadyCDC.Samples == 0 || r.SteadyNat.Samples == 0 || r.RSSCopy == 0 || r.RSSSteady == 0 || r.SteadyCDC.Inside.Apply[2] == 0 && r.SteadyCDC.Inside.Age[2] == 0 {
+		t.Errorf("steady samples %d/%d, RSS %d/%d, cdc timings %v %v", r.SteadyCDC.Samples, r.SteadyNat.Samples, r.RSSCopy, r.RSSSteady, r.SteadyCDC.Inside.Apply, r.SteadyCDC.Inside.Age)
 	}
 	if c, n := r.SteadyCDC.CPU, r.SteadyNat.CPU; len(c.Procs) != 3 || len(n.Procs) != 2 || c.Procs[0].Percent <= 0 || n.Procs[0].Percent <= 0 || c.Machine <= 0 {
 		t.Errorf("steady CPU not measured: cdc %+v, native %+v", c, n)
@@ -50,4 +50,19 @@ func TestBench_Smoke(t *testing.T) {
 		}
 	}
 	t.Logf("\n%s", table.String())
+}
+
+func TestMedianByP99(t *testing.T) {
+	for _, c := range []struct {
+		p99s []float64
+		want int
+	}{{nil, -1}, {[]float64{7}, 0}, {[]float64{56, 38, 42}, 2}, {[]float64{10, 40, 30, 20}, 2}} {
+		ps := make([][3]float64, len(c.p99s))
+		for i, p := range c.p99s {
+			ps[i][2] = p
+		}
+		if got := medianByP99(ps); got != c.want {
+			t.Errorf("medianByP99(%v) = %d, want %d", c.p99s, got, c.want)
+		}
+	}
 }
