@@ -65,6 +65,11 @@ type reader struct {
 	fill         bool
 	catchUpUntil time.Time
 	arrivedBy    time.Time
+
+	// lead is how long the source's walsender held the current batch's
+	// first change after its commit (both times by the source's clock);
+	// the batch lingers that much less (lingerFor).
+	lead time.Duration
 }
 
 func newReader(s *Stream, conn *pgconn.PgConn, cp sink.Checkpoint, applyCtx context.Context) *reader {
@@ -295,12 +300,23 @@ func (r *reader) dispatch(force bool) {
 }
 
 // lingering reports that the current batch, complete but small, may wait
-// for more changes (BATCH_MAX_WAIT from its first change) although the sink
-// is idle: at a trickle of single-row transactions, writing each at once
+// for more changes (lingerFor from its first change) although the sink is
+// idle: at a trickle of single-row transactions, writing each at once
 // costs a chat transaction (and a wake-up of both processes) per change,
 // and that load, not the wait, is what delays changes on a busy machine.
 func (r *reader) lingering() bool {
-	return r.cur.Received < r.s.opts.BatchMaxRows && time.Since(r.cur.Started) < r.s.opts.BatchMaxWait
+	return r.cur.Received < r.s.opts.BatchMaxRows && time.Since(r.cur.Started) < r.lingerFor()
+}
+
+// lingerFor is how long the current batch may wait for more changes:
+// BATCH_MAX_WAIT less what the walsender already made its first change
+// wait, so that no change is held more than BATCH_MAX_WAIT after its
+// source commit for company. A change the source sent late (its walsender
+// short of CPU, say) is already at the tail of the latency; holding it
+// further would only lengthen that tail. Both times of the lead are the
+// source's, so clock skew between the hosts does not enter.
+func (r *reader) lingerFor() time.Duration {
+	return max(0, r.s.opts.BatchMaxWait-r.lead)
 }
 
 // readDeadline is when a blocked receive must return: at the next status
@@ -308,7 +324,7 @@ func (r *reader) lingering() bool {
 func (r *reader) readDeadline(interval time.Duration) time.Time {
 	d := r.lastStatus.Add(interval)
 	if r.inflight == nil && !r.inTx && r.cur.Received > 0 {
-		if due := r.cur.Started.Add(r.s.opts.BatchMaxWait); due.Before(d) {
+		if due := r.cur.Started.Add(r.lingerFor()); due.Before(d) {
 			d = due
 		}
 	}
@@ -456,7 +472,7 @@ func (r *reader) message(m []byte, sentAt time.Time) error {
 		if err != nil {
 			return fmt.Errorf("decode change at %s: %w", r.txFinal, err)
 		}
-		r.backdate()
+		r.added(sentAt)
 		if ours {
 			switch m[0] {
 			case 'I':
@@ -480,7 +496,7 @@ func (r *reader) message(m []byte, sentAt time.Time) error {
 			if _, ok := r.dec.rels[id]; ok {
 				r.s.log.Warn("source table truncated; emptying the chat table", "lsn", r.txFinal)
 				r.cur.Truncate()
-				r.backdate()
+				r.added(sentAt)
 				st.Truncates.Add(1)
 			}
 		}

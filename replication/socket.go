@@ -106,12 +106,17 @@ func (r *reader) catchingUp() bool {
 	return !r.catchUpUntil.IsZero() && time.Now().Before(r.catchUpUntil)
 }
 
-// backdate runs after a change is added: the first change of a batch read
-// after a rest may have waited in the socket since the rest began, and the
-// batch lingers from then, as it would had the reader been awake.
-func (r *reader) backdate() {
-	if r.cur.Received == 1 && !r.arrivedBy.IsZero() && r.arrivedBy.Before(r.cur.Started) {
-		r.cur.Started = r.arrivedBy
+// added runs after a change the walsender sent at sentAt is added. The
+// first change of a batch read after a rest may have waited in the socket
+// since the rest began, and the batch lingers from then, as it would had
+// the reader been awake; and the first change's lead (see lingerFor) is
+// noted.
+func (r *reader) added(sentAt time.Time) {
+	if r.cur.Received == 1 {
+		r.lead = max(0, sentAt.Sub(r.txCommit))
+		if !r.arrivedBy.IsZero() && r.arrivedBy.Before(r.cur.Started) {
+			r.cur.Started = r.arrivedBy
+		}
 	}
 	if r.cur.Received > 0 {
 		r.arrivedBy = time.Time{}
