@@ -54,13 +54,16 @@ type reader struct {
 	replyDue   bool
 
 	// Resting (socket.go): unread reports the bytes waiting in the socket
-	// (nil: resting is off); emptied says the last look found nothing to
-	// read, fill that the socket holds bytes to read; catchUpUntil holds
-	// the batch back after a rest until what came meanwhile is read (at
-	// most BATCH_MAX_WAIT, so a socket that never empties cannot hold it
-	// longer); arrivedBy backdates the next batch to when a rest began,
-	// since what the rest left unread may have arrived then.
+	// (nil: resting is off); quiet raises the socket's low-water mark
+	// during a rest (nil: not a TCP socket); emptied says the last look
+	// found nothing to read, fill that the socket holds bytes to read;
+	// catchUpUntil holds the batch back after a rest until what came
+	// meanwhile is read (at most BATCH_MAX_WAIT, so a socket that never
+	// empties cannot hold it longer); arrivedBy backdates the next batch to
+	// when a rest began, since what the rest left unread may have arrived
+	// then.
 	unread       func() (int, error)
+	quiet        func(on bool) error
 	emptied      bool
 	fill         bool
 	catchUpUntil time.Time
@@ -90,6 +93,7 @@ func newReader(s *Stream, conn *pgconn.PgConn, cp sink.Checkpoint, applyCtx cont
 		reported:  0,
 		lastMsg:   time.Now(),
 		unread:    unreadBytes(conn.Conn()),
+		quiet:     quieter(conn.Conn()),
 	}
 }
 
