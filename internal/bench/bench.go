@@ -58,6 +58,7 @@ type Result struct {
 	RampCDC, RampNotify []RampStep // the keep-up ramp, replication and notify mode
 
 	VerifyFull    []time.Duration // cdc verify --full on equal tables
+	VerifyHeap    [2]int64        // heap bytes of users (source, chat) when verify ran
 	Window        []time.Duration // one windowed reconcile run
 	WindowChanged int64           // rows changed in the window
 	WindowChecked int64           // rows the windowed run compared, both sides

@@ -39,6 +39,9 @@ func TestBench_Smoke(t *testing.T) {
 	if c, n := r.SteadyCDC.CPU, r.SteadyNat.CPU; len(c.Procs) != 3 || len(n.Procs) != 2 || c.Procs[0].Percent <= 0 || n.Procs[0].Percent <= 0 || c.Machine <= 0 {
 		t.Errorf("steady CPU not measured: cdc %+v, native %+v", c, n)
 	}
+	if r.VerifyHeap[0] <= 0 || r.VerifyHeap[1] <= 0 {
+		t.Errorf("table sizes at verify not measured: %v", r.VerifyHeap)
+	}
 	if r.SteadyNotify.Samples == 0 || len(r.RampCDC) == 0 || len(r.RampNotify) == 0 {
 		t.Errorf("notify steady samples %d, ramp steps %d (replication) / %d (notify)", r.SteadyNotify.Samples, len(r.RampCDC), len(r.RampNotify))
 	}

@@ -82,8 +82,8 @@ func (r *Result) Write(w io.Writer) {
 		r.NotifySourceTPS, ms(r.NotifySourceCommit))
 	fmt.Fprintf(tw, "| highest single-row rate kept up with (ramp, %s steps, p99 ≤ %.0f ms): replication mode\t %s\t –\t –\t –\t –\t\n", r.RampStep, keepUpP99, rampSummary(r.RampCDC))
 	fmt.Fprintf(tw, "| highest single-row rate kept up with: notify mode\t %s\t –\t –\t –\t –\t\n", rampSummary(r.RampNotify))
-	fmt.Fprintf(tw, "| cdc verify --full, %d equal rows (median)\t %s\t –\t –\t –\t ≤ 5 s: %s\t\n",
-		r.Rows, secs(median(r.VerifyFull)), verdict(median(r.VerifyFull) <= 5*time.Second))
+	fmt.Fprintf(tw, "| cdc verify --full, %d equal rows (median; heap source / chat %s / %s)\t %s\t –\t –\t –\t ≤ 5 s: %s\t\n",
+		r.Rows, mb(r.VerifyHeap[0]), mb(r.VerifyHeap[1]), secs(median(r.VerifyFull)), verdict(median(r.VerifyFull) <= 5*time.Second))
 	fmt.Fprintf(tw, "| one windowed reconcile run, 3-min window, %d rows changed, %d compared (median)\t %s\t –\t –\t –\t ≤ 2 s: %s\t\n",
 		r.WindowChanged, r.WindowChecked, secs(median(r.Window)), verdict(median(r.Window) <= 2*time.Second))
 	fmt.Fprintf(tw, "| cdc peak RSS: copy / backlog / steady / notify mode\t %s / %s / %s / %s\t –\t –\t –\t ≤ %s: %s\t\n",
