@@ -152,20 +152,30 @@ func (r *reader) added(sentAt time.Time) {
 	}
 }
 
-// unreadBytes returns a function that reports how many bytes wait in c's
-// socket receive queue, or nil when c exposes no socket to ask. For TLS it
-// counts the encrypted bytes below the TLS layer, which is all the reader
-// needs: whether reading now would find anything.
-func unreadBytes(c net.Conn) func() (int, error) {
+// socketOf returns the socket under c (below TLS, if any) and the
+// connection it belongs to; raw is nil when c exposes no socket.
+func socketOf(c net.Conn) (raw syscall.RawConn, under net.Conn) {
 	if t, ok := c.(*tls.Conn); ok {
 		c = t.NetConn()
 	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return nil
+		return nil, c
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
+		return nil, c
+	}
+	return raw, c
+}
+
+// unreadBytes returns a function that reports how many bytes wait in c's
+// socket receive queue, or nil when c exposes no socket to ask. For TLS it
+// counts the encrypted bytes below the TLS layer, which is all the reader
+// needs: whether reading now would find anything.
+func unreadBytes(c net.Conn) func() (int, error) {
+	raw, _ := socketOf(c)
+	if raw == nil {
 		return nil
 	}
 	return func() (n int, err error) {
@@ -183,18 +193,11 @@ func unreadBytes(c net.Conn) func() (int, error) {
 // receive buffer: Linux grows the buffer, and clamps the TCP window to the
 // mark for good, when a mark needs more room than the buffer has.
 func quieter(c net.Conn) func(on bool) error {
-	if t, ok := c.(*tls.Conn); ok {
-		c = t.NetConn()
-	}
-	if _, ok := c.LocalAddr().(*net.TCPAddr); !ok {
+	raw, under := socketOf(c)
+	if raw == nil {
 		return nil
 	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
+	if _, ok := under.LocalAddr().(*net.TCPAddr); !ok {
 		return nil
 	}
 	return func(on bool) (err error) {

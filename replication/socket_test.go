@@ -9,7 +9,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestUnreadBytes(t *testing.T) {
+// tcpPair returns both ends of a loopback TCP connection, closed when the
+// test ends.
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -20,13 +23,21 @@ func TestUnreadBytes(t *testing.T) {
 		c, _ := ln.Accept()
 		accepted <- c
 	}()
-	client, err := net.Dial("tcp", ln.Addr().String())
+	client, err = net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer client.Close()
-	server := <-accepted
-	defer server.Close()
+	t.Cleanup(func() { client.Close() })
+	server = <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { server.Close() })
+	return client, server
+}
+
+func TestUnreadBytes(t *testing.T) {
+	client, server := tcpPair(t)
 
 	unread := unreadBytes(client)
 	if unread == nil {
@@ -68,23 +79,7 @@ func TestUnreadBytes(t *testing.T) {
 // a reader waiting on the socket; restoring it does, at once. The TCP
 // window clamp is left as it was.
 func TestQuieter(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server := <-accepted
-	defer server.Close()
+	client, server := tcpPair(t)
 
 	quiet := quieter(client)
 	if quiet == nil {
