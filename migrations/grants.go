@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/myusta/cdc/internal/schema"
+	"github.com/myusta/cdc/internal/ident"
 )
 
 // chatTables are cdc's own tables in the chat database that cdc run writes.
@@ -19,7 +19,7 @@ var chatTables = []string{"cdc_checkpoint", "sync_errors"}
 func roleInfo(ctx context.Context, pool *pgxpool.Pool, role string) (replication bool, err error) {
 	err = pool.QueryRow(ctx, "SELECT rolreplication FROM pg_roles WHERE rolname = $1", role).Scan(&replication)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return false, fmt.Errorf("role %q does not exist: create it first (README, Least privilege)", role)
+		return false, fmt.Errorf("role %s does not exist: create it first (README, Least privilege)", ident.Display(role))
 	}
 	if err != nil {
 		return false, fmt.Errorf("look up role %s: %w", role, err)
@@ -37,14 +37,13 @@ func GrantSource(ctx context.Context, pool *pgxpool.Pool, spec Spec, role string
 	if err != nil {
 		return "", err
 	}
-	r := pgx.Identifier{role}.Sanitize()
-	schemaName, _, _ := strings.Cut(spec.SourceTable, ".")
+	r := ident.Quote(role)
 	sql := fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s; GRANT SELECT ON %s TO %s",
-		schema.Quote(schemaName), r, spec.SourceTable, r)
+		ident.Quote(spec.SourceTable.Schema), r, spec.SourceTable.Quoted(), r)
 	if _, err := pool.Exec(ctx, sql); err != nil {
-		return "", fmt.Errorf("grant to %s on the source: %w", role, err)
+		return "", fmt.Errorf("grant to %s on the source: %w", ident.Display(role), err)
 	}
-	msg := fmt.Sprintf("granted %s SELECT on %s", role, spec.SourceTable)
+	msg := fmt.Sprintf("granted %s SELECT on %s", ident.Display(role), spec.SourceTable)
 	if replicationMode && !repl {
 		msg += fmt.Sprintf("; it lacks REPLICATION, which replication mode needs: run ALTER ROLE %s REPLICATION as a superuser (on RDS: GRANT rds_replication TO %s)", r, r)
 	}
@@ -59,16 +58,15 @@ func GrantChat(ctx context.Context, pool *pgxpool.Pool, spec Spec, role string) 
 	if _, err := roleInfo(ctx, pool, role); err != nil {
 		return "", err
 	}
-	r := pgx.Identifier{role}.Sanitize()
-	schemaName, _, _ := strings.Cut(spec.ChatTable, ".")
-	tables := append([]string{spec.ChatTable}, chatTables...)
+	r := ident.Quote(role)
+	tables := append([]string{spec.ChatTable.Quoted()}, chatTables...)
 	sql := fmt.Sprintf(`GRANT USAGE ON SCHEMA %s TO %s;
 GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON %s TO %s;
 GRANT USAGE, SELECT ON SEQUENCE sync_errors_id_seq TO %s;
 GRANT SELECT ON %s TO %s`,
-		schema.Quote(schemaName), r, strings.Join(tables, ", "), r, r, VersionTable, r)
+		ident.Quote(spec.ChatTable.Schema), r, strings.Join(tables, ", "), r, r, VersionTable, r)
 	if _, err := pool.Exec(ctx, sql); err != nil {
-		return "", fmt.Errorf("grant to %s on chat: %w", role, err)
+		return "", fmt.Errorf("grant to %s on chat: %w", ident.Display(role), err)
 	}
-	return fmt.Sprintf("granted %s read and write on %s and cdc's tables", role, strings.Join(tables, ", ")), nil
+	return fmt.Sprintf("granted %s read and write on %s and cdc's tables", ident.Display(role), strings.Join(append([]string{spec.ChatTable.String()}, chatTables...), ", ")), nil
 }

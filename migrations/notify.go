@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/myusta/cdc/internal/ident"
 	"github.com/myusta/cdc/internal/schema"
 )
 
@@ -21,23 +22,37 @@ const (
 	NotifyTruncateTrigger = "user_changes_truncate_trigger"
 )
 
-// notifySQL creates the trigger function and triggers for table t keyed by
-// key. The payload is {"op": …, "id": …} and nothing else: a NOTIFY payload
-// is limited to 8000 bytes and row data (or secrets) must not travel.
-func notifySQL(t *schema.Table, key string) string {
+// notifySQL creates the trigger function and triggers for table t. The
+// payload is {"op": …, "id": …} and nothing else: a NOTIFY payload is
+// limited to 8000 bytes and row data (or secrets) must not travel. A key of
+// several columns is sent as a JSON array of their values, in key order.
+func notifySQL(t *schema.Table) string {
 	fn := pgx.Identifier{t.Schema, NotifyFunction}.Sanitize()
-	k := schema.Quote(key)
+	key := func(row string) string {
+		parts := make([]string, len(t.Key))
+		for i, name := range t.KeyNames() {
+			parts[i] = row + "." + schema.Quote(name)
+		}
+		if len(parts) == 1 {
+			return parts[0]
+		}
+		return "json_build_array(" + strings.Join(parts, ", ") + ")"
+	}
+	changed := make([]string, len(t.Key))
+	for i, name := range t.KeyNames() {
+		changed[i] = fmt.Sprintf("OLD.%s IS DISTINCT FROM NEW.%s", schema.Quote(name), schema.Quote(name))
+	}
 	return fmt.Sprintf(`CREATE OR REPLACE FUNCTION %[1]s() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
   IF TG_OP = 'TRUNCATE' THEN
     PERFORM pg_notify('%[2]s', '{"op":"truncate"}');
   ELSIF TG_OP = 'DELETE' THEN
-    PERFORM pg_notify('%[2]s', json_build_object('op', 'delete', 'id', OLD.%[3]s)::text);
+    PERFORM pg_notify('%[2]s', json_build_object('op', 'delete', 'id', %[3]s)::text);
   ELSE
-    IF TG_OP = 'UPDATE' AND OLD.%[3]s IS DISTINCT FROM NEW.%[3]s THEN
-      PERFORM pg_notify('%[2]s', json_build_object('op', 'delete', 'id', OLD.%[3]s)::text);
+    IF TG_OP = 'UPDATE' AND (%[7]s) THEN
+      PERFORM pg_notify('%[2]s', json_build_object('op', 'delete', 'id', %[3]s)::text);
     END IF;
-    PERFORM pg_notify('%[2]s', json_build_object('op', lower(TG_OP), 'id', NEW.%[3]s)::text);
+    PERFORM pg_notify('%[2]s', json_build_object('op', lower(TG_OP), 'id', %[8]s)::text);
   END IF;
   RETURN NULL;
 END
@@ -46,15 +61,16 @@ DROP TRIGGER IF EXISTS %[4]s ON %[5]s;
 CREATE TRIGGER %[4]s AFTER INSERT OR UPDATE OR DELETE ON %[5]s FOR EACH ROW EXECUTE FUNCTION %[1]s();
 DROP TRIGGER IF EXISTS %[6]s ON %[5]s;
 CREATE TRIGGER %[6]s AFTER TRUNCATE ON %[5]s FOR EACH STATEMENT EXECUTE FUNCTION %[1]s();`,
-		fn, NotifyChannel, k, schema.Quote(NotifyTrigger), t.Ident(), schema.Quote(NotifyTruncateTrigger))
+		fn, NotifyChannel, key("OLD"), schema.Quote(NotifyTrigger), t.Ident(), schema.Quote(NotifyTruncateTrigger),
+		strings.Join(changed, " OR "), key("NEW"))
 }
 
 // NotifyTriggerExists reports whether the notify-mode trigger is installed
 // and enabled on table.
-func NotifyTriggerExists(ctx context.Context, q schema.Querier, table string) (bool, error) {
+func NotifyTriggerExists(ctx context.Context, q schema.Querier, table ident.Table) (bool, error) {
 	var n int
 	err := q.QueryRow(ctx, `SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass($1) AND tgname = ANY($2) AND tgenabled <> 'D'`,
-		table, []string{NotifyTrigger, NotifyTruncateTrigger}).Scan(&n)
+		table.Quoted(), []string{NotifyTrigger, NotifyTruncateTrigger}).Scan(&n)
 	if err != nil {
 		return false, fmt.Errorf("look up notify trigger: %w", err)
 	}
@@ -64,7 +80,7 @@ func NotifyTriggerExists(ctx context.Context, q schema.Querier, table string) (b
 // EnsureNotifyTrigger installs (or refreshes) the notify-mode trigger on
 // the source table. It reports what it did.
 func EnsureNotifyTrigger(ctx context.Context, pool *pgxpool.Pool, spec Spec) (string, error) {
-	t, err := schema.Load(ctx, pool, spec.SourceTable, spec.Columns, spec.Key, spec.UpdatedAt)
+	t, err := schema.Load(ctx, pool, spec.Source())
 	if err != nil {
 		return "", fmt.Errorf("source table: %w", err)
 	}
@@ -72,7 +88,7 @@ func EnsureNotifyTrigger(ctx context.Context, pool *pgxpool.Pool, spec Spec) (st
 	if err != nil {
 		return "", err
 	}
-	if _, err := pool.Exec(ctx, notifySQL(t, spec.Key)); err != nil {
+	if _, err := pool.Exec(ctx, notifySQL(t)); err != nil {
 		return "", fmt.Errorf("create notify trigger: %w", err)
 	}
 	if had {
@@ -88,16 +104,16 @@ func DropNotifyTrigger(ctx context.Context, pool *pgxpool.Pool, spec Spec) (stri
 	if err != nil {
 		return "", err
 	}
-	schemaName, _, _ := strings.Cut(spec.SourceTable, ".")
-	fn := pgx.Identifier{schemaName, NotifyFunction}.Sanitize()
+	fn := pgx.Identifier{spec.SourceTable.Schema, NotifyFunction}.Sanitize()
 	var exists bool
-	if err := pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", spec.SourceTable).Scan(&exists); err != nil {
+	if err := pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", spec.SourceTable.Quoted()).Scan(&exists); err != nil {
 		return "", fmt.Errorf("look up source table: %w", err)
 	}
 	sql := "DROP FUNCTION IF EXISTS " + fn + "() CASCADE"
 	if exists {
+		t := spec.SourceTable.Quoted()
 		sql = fmt.Sprintf("DROP TRIGGER IF EXISTS %s ON %s; DROP TRIGGER IF EXISTS %s ON %s; %s",
-			schema.Quote(NotifyTrigger), spec.SourceTable, schema.Quote(NotifyTruncateTrigger), spec.SourceTable, sql)
+			schema.Quote(NotifyTrigger), t, schema.Quote(NotifyTruncateTrigger), t, sql)
 	}
 	if _, err := pool.Exec(ctx, sql); err != nil {
 		return "", fmt.Errorf("drop notify trigger: %w", err)

@@ -5,21 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/myusta/cdc/internal/config"
+	"github.com/myusta/cdc/internal/ident"
 	"github.com/myusta/cdc/internal/schema"
 )
 
 // Spec is what cdc migrate converges the two databases to.
 type Spec struct {
-	SourceTable string   // schema-qualified
-	ChatTable   string   // schema-qualified
-	Columns     []string // SYNC_COLUMNS
-	Key         string
+	SourceTable ident.Table
+	ChatTable   ident.Table
+	Columns     []string // SYNC_COLUMNS, source names
+	ChatColumns []string // their chat names, in the same order
+	Key         []string // KEY_COLUMNS (source names); nil: the primary key
 	UpdatedAt   string
 	Publication string
 }
@@ -27,20 +28,59 @@ type Spec struct {
 // SpecFor is the Spec of a configuration.
 func SpecFor(cfg *config.Config) Spec {
 	return Spec{
-		SourceTable: cfg.SourceTable, ChatTable: cfg.ChatTable, Columns: cfg.Columns,
-		Key: cfg.KeyColumn, UpdatedAt: cfg.UpdatedAtColumn, Publication: cfg.PublicationName,
+		SourceTable: cfg.SourceTable, ChatTable: cfg.ChatTable, Columns: cfg.Columns, ChatColumns: cfg.ChatColumns,
+		Key: cfg.KeyColumns, UpdatedAt: cfg.UpdatedAtColumn, Publication: cfg.PublicationName,
 	}
+}
+
+// Source is what to load of the source table.
+func (s Spec) Source() schema.Spec {
+	return schema.Spec{Table: s.SourceTable, Columns: s.Columns, UpdatedAt: s.UpdatedAt, Key: s.Key}
+}
+
+// Chat is what to load of the chat table, whose key is src's key mapped to
+// chat's names.
+func (s Spec) Chat(src *schema.Table) schema.Spec {
+	key := make([]string, len(src.Key))
+	for i, k := range src.Key {
+		key[i] = s.ChatColumns[k]
+	}
+	return schema.Spec{Table: s.ChatTable, Columns: s.ChatColumns, UpdatedAt: s.chatName(s.UpdatedAt), Key: key}
+}
+
+// LoadTables describes both tables and matches them (schema.Match), as
+// cdc run does before it starts, for tools that need no preflight messages.
+func LoadTables(ctx context.Context, source, chat schema.Querier, spec Spec, want schema.Format) (src, dst *schema.Table, err error) {
+	if src, err = schema.Load(ctx, source, spec.Source()); err != nil {
+		return nil, nil, fmt.Errorf("source table: %w", err)
+	}
+	if dst, err = schema.Load(ctx, chat, spec.Chat(src)); err != nil {
+		return nil, nil, fmt.Errorf("chat table: %w", err)
+	}
+	if err := schema.Match(ctx, source, chat, src, dst, want); err != nil {
+		return nil, nil, err
+	}
+	return src, dst, nil
+}
+
+func (s Spec) chatName(col string) string {
+	for i, c := range s.Columns {
+		if c == col {
+			return s.ChatColumns[i]
+		}
+	}
+	return col
 }
 
 // EnsurePublication creates the publication for the source table with the
 // synced columns as its column list, or corrects the column list of an
 // existing one. It reports what it did.
 func EnsurePublication(ctx context.Context, pool *pgxpool.Pool, spec Spec) (string, error) {
-	t, err := schema.Load(ctx, pool, spec.SourceTable, spec.Columns, spec.Key, spec.UpdatedAt)
+	t, err := schema.Load(ctx, pool, spec.Source())
 	if err != nil {
 		return "", fmt.Errorf("source table: %w", err)
 	}
-	pub := pgx.Identifier{spec.Publication}.Sanitize()
+	pub := ident.Quote(spec.Publication)
 	target := fmt.Sprintf("%s (%s)", t.Ident(), t.ColumnList())
 	var allTables bool
 	err = pool.QueryRow(ctx, "SELECT puballtables FROM pg_publication WHERE pubname = $1", spec.Publication).Scan(&allTables)
@@ -68,47 +108,7 @@ func EnsurePublication(ctx context.Context, pool *pgxpool.Pool, spec Spec) (stri
 	if _, err := pool.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s SET TABLE %s", pub, target)); err != nil {
 		return "", fmt.Errorf("set publication %s column list: %w", spec.Publication, err)
 	}
-	return fmt.Sprintf("publication %s now publishes %s (was: %s)", spec.Publication, target, strings.Join(cols, ", ")), nil
-}
-
-// EnsureChatTable creates the chat table when it does not exist, with the
-// source's column types for the synced columns, its primary key, and an
-// index on the updated_at column for the reconciler. An existing table is
-// left alone. It reports whether it created the table.
-func EnsureChatTable(ctx context.Context, source, chat *pgxpool.Pool, spec Spec) (bool, error) {
-	var exists bool
-	if err := chat.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", spec.ChatTable).Scan(&exists); err != nil {
-		return false, fmt.Errorf("look up chat table: %w", err)
-	}
-	if exists {
-		return false, nil
-	}
-	src, err := schema.Load(ctx, source, spec.SourceTable, spec.Columns, spec.Key, spec.UpdatedAt)
-	if err != nil {
-		return false, fmt.Errorf("source table: %w", err)
-	}
-	schemaName, name, _ := strings.Cut(spec.ChatTable, ".")
-	ident := pgx.Identifier{schemaName, name}.Sanitize()
-	var defs []string
-	for _, c := range src.Columns {
-		typ := c.TypeName
-		if c.Kind == "e" {
-			typ = "text" // the enum type lives on the source only
-		}
-		def := schema.Quote(c.Name) + " " + typ
-		if c.NotNull {
-			def += " NOT NULL"
-		}
-		defs = append(defs, def)
-	}
-	defs = append(defs, "PRIMARY KEY ("+schema.Quote(spec.Key)+")")
-	ddl := fmt.Sprintf("CREATE SCHEMA IF NOT EXISTS %s; CREATE TABLE %s (\n  %s\n); CREATE INDEX %s ON %s (%s)",
-		pgx.Identifier{schemaName}.Sanitize(), ident, strings.Join(defs, ",\n  "),
-		pgx.Identifier{name + "_" + spec.UpdatedAt + "_idx"}.Sanitize(), ident, schema.Quote(spec.UpdatedAt))
-	if _, err := chat.Exec(ctx, ddl); err != nil {
-		return false, fmt.Errorf("create chat table %s: %w", spec.ChatTable, err)
-	}
-	return true, nil
+	return fmt.Sprintf("publication %s now publishes %s (was: %s)", ident.Display(spec.Publication), target, ident.DisplayList(cols)), nil
 }
 
 // DropPublication removes cdc's publication if it exists. It reports what
@@ -121,7 +121,7 @@ func DropPublication(ctx context.Context, pool *pgxpool.Pool, spec Spec) (string
 	if n == 0 {
 		return "", nil
 	}
-	if _, err := pool.Exec(ctx, "DROP PUBLICATION "+pgx.Identifier{spec.Publication}.Sanitize()); err != nil {
+	if _, err := pool.Exec(ctx, "DROP PUBLICATION "+ident.Quote(spec.Publication)); err != nil {
 		return "", fmt.Errorf("drop publication %s: %w", spec.Publication, err)
 	}
 	return "dropped publication " + spec.Publication, nil

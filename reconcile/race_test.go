@@ -11,7 +11,7 @@ import (
 	"github.com/myusta/cdc/internal/demo"
 	"github.com/myusta/cdc/internal/pgtest"
 	"github.com/myusta/cdc/internal/retry"
-	"github.com/myusta/cdc/internal/schema"
+	"github.com/myusta/cdc/migrations"
 	"github.com/myusta/cdc/replication"
 	"github.com/myusta/cdc/sink"
 )
@@ -40,15 +40,11 @@ CREATE TRIGGER log_write AFTER INSERT OR UPDATE OR DELETE ON users FOR EACH ROW 
 	cfg := p.Config(t)
 	ctx := context.Background()
 	fast := retry.Policy{Initial: 10 * time.Millisecond, Max: 200 * time.Millisecond, Multiplier: 2, Loud: 5}
-	srcTable, err := replication.Preflight(ctx, p.Source, replication.Source{Table: cfg.SourceTable, Columns: cfg.Columns,
-		Key: cfg.KeyColumn, UpdatedAt: cfg.UpdatedAtColumn, Publication: cfg.PublicationName, Secret: cfg.SecretColumns})
-	if err != nil {
+	if _, err := replication.Preflight(ctx, p.Source, replication.Source{Spec: migrations.SpecFor(cfg).Source(),
+		Publication: cfg.PublicationName, Secret: cfg.SecretColumns}); err != nil {
 		t.Fatal(err)
 	}
-	chatTable, err := schema.Load(ctx, p.Chat, cfg.ChatTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srcTable, chatTable := p.Tables(t, cfg)
 	sk := sink.New(p.Chat, chatTable, sink.Options{Slot: p.Slot, Retry: fast, Logger: quiet})
 	defer sk.Close()
 	st := replication.New(p.Source, sk, replication.Options{SourceURL: p.SourceURL, Slot: p.Slot, Publication: cfg.PublicationName,

@@ -44,17 +44,7 @@ func setup(t *testing.T, users int, opts Options) (*pgtest.Pair, *Reconciler, *s
 // loadTables describes the pair's source and chat tables as they are now.
 func loadTables(t *testing.T, p *pgtest.Pair) (src, chat *schema.Table) {
 	t.Helper()
-	cfg := p.Config(t)
-	ctx := context.Background()
-	src, err := schema.Load(ctx, p.Source, cfg.SourceTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chat, err = schema.Load(ctx, p.Chat, cfg.ChatTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return src, chat
+	return p.Tables(t, nil)
 }
 
 // seq selects seeded rows by their sequence number (emails are

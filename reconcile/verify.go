@@ -140,7 +140,7 @@ func (r *Reconciler) recheck(ctx context.Context, keys [][]byte, rep *Report) er
 			rep.Extra++
 		}
 		if len(rep.Drifted) < maxDrifted {
-			rep.Drifted = append(rep.Drifted, Drifted{ID: sink.FormatValue(r.src.Table.KeyColumn(), k), Kind: kind})
+			rep.Drifted = append(rep.Drifted, Drifted{ID: sink.FormatKey(r.src.Table, k), Kind: kind})
 		}
 	})
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/myusta/cdc/internal/ident"
 	"github.com/myusta/cdc/internal/schema"
 	"github.com/myusta/cdc/sink"
 )
@@ -20,17 +21,23 @@ type relation struct {
 }
 
 // decoder turns pgoutput Insert/Update/Delete messages of the synced table
-// into sink changes. Values are copied straight from the binary tuple into
-// the batch's memory; nothing else is allocated per change.
+// into sink changes. Values are copied straight from the tuple (binary or
+// text, as the table's format asked the walsender for) into the batch's
+// memory; nothing else is allocated per change.
 type decoder struct {
 	table *schema.Table
+	want  byte // tuple value kind of the table's format: 'b' binary, 't' text
 	log   *slog.Logger
 	rels  map[uint32]*relation // only the synced table's relation IDs
 	warns map[string]bool      // extra columns already warned about
 }
 
 func newDecoder(t *schema.Table, log *slog.Logger) *decoder {
-	return &decoder{table: t, log: log, rels: map[uint32]*relation{}, warns: map[string]bool{}}
+	want := byte('t')
+	if t.Format == schema.Binary {
+		want = 'b'
+	}
+	return &decoder{table: t, want: want, log: log, rels: map[uint32]*relation{}, warns: map[string]bool{}}
 }
 
 // errTuple marks a message whose shape does not match its relation.
@@ -56,20 +63,20 @@ func (d *decoder) relation(m *pglogrepl.RelationMessage) error {
 			r.cols[i] = -1
 			if !d.warns[c.Name] {
 				d.warns[c.Name] = true
-				d.log.Warn("ignoring a published column that is not in SYNC_COLUMNS", "column", c.Name)
+				d.log.Warn("ignoring a published column that is not in SYNC_COLUMNS", "column", ident.Display(c.Name))
 			}
 			continue
 		}
-		if c.DataType != d.table.Columns[idx].TypeOID && d.table.Columns[idx].Kind != "e" {
-			return fmt.Errorf("column %q changed type on the source (type oid %d, was %d): update the chat column to match and restart",
-				c.Name, c.DataType, d.table.Columns[idx].TypeOID)
+		if c.DataType != d.table.Columns[idx].TypeOID {
+			return fmt.Errorf("column %s changed type on the source (type oid %d, was %d, %s): update the chat column to match and restart",
+				ident.Display(c.Name), c.DataType, d.table.Columns[idx].TypeOID, d.table.Columns[idx].Display)
 		}
 		r.cols[i] = idx
 		seen[idx] = true
 	}
 	for i, ok := range seen {
 		if !ok {
-			return fmt.Errorf("column %q is not published by the source any more: run cdc migrate", d.table.Columns[i].Name)
+			return fmt.Errorf("column %s is not published by the source any more: run cdc migrate", ident.Display(d.table.Columns[i].Name))
 		}
 	}
 	d.rels[m.RelationID] = r
@@ -87,7 +94,6 @@ func (d *decoder) change(msg []byte, b *sink.Batch, lsn pglogrepl.LSN, commitTim
 	if !ok {
 		return false, nil
 	}
-	key := d.table.Key
 	switch op {
 	case 'I':
 		vals, unchanged, _, err := d.tuple(rest, 'N', rel, b)
@@ -108,7 +114,7 @@ func (d *decoder) change(msg []byte, b *sink.Batch, lsn pglogrepl.LSN, commitTim
 		if err != nil {
 			return true, err
 		}
-		if old != nil && !bytes.Equal(old[key], vals[key]) {
+		if old != nil && !d.sameKey(old, vals) {
 			// The key itself changed: the old row goes away.
 			b.Add(sink.Change{Op: sink.OpDelete, Values: old, LSN: lsn, CommitTime: commitTime})
 		}
@@ -163,8 +169,8 @@ func (d *decoder) tuple(msg []byte, want byte, rel *relation, b *sink.Batch) (va
 				return nil, 0, nil, errTuple
 			}
 			if col >= 0 {
-				if kind == 't' {
-					return nil, 0, nil, fmt.Errorf("column %q arrived in text format; cdc needs types with binary send/receive functions", d.table.Columns[col].Name)
+				if kind != d.want {
+					return nil, 0, nil, fmt.Errorf("column %s arrived in %s format, not %s as requested", ident.Display(d.table.Columns[col].Name), formatName(kind), d.table.Format)
 				}
 				vals[col] = b.Copy(msg[4 : 4+l])
 			}
@@ -173,8 +179,27 @@ func (d *decoder) tuple(msg []byte, want byte, rel *relation, b *sink.Batch) (va
 			return nil, 0, nil, fmt.Errorf("%w: column kind %q", errTuple, kind)
 		}
 	}
-	if vals[d.table.Key] == nil {
-		return nil, 0, nil, fmt.Errorf("%w: key column is NULL", errTuple)
+	for _, k := range d.table.Key {
+		if vals[k] == nil {
+			return nil, 0, nil, fmt.Errorf("%w: key column %s is NULL", errTuple, ident.Display(d.table.Columns[k].Name))
+		}
 	}
 	return vals, unchanged, msg, nil
+}
+
+// sameKey reports whether two rows have the same key.
+func (d *decoder) sameKey(a, b [][]byte) bool {
+	for _, k := range d.table.Key {
+		if !bytes.Equal(a[k], b[k]) {
+			return false
+		}
+	}
+	return true
+}
+
+func formatName(kind byte) string {
+	if kind == 'b' {
+		return "binary"
+	}
+	return "text"
 }

@@ -10,11 +10,12 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/myusta/cdc/internal/ident"
 	"github.com/myusta/cdc/internal/schema"
 	"github.com/myusta/cdc/sink"
 )
 
-var testTable = &schema.Table{Schema: "public", Name: "users", Key: 0, UpdatedAt: 2, Columns: []schema.Column{
+var testTable = &schema.Table{Table: ident.Table{Schema: "public", Name: "users"}, Key: []int{0}, UpdatedAt: 2, Format: schema.Binary, Columns: []schema.Column{
 	{Name: "id", TypeOID: 2950}, {Name: "name", TypeOID: 25}, {Name: "updated_at", TypeOID: 1184}, {Name: "pic", TypeOID: 25},
 }}
 
@@ -115,7 +116,7 @@ func TestDecoder_Rejects(t *testing.T) {
 	for name, m := range cases {
 		t.Run(name, func(t *testing.T) {
 			d := newTestDecoder(t)
-			_, err := d.change(m, sink.NewBatch(len(testTable.Columns), 0), 1, testTime)
+			_, err := d.change(m, sink.NewBatch(len(testTable.Columns), []int{0}), 1, testTime)
 			if err == nil {
 				t.Fatal("accepted a malformed message")
 			}
@@ -127,7 +128,7 @@ func TestDecoder_OtherRelationIsIgnored(t *testing.T) {
 	d := newTestDecoder(t)
 	m := msg('I', tuple('N', b("k"), b("a"), null, null, null))
 	binary.BigEndian.PutUint32(m[1:], 99)
-	ours, err := d.change(m, sink.NewBatch(len(testTable.Columns), 0), 1, testTime)
+	ours, err := d.change(m, sink.NewBatch(len(testTable.Columns), []int{0}), 1, testTime)
 	if ours || err != nil {
 		t.Fatalf("ours=%v err=%v", ours, err)
 	}
@@ -155,7 +156,7 @@ func FuzzDecoder_Change(f *testing.F) {
 	f.Add(msg('D', tuple('K', b("k3"), null, null, null, null)))
 	f.Fuzz(func(t *testing.T, m []byte) {
 		d := newTestDecoder(&testing.T{})
-		batch := sink.NewBatch(len(testTable.Columns), 0)
+		batch := sink.NewBatch(len(testTable.Columns), []int{0})
 		_, err := d.change(m, batch, 1, testTime)
 		if err != nil && errors.Is(err, errTuple) {
 			return

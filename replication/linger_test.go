@@ -24,7 +24,7 @@ func TestLinger_DeductsTheWalsendersLead(t *testing.T) {
 		{"source clock stepped back", -time.Second, wait},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			r := &reader{s: &Stream{opts: Options{BatchMaxWait: wait, BatchMaxRows: 100, StatusInterval: 10 * time.Second}}, cur: sink.NewBatch(1, 0)}
+			r := &reader{s: &Stream{opts: Options{BatchMaxWait: wait, BatchMaxRows: 100, StatusInterval: 10 * time.Second}}, cur: sink.NewBatch(1, []int{0})}
 			r.lastStatus = time.Now()
 			commit := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC) // the source's clock; cdc's may differ
 			r.txCommit = commit

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/myusta/cdc/internal/db"
 	"github.com/myusta/cdc/internal/retry"
+	"github.com/myusta/cdc/internal/ident"
 	"github.com/myusta/cdc/internal/schema"
 	"github.com/myusta/cdc/migrations"
 	"github.com/myusta/cdc/sink"
@@ -90,9 +92,33 @@ type Notify struct {
 
 // notice is one notification.
 type notice struct {
-	Op string `json:"op"`
-	ID string `json:"id"`
-	at time.Time
+	Op    string          `json:"op"`
+	RawID json.RawMessage `json:"id,omitempty"`
+	ID    string          `json:"-"` // the key as text (see sink.FormatKey)
+	at    time.Time
+}
+
+// parseNotice reads a notification's payload. The id is a JSON string or
+// number (json_build_object writes a key as its JSON form), or for a key of
+// several columns a JSON array of them, kept as its text.
+func parseNotice(payload string) (notice, bool) {
+	var nt notice
+	if err := json.Unmarshal([]byte(payload), &nt); err != nil || nt.Op == "" {
+		return nt, false
+	}
+	raw := strings.TrimSpace(string(nt.RawID))
+	switch {
+	case raw == "" || raw == "null":
+	case raw[0] == '[':
+		nt.ID = raw
+	default:
+		id, err := schema.JSONScalar(nt.RawID)
+		if err != nil {
+			return nt, false
+		}
+		nt.ID = id
+	}
+	return nt, true
 }
 
 // NewNotify returns a notify source reading through pool.
@@ -227,8 +253,8 @@ func (n *Notify) HandleBacklog(_ context.Context, _ string, _ *pgx.Conn) error {
 
 // HandleNotification queues one notification for the applier.
 func (n *Notify) HandleNotification(ctx context.Context, m *pgconn.Notification, _ *pgx.Conn) error {
-	var nt notice
-	if err := json.Unmarshal([]byte(m.Payload), &nt); err != nil || nt.Op == "" {
+	nt, ok := parseNotice(m.Payload)
+	if !ok {
 		// Not from cdc's trigger: skip it. Its text is not logged: another
 		// trigger (say, the replaced service's) may send row data.
 		n.log.Warn("ignoring a notification that is not {\"op\":…,\"id\":…}; is another trigger sending on this channel?",
@@ -266,7 +292,7 @@ func (n *Notify) Sync(ctx context.Context) error {
 		delete(n.syncs, token)
 		n.mu.Unlock()
 	}()
-	payload, _ := json.Marshal(notice{Op: "sync", ID: token})
+	payload, _ := json.Marshal(map[string]string{"op": "sync", "id": token})
 	if _, err := n.pool.Exec(ctx, "SELECT pg_notify($1, $2)", migrations.NotifyChannel, string(payload)); err != nil {
 		return fmt.Errorf("send sync marker: %w", err)
 	}
@@ -386,7 +412,7 @@ func (n *Notify) keys(ctx context.Context, ids []string) ([][]byte, error) {
 		var bad []string
 		keys, bad, err = sink.ParseKeys(ctx, conn.Conn().PgConn(), n.opts.Table, ids)
 		for _, id := range bad {
-			n.log.Warn("ignoring a notification whose id is not a valid key", "user_id", id, "type", n.opts.Table.KeyColumn().TypeName)
+			n.log.Warn("ignoring a notification whose id is not a valid key", "user_id", id, "key", ident.DisplayList(n.opts.Table.KeyNames()))
 		}
 		return err
 	})

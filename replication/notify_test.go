@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/myusta/cdc/internal/pgtest"
-	"github.com/myusta/cdc/internal/schema"
 	"github.com/myusta/cdc/migrations"
 	"github.com/myusta/cdc/replication"
 	"github.com/myusta/cdc/sink"
@@ -82,15 +81,11 @@ func runNotify(t *testing.T, p *pgtest.Pair) *replication.Notify {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cfg := p.Config(t)
-	src := replication.Source{Table: cfg.SourceTable, Columns: cfg.Columns, Key: cfg.KeyColumn, UpdatedAt: cfg.UpdatedAtColumn}
-	srcTable, err := replication.PreflightNotify(ctx, p.Source, src)
-	if err != nil {
+	src := replication.Source{Spec: migrations.SpecFor(cfg).Source()}
+	if _, err := replication.PreflightNotify(ctx, p.Source, src); err != nil {
 		t.Fatalf("preflight: %v", err)
 	}
-	chatTable, err := schema.Load(ctx, p.Chat, cfg.ChatTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srcTable, chatTable := p.Tables(t, cfg)
 	sk := sink.New(p.Chat, chatTable, sink.Options{Slot: p.Slot, Retry: fastRetry, Logger: logger(t)})
 	var n *replication.Notify
 	n = replication.NewNotify(p.Source, sk, replication.NotifyOptions{

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/myusta/cdc/internal/ident"
 	"github.com/myusta/cdc/internal/schema"
 	"github.com/myusta/cdc/migrations"
 )
@@ -25,11 +25,8 @@ func (e *PreflightError) Error() string { return e.Cause + ": " + e.Fix }
 
 // Source describes what the stream reads on the source database.
 type Source struct {
-	Table       string   // schema-qualified
-	Columns     []string // synced columns, the publication's column list
-	Key         string
-	UpdatedAt   string
-	Publication string
+	schema.Spec          // the table, its synced columns (the publication's column list) and key
+	Publication string   // publication name
 	Secret      []string // columns that must never be published
 }
 
@@ -64,8 +61,11 @@ func Preflight(ctx context.Context, pool *pgxpool.Pool, src Source) (*schema.Tab
 			Fix:   fmt.Sprintf("run ALTER ROLE %s REPLICATION as a superuser (on RDS: GRANT rds_replication TO %s), or set SYNC_MODE=notify", pgx.Identifier{user}.Sanitize(), pgx.Identifier{user}.Sanitize()),
 		}
 	}
-	table, err := LoadTable(ctx, pool, src, "source", "check SOURCE_TABLE and the database in the DSN")
+	table, err := LoadTable(ctx, pool, src.Spec, "source", "check SOURCE_TABLE and the database in the DSN")
 	if err != nil {
+		return nil, err
+	}
+	if err := checkIdentity(table); err != nil {
 		return nil, err
 	}
 	var canSelect bool
@@ -74,7 +74,7 @@ func Preflight(ctx context.Context, pool *pgxpool.Pool, src Source) (*schema.Tab
 	}
 	if !canSelect {
 		return nil, &PreflightError{
-			Cause: fmt.Sprintf("role %q cannot SELECT from %s", user, table),
+			Cause: fmt.Sprintf("role %s cannot SELECT from %s", ident.Display(user), table),
 			Fix:   fmt.Sprintf("run GRANT SELECT ON %s TO %s", table.Ident(), pgx.Identifier{user}.Sanitize()),
 		}
 	}
@@ -87,33 +87,63 @@ func Preflight(ctx context.Context, pool *pgxpool.Pool, src Source) (*schema.Tab
 // LoadTable describes the synced table on one side ("source" or "chat"),
 // turning catalog problems into PreflightErrors; fixMissing is the advice
 // when the table does not exist.
-func LoadTable(ctx context.Context, q schema.Querier, src Source, side, fixMissing string) (*schema.Table, error) {
-	t, err := schema.Load(ctx, q, src.Table, src.Columns, src.Key, src.UpdatedAt)
+func LoadTable(ctx context.Context, q schema.Querier, spec schema.Spec, side, fixMissing string) (*schema.Table, error) {
+	t, err := schema.Load(ctx, q, spec)
 	var missing *schema.MissingError
-	var noPK *schema.NoPrimaryKeyError
+	var noKey *schema.NoKeyError
 	var noCols *schema.MissingColumnsError
+	var keyCols *schema.KeyNotSyncedError
 	switch {
 	case errors.As(err, &missing):
+		return nil, &PreflightError{Cause: err.Error() + " on the " + side + " database", Fix: fixMissing}
+	case errors.As(err, &noKey) && noKey.Key == nil:
 		return nil, &PreflightError{
-			Cause: fmt.Sprintf("table %s does not exist on the %s database", src.Table, side),
-			Fix:   fixMissing,
+			Cause: fmt.Sprintf("table %s on the %s database has no primary key; cdc needs a key to apply updates and deletes", spec.Table, side),
+			Fix:   fmt.Sprintf("run ALTER TABLE %s ADD PRIMARY KEY (…), or set KEY_COLUMNS to the columns of a unique index", spec.Table.Quoted()),
 		}
-	case errors.As(err, &noPK):
+	case errors.As(err, &noKey):
 		return nil, &PreflightError{
-			Cause: fmt.Sprintf("table %s on the %s database has no primary key on %q; updates and deletes cannot be decoded without one", src.Table, side, src.Key),
-			Fix:   fmt.Sprintf("run ALTER TABLE %s ADD PRIMARY KEY (%s), or set KEY_COLUMN", src.Table, src.Key),
+			Cause: err.Error() + " on the " + side + " database",
+			Fix:   fmt.Sprintf("create one (CREATE UNIQUE INDEX ON %s (%s)), or change KEY_COLUMNS", spec.Table.Quoted(), ident.QuoteList(noKey.Key)),
 		}
 	case errors.As(err, &noCols):
 		return nil, &PreflightError{Cause: err.Error() + " on the " + side + " database", Fix: "check SYNC_COLUMNS"}
+	case errors.As(err, &keyCols):
+		return nil, &PreflightError{Cause: err.Error(), Fix: "add the key columns to SYNC_COLUMNS"}
 	case err != nil:
 		return nil, err
 	}
 	return t, nil
 }
 
+// checkIdentity checks that pgoutput sends the key of updated and deleted
+// rows: the replica identity must be FULL or an index on the key.
+func checkIdentity(t *schema.Table) error {
+	key := t.KeyNames()
+	switch {
+	case t.Identity == 'f':
+		return nil
+	case t.Identity == 'n':
+		return &PreflightError{
+			Cause: fmt.Sprintf("table %s has REPLICA IDENTITY NOTHING: the source cannot publish its updates and deletes", t),
+			Fix:   fmt.Sprintf("run ALTER TABLE %s REPLICA IDENTITY DEFAULT (or FULL)", t.Ident()),
+		}
+	case !sameSet(t.IdentityColumns, key):
+		return &PreflightError{
+			Cause: fmt.Sprintf("table %s's replica identity is (%s), not the key (%s): deletes would not carry the key", t, ident.DisplayList(t.IdentityColumns), ident.DisplayList(key)),
+			Fix:   fmt.Sprintf("run ALTER TABLE %s REPLICA IDENTITY USING INDEX <a unique index on the key> (or FULL), or set KEY_COLUMNS to the replica identity's columns", t.Ident()),
+		}
+	}
+	return nil
+}
+
+func sameSet(a, b []string) bool {
+	return len(a) == len(b) && len(a) > 0 && !slices.ContainsFunc(a, func(x string) bool { return !slices.Contains(b, x) })
+}
+
 func checkPublication(ctx context.Context, pool *pgxpool.Pool, src Source, table *schema.Table) error {
 	missing := &PreflightError{
-		Cause: fmt.Sprintf("publication %q does not exist on the source", src.Publication),
+		Cause: fmt.Sprintf("publication %s does not exist on the source", ident.Display(src.Publication)),
 		Fix:   "run cdc migrate",
 	}
 	var exists bool
@@ -128,13 +158,13 @@ func checkPublication(ctx context.Context, pool *pgxpool.Pool, src Source, table
 		return fmt.Errorf("check publication: %w", err)
 	}
 	if !ok {
-		missing.Cause = fmt.Sprintf("publication %q does not include %s", src.Publication, table)
+		missing.Cause = fmt.Sprintf("publication %s does not include %s", ident.Display(src.Publication), table)
 		return missing
 	}
 	for _, c := range cols {
 		if slices.Contains(src.Secret, c) {
 			return &PreflightError{
-				Cause: fmt.Sprintf("publication %q publishes the secret column %q", src.Publication, c),
+				Cause: fmt.Sprintf("publication %s publishes the secret column %s", ident.Display(src.Publication), ident.Display(c)),
 				Fix:   "run cdc migrate to set the publication's column list to SYNC_COLUMNS",
 			}
 		}
@@ -145,7 +175,7 @@ func checkPublication(ctx context.Context, pool *pgxpool.Pool, src Source, table
 	slices.Sort(got)
 	if !slices.Equal(want, got) {
 		return &PreflightError{
-			Cause: fmt.Sprintf("publication %q publishes (%s) but SYNC_COLUMNS is (%s)", src.Publication, strings.Join(got, ", "), strings.Join(want, ", ")),
+			Cause: fmt.Sprintf("publication %s publishes (%s) but SYNC_COLUMNS is (%s)", ident.Display(src.Publication), ident.DisplayList(got), ident.DisplayList(want)),
 			Fix:   "run cdc migrate",
 		}
 	}
@@ -155,7 +185,7 @@ func checkPublication(ctx context.Context, pool *pgxpool.Pool, src Source, table
 // PreflightNotify checks that the source can be followed in notify mode
 // and returns the source table's description.
 func PreflightNotify(ctx context.Context, pool *pgxpool.Pool, src Source) (*schema.Table, error) {
-	table, err := LoadTable(ctx, pool, src, "source", "check SOURCE_TABLE and the database in the DSN")
+	table, err := LoadTable(ctx, pool, src.Spec, "source", "check SOURCE_TABLE and the database in the DSN")
 	if err != nil {
 		return nil, err
 	}
@@ -166,11 +196,11 @@ func PreflightNotify(ctx context.Context, pool *pgxpool.Pool, src Source) (*sche
 	}
 	if !canSelect {
 		return nil, &PreflightError{
-			Cause: fmt.Sprintf("role %q cannot SELECT from %s", user, table),
+			Cause: fmt.Sprintf("role %s cannot SELECT from %s", ident.Display(user), table),
 			Fix:   fmt.Sprintf("run GRANT SELECT ON %s TO %s", table.Ident(), pgx.Identifier{user}.Sanitize()),
 		}
 	}
-	ok, err := migrations.NotifyTriggerExists(ctx, pool, table.String())
+	ok, err := migrations.NotifyTriggerExists(ctx, pool, table.Table)
 	if err != nil {
 		return nil, err
 	}

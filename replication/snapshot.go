@@ -51,8 +51,8 @@ type snapshotLoader interface {
 	LoadSnapshot(ctx context.Context, copyOuts []sink.CopyOut, cp sink.Checkpoint) (int64, error)
 }
 
-// copyTable copies every source row into chat through the sink with binary
-// COPY: under the exported snapshot when one is given, else under a fresh
+// copyTable copies every source row into chat through the sink with COPY
+// (binary or text, the table's format): under the exported snapshot when one is given, else under a fresh
 // repeatable-read snapshot; in up to workers parts at once (see copyParts).
 // cp is stored with the rows (zero: none). Progress (rows, rows/s, ETA) is
 // logged every progressEvery.
@@ -134,9 +134,13 @@ pg_relation_size($1::regclass) / current_setting('block_size')::int, has_table_p
 // copyOut writes the rows matching where (all when empty) on src under the
 // snapshot (a fresh one when empty).
 func copyOut(src *pgxpool.Conn, t *schema.Table, snapshot, where string) sink.CopyOut {
-	sql := fmt.Sprintf("COPY %s (%s) TO STDOUT (FORMAT binary)", t.Ident(), t.ColumnList())
+	format := " (FORMAT binary)"
+	if t.Format == schema.Text {
+		format = ""
+	}
+	sql := fmt.Sprintf("COPY %s (%s) TO STDOUT%s", t.Ident(), t.ColumnList(), format)
 	if where != "" {
-		sql = fmt.Sprintf("COPY (SELECT %s FROM %s WHERE %s) TO STDOUT (FORMAT binary)", t.ColumnList(), t.Ident(), where)
+		sql = fmt.Sprintf("COPY (SELECT %s FROM %s WHERE %s) TO STDOUT%s", t.ColumnList(), t.Ident(), where, format)
 	}
 	return func(ctx context.Context, w io.Writer) error {
 		tx, err := src.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})

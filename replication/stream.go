@@ -193,12 +193,12 @@ func (s *Stream) session(ctx, applyCtx context.Context) (streamed bool, err erro
 	args := []string{
 		"proto_version '1'",
 		"publication_names " + quoteLiteral(s.opts.Publication),
-		"binary 'true'",
+		fmt.Sprintf("binary '%t'", s.opts.Table.Format == schema.Binary),
 	}
 	if err := pglogrepl.StartReplication(ctx, conn, s.opts.Slot, cp.LSN, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
 		return false, fmt.Errorf("start replication: %w", err)
 	}
-	s.log.Info("streaming changes", "from_lsn", cp.LSN, "table", s.opts.Table.String())
+	s.log.Info("streaming changes", "from_lsn", cp.LSN, "table", s.opts.Table.String(), "format", s.opts.Table.Format.String())
 	s.Stats.Streaming.Store(true)
 	defer s.Stats.Streaming.Store(false)
 	r := newReader(s, conn, cp, applyCtx)

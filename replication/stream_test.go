@@ -14,7 +14,7 @@ import (
 
 	"github.com/myusta/cdc/internal/pgtest"
 	"github.com/myusta/cdc/internal/retry"
-	"github.com/myusta/cdc/internal/schema"
+	"github.com/myusta/cdc/migrations"
 	"github.com/myusta/cdc/replication"
 	"github.com/myusta/cdc/sink"
 )
@@ -78,16 +78,11 @@ func startWith(t *testing.T, p *pgtest.Pair, wrap func(*sink.Sink) replication.A
 	t.Helper()
 	ctx := context.Background()
 	cfg := p.Config(t)
-	src := replication.Source{Table: cfg.SourceTable, Columns: cfg.Columns, Key: cfg.KeyColumn, UpdatedAt: cfg.UpdatedAtColumn,
-		Publication: cfg.PublicationName, Secret: cfg.SecretColumns}
-	srcTable, err := replication.Preflight(ctx, p.Source, src)
-	if err != nil {
+	src := replication.Source{Spec: migrations.SpecFor(cfg).Source(), Publication: cfg.PublicationName, Secret: cfg.SecretColumns}
+	if _, err := replication.Preflight(ctx, p.Source, src); err != nil {
 		t.Fatalf("preflight: %v", err)
 	}
-	chatTable, err := schema.Load(ctx, p.Chat, cfg.ChatTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srcTable, chatTable := p.Tables(t, cfg)
 	sk := sink.New(p.Chat, chatTable, sink.Options{Slot: p.Slot, Retry: fastRetry, Logger: logger(t)})
 	opts := replication.Options{
 		SourceURL: p.SourceURL, Slot: p.Slot, Publication: cfg.PublicationName, Table: srcTable,

@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/myusta/cdc/internal/schema"
 )
 
 // Op is what a change does to its row.
@@ -26,8 +28,8 @@ func (o Op) String() string {
 }
 
 // Change is the newest state of one row. Values holds one entry per synced
-// column, in PostgreSQL binary format (nil is NULL); a delete carries only the
-// key. Columns whose bit is set in Unchanged were not sent (an unchanged
+// column, in the table's wire format (schema.Format: binary or text; nil is
+// NULL); a delete carries only the key. Columns whose bit is set in Unchanged were not sent (an unchanged
 // TOASTed value) and must keep the value the target already has.
 type Change struct {
 	Op         Op
@@ -51,7 +53,8 @@ type Checkpoint struct {
 // transaction, keeping only the last change per key. Values given to Add
 // must come from Copy or NewValues so they stay valid until Reset.
 type Batch struct {
-	key        int // index of the key column
+	keys       []int // indexes of the key columns
+	scratch    []byte
 	ncols      int
 	truncate   bool
 	changes    []Change
@@ -73,9 +76,19 @@ type Batch struct {
 	SendDelay time.Duration
 }
 
-// NewBatch returns an empty batch for rows of ncols columns keyed by column key.
-func NewBatch(ncols, key int) *Batch {
-	return &Batch{key: key, ncols: ncols, index: make(map[string]int)}
+// NewBatch returns an empty batch for rows of ncols columns keyed by the
+// columns at key.
+func NewBatch(ncols int, key []int) *Batch {
+	return &Batch{keys: key, ncols: ncols, index: make(map[string]int)}
+}
+
+// keyOf is the key of a row with values, valid until the next call.
+func (b *Batch) keyOf(values [][]byte) []byte {
+	if len(b.keys) == 1 {
+		return values[b.keys[0]]
+	}
+	b.scratch = schema.AppendKey(b.scratch[:0], values, b.keys)
+	return b.scratch
 }
 
 // NewValues returns a zeroed value slice for one row, owned by the batch.
@@ -95,7 +108,7 @@ func (b *Batch) Add(c Change) {
 	if b.FirstCommit.IsZero() {
 		b.FirstCommit = c.CommitTime
 	}
-	k := c.Values[b.key]
+	k := b.keyOf(c.Values)
 	if i, ok := b.index[string(k)]; ok {
 		prev := &b.changes[i]
 		if c.Op == OpUpsert && c.Unchanged != 0 && prev.Op == OpUpsert {

@@ -18,7 +18,7 @@ func vals(b *Batch, key, a, c string) [][]byte {
 }
 
 func TestBatch_KeepsLastChangePerKey(t *testing.T) {
-	b := NewBatch(3, 0)
+	b := NewBatch(3, []int{0})
 	b.Add(Change{Op: OpUpsert, Values: vals(b, "k1", "a1", "b1")})
 	b.Add(Change{Op: OpUpsert, Values: vals(b, "k2", "a2", "b2")})
 	b.Add(Change{Op: OpUpsert, Values: vals(b, "k1", "a1'", "b1'")})
@@ -39,7 +39,7 @@ func TestBatch_KeepsLastChangePerKey(t *testing.T) {
 }
 
 func TestBatch_PartialUpdateInheritsEarlierValues(t *testing.T) {
-	b := NewBatch(3, 0)
+	b := NewBatch(3, []int{0})
 	b.Add(Change{Op: OpUpsert, Values: vals(b, "k", "a", "big toasted value")})
 	// Column 2 unchanged (not sent).
 	b.Add(Change{Op: OpUpsert, Values: vals(b, "k", "a2", ""), Unchanged: 1 << 2})
@@ -49,14 +49,14 @@ func TestBatch_PartialUpdateInheritsEarlierValues(t *testing.T) {
 	}
 
 	// Without an earlier full version it stays partial.
-	b2 := NewBatch(3, 0)
+	b2 := NewBatch(3, []int{0})
 	b2.Add(Change{Op: OpUpsert, Values: vals(b2, "k", "a", ""), Unchanged: 1 << 2})
 	b2.Add(Change{Op: OpUpsert, Values: vals(b2, "k", "", "c"), Unchanged: 1 << 1})
 	c = b2.Changes()[0]
 	if c.Unchanged != 0 || string(c.Values[1]) != "a" || string(c.Values[2]) != "c" {
 		t.Fatalf("two partials: unchanged=%b values=%q", c.Unchanged, c.Values)
 	}
-	b3 := NewBatch(3, 0)
+	b3 := NewBatch(3, []int{0})
 	b3.Add(Change{Op: OpUpsert, Values: vals(b3, "k", "a", ""), Unchanged: 1 << 2})
 	b3.Add(Change{Op: OpUpsert, Values: vals(b3, "k", "b", ""), Unchanged: 1 << 2})
 	if c := b3.Changes()[0]; c.Unchanged != 1<<2 || string(c.Values[1]) != "b" {
@@ -65,7 +65,7 @@ func TestBatch_PartialUpdateInheritsEarlierValues(t *testing.T) {
 }
 
 func TestBatch_TruncateDropsEarlierChanges(t *testing.T) {
-	b := NewBatch(3, 0)
+	b := NewBatch(3, []int{0})
 	b.Add(Change{Op: OpUpsert, Values: vals(b, "k1", "a", "b")})
 	b.Truncate()
 	b.Add(Change{Op: OpUpsert, Values: vals(b, "k2", "a", "b")})
@@ -79,7 +79,7 @@ func TestBatch_TruncateDropsEarlierChanges(t *testing.T) {
 }
 
 func TestBatch_EmptyValueIsNotNull(t *testing.T) {
-	b := NewBatch(1, 0)
+	b := NewBatch(1, []int{0})
 	if v := b.Copy([]byte{}); v == nil {
 		t.Fatal("an empty value must stay distinct from NULL")
 	}
@@ -89,7 +89,7 @@ func TestBatch_EmptyValueIsNotNull(t *testing.T) {
 }
 
 func TestBatch_ValuesSurviveArenaGrowth(t *testing.T) {
-	b := NewBatch(3, 0)
+	b := NewBatch(3, []int{0})
 	big := bytes.Repeat([]byte("x"), 100_000) // larger than a quarter chunk
 	for i := 0; i < 5000; i++ {
 		b.Add(Change{Op: OpUpsert, Values: vals(b, fmt.Sprintf("key-%05d", i), fmt.Sprintf("value-%d", i), "")})
@@ -118,7 +118,7 @@ func TestBatch_ValuesSurviveArenaGrowth(t *testing.T) {
 // after the first batch, copying values and compacting allocate only the
 // map key of a new row.
 func TestBatch_DecodingCostsAtMostOneAllocationPerChange(t *testing.T) {
-	b := NewBatch(10, 0)
+	b := NewBatch(10, []int{0})
 	keys := make([][]byte, 1000)
 	for i := range keys {
 		keys[i] = []byte(fmt.Sprintf("%016d", i))

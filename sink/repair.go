@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -153,8 +154,14 @@ func Plan(t *schema.Table, keys [][]byte, src, chat map[string][][]byte) (Repair
 			res.Stale++
 		case KindExtra:
 			res.Extra++
+			parts, err := schema.SplitKey(k, len(t.Key))
+			if err != nil {
+				continue // not a key of t: nothing to delete
+			}
 			v := b.NewValues()
-			v[t.Key] = b.Copy(k)
+			for i, p := range parts {
+				v[t.Key[i]] = b.Copy(p)
+			}
 			b.Add(Change{Op: OpDelete, Values: v})
 			continue
 		default:
@@ -178,22 +185,21 @@ func equalRows(a, b [][]byte) bool {
 	return true
 }
 
-// ReadRows reads the synced columns of t for keys (binary key values), in
-// binary form, keyed by the key's bytes. It is how both sides of a repair
-// are read.
+// ReadRows reads the synced columns of t for keys, in t's format, keyed
+// by key (see schema.AppendKey). It is how both sides of a repair are read:
+// each column through its comparison expression, so that values of types
+// that differ between the sides compare as chat would store them.
 func ReadRows(ctx context.Context, pc *pgconn.PgConn, t *schema.Table, keys [][]byte) (map[string][][]byte, error) {
 	out := make(map[string][][]byte, len(keys))
 	if len(keys) == 0 {
 		return out, nil
 	}
-	key := t.KeyColumn()
-	param := appendArray(nil, key.TypeOID, keys)
-	formats := make([]int16, len(t.Columns))
-	for i := range formats {
-		formats[i] = 1
+	params, err := keyParams(t, keys)
+	if err != nil {
+		return nil, err
 	}
-	sql := fmt.Sprintf("SELECT %s FROM %s WHERE %s = ANY($1)", t.ColumnList(), t.Ident(), schema.Quote(key.Name))
-	rr := pc.ExecParams(ctx, sql, [][]byte{param}, []uint32{key.ArrayOID}, []int16{1}, formats)
+	sql, oids := readRowsSQL(t)
+	rr := pc.ExecParams(ctx, sql, params, oids, keyFormats(len(params)), resultFormats(t))
 	for rr.NextRow() {
 		vals := rr.Values()
 		row := make([][]byte, len(vals))
@@ -202,12 +208,59 @@ func ReadRows(ctx context.Context, pc *pgconn.PgConn, t *schema.Table, keys [][]
 				row[i] = append([]byte{}, v...)
 			}
 		}
-		out[string(row[t.Key])] = row
+		out[string(t.KeyOf(row))] = row
 	}
 	if _, err := rr.Close(); err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// readRowsSQL reads the rows of the keys in its parameters.
+func readRowsSQL(t *schema.Table) (string, []uint32) {
+	where, oids := keyMatch(t, "", 1)
+	exprs := make([]string, len(t.Columns))
+	for i, c := range t.Columns {
+		exprs[i] = c.Expr
+	}
+	return fmt.Sprintf("SELECT %s FROM %s WHERE %s", strings.Join(exprs, ", "), t.Ident(), where), oids
+}
+
+// resultFormats asks for every column in t's format.
+func resultFormats(t *schema.Table) []int16 {
+	f := make([]int16, len(t.Columns))
+	for i := range f {
+		f[i] = t.Format.Code()
+	}
+	return f
+}
+
+// keyParams encodes keys as one binary array per key column, for keyMatch.
+func keyParams(t *schema.Table, keys [][]byte) ([][]byte, error) {
+	cols := make([][][]byte, len(t.Key))
+	for _, k := range keys {
+		parts, err := schema.SplitKey(k, len(t.Key))
+		if err != nil {
+			return nil, err
+		}
+		for i, p := range parts {
+			cols[i] = append(cols[i], p)
+		}
+	}
+	params := make([][]byte, len(t.Key))
+	for i, col := range t.Key {
+		params[i] = appendArray(nil, elemOID(t, col), cols[i])
+	}
+	return params, nil
+}
+
+// keyFormats is n binary parameter formats.
+func keyFormats(n int) []int16 {
+	f := make([]int16, n)
+	for i := range f {
+		f[i] = 1
+	}
+	return f
 }
 
 // appendArray appends a one-dimensional binary array of elemOID values.

@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -63,7 +64,7 @@ func (o *openErrors) resolvable(t *schema.Table, n int, key func(i int) []byte) 
 			r = &resolution{}
 		}
 		r.keys = append(r.keys, k)
-		ids = append(ids, FormatValue(t.KeyColumn(), k))
+		ids = append(ids, FormatKey(t, k))
 	}
 	if r != nil {
 		r.param = textArray(ids)
@@ -73,7 +74,7 @@ func (o *openErrors) resolvable(t *schema.Table, n int, key func(i int) []byte) 
 
 // resolvableChanges is resolvable over the keys of changes.
 func (s *Sink) resolvableChanges(changes []Change) *resolution {
-	r := s.open.resolvable(s.table, len(changes), func(i int) []byte { return changes[i].Values[s.table.Key] })
+	r := s.open.resolvable(s.table, len(changes), func(i int) []byte { return s.table.KeyOf(changes[i].Values) })
 	s.resolving = r
 	return r
 }
@@ -109,25 +110,29 @@ func execResolve(ctx context.Context, pc *pgconn.PgConn, r *resolution) error {
 	return nil
 }
 
-// loadOpenErrors reads the ids with unresolved dead letters, as binary key
-// values, on a fresh writer connection.
+// loadOpenErrors reads the ids with unresolved dead letters, as keys, on a
+// fresh writer connection.
 func (s *Sink) loadOpenErrors(ctx context.Context, pc *pgconn.PgConn) error {
 	s.open = openErrors{loaded: true, keys: map[string]struct{}{}}
-	sql := fmt.Sprintf("SELECT DISTINCT user_id::%s FROM sync_errors WHERE NOT resolved AND user_id IS NOT NULL AND user_id <> 'NULL'",
-		s.table.KeyColumn().TypeName)
-	rr := pc.ExecParams(ctx, sql, nil, nil, nil, []int16{1})
+	rr := pc.ExecParams(ctx, "SELECT DISTINCT user_id FROM sync_errors WHERE NOT resolved AND user_id IS NOT NULL AND user_id <> 'NULL'", nil, nil, nil, nil)
+	var ids []string
 	for rr.NextRow() {
-		s.open.keys[string(rr.Values()[0])] = struct{}{}
+		ids = append(ids, string(rr.Values()[0]))
 	}
 	if _, err := rr.Close(); err != nil {
-		if rowRejected(err) {
-			// An id that is no longer a valid key (the key type changed):
-			// such errors cannot be resolved by a write; cdc errors can.
-			s.log.Warn("sync_errors holds ids that are not valid keys; they are resolved only by cdc errors resolve", "err", err)
-			s.open = openErrors{loaded: true, keys: map[string]struct{}{}}
-			return nil
-		}
 		return fmt.Errorf("read open dead letters: %w", err)
+	}
+	keys, bad, err := ParseKeys(ctx, pc, s.table, ids)
+	if err != nil {
+		return fmt.Errorf("read open dead letters: %w", err)
+	}
+	if len(bad) > 0 {
+		// Ids that are no longer valid keys (the key changed): such errors
+		// cannot be resolved by a write; cdc errors resolve can.
+		s.log.Warn("sync_errors holds ids that are not valid keys; they are resolved only by cdc errors resolve", "ids", len(bad))
+	}
+	for _, k := range keys {
+		s.open.keys[string(k)] = struct{}{}
 	}
 	return nil
 }
@@ -151,25 +156,61 @@ func textArray(ss []string) []byte {
 	return append(out, '}')
 }
 
-// ParseKeys turns ids as text (a notification's id, sync_errors.user_id)
-// into binary key values of t, casting on the server so that every key
-// type works. Ids that are not valid keys are returned in bad.
+// ParseKeys turns ids as text (a notification's id, sync_errors.user_id;
+// see FormatKey) into keys of t as its format has them, converting on the
+// server so that every key type works and each key takes the form the
+// stream and the repairs compare. Ids that are not valid keys are returned
+// in bad.
 func ParseKeys(ctx context.Context, pc *pgconn.PgConn, t *schema.Table, ids []string) (keys [][]byte, bad []string, err error) {
-	sql := "SELECT unnest($1::text[])::" + t.KeyColumn().TypeName
-	rr := pc.ExecParams(ctx, sql, [][]byte{textArray(ids)}, nil, nil, []int16{1})
+	if len(ids) == 0 {
+		return nil, nil, nil
+	}
+	cols := make([][]string, len(t.Key))
+	var good []string
+	for _, id := range ids {
+		parts, err := schema.ParseKeyText(id, len(t.Key))
+		if err != nil {
+			bad = append(bad, id)
+			continue
+		}
+		good = append(good, id)
+		for i, p := range parts {
+			cols[i] = append(cols[i], p)
+		}
+	}
+	if len(good) == 0 {
+		return nil, bad, nil
+	}
+	args, sel := make([]string, len(t.Key)), make([]string, len(t.Key))
+	params := make([][]byte, len(t.Key))
+	formats := make([]int16, len(t.Key))
+	for i, k := range t.Key {
+		args[i] = fmt.Sprintf("$%d::text[]", i+1)
+		sel[i] = fmt.Sprintf("u.c%d::%s", i, t.Columns[k].Cast)
+		params[i] = textArray(cols[i])
+		formats[i] = t.Format.Code()
+	}
+	names := strings.Split(stageNames(t), ", ")[:len(t.Key)]
+	sql := fmt.Sprintf("SELECT %s FROM unnest(%s) AS u(%s)", strings.Join(sel, ", "), strings.Join(args, ", "), strings.Join(names, ", "))
+	rr := pc.ExecParams(ctx, sql, params, nil, nil, formats)
 	for rr.NextRow() {
-		keys = append(keys, append([]byte(nil), rr.Values()[0]...))
+		vals := rr.Values()
+		parts := make([][]byte, len(vals))
+		for i, v := range vals {
+			parts[i] = append([]byte(nil), v...)
+		}
+		keys = append(keys, schema.JoinKey(parts))
 	}
 	_, err = rr.Close()
 	if err == nil || !rowRejected(err) {
-		return keys, nil, err
+		return keys, bad, err
 	}
-	if len(ids) == 1 {
-		return nil, ids, nil
+	if len(good) == 1 {
+		return nil, append(bad, good...), nil
 	}
-	// One bad id spoils the cast of all: take them one by one.
+	// One bad id spoils the conversion of all: take them one by one.
 	keys = keys[:0]
-	for _, id := range ids {
+	for _, id := range good {
 		k, b, err := ParseKeys(ctx, pc, t, []string{id})
 		if err != nil {
 			return nil, nil, err

@@ -255,7 +255,7 @@ func (s *Sink) writer(ctx context.Context) (*pgxpool.Conn, error) {
 	}
 	if err := execSimple(ctx, c.Conn().PgConn(), s.sql.createStage); err != nil {
 		c.Release()
-		return nil, fmt.Errorf("create staging table: %w", err)
+		return nil, checkError("create staging table", err)
 	}
 	stmts := make(map[string]*pgconn.StatementDescription, 4)
 	for name, sql := range s.sql.prepared() {
@@ -269,7 +269,7 @@ func (s *Sink) writer(ctx context.Context) (*pgxpool.Conn, error) {
 		sd, err := pc.Prepare(ctx, name, sql.text, sql.oids)
 		if err != nil {
 			c.Release()
-			return nil, fmt.Errorf("prepare %s: %w", name, err)
+			return nil, checkError("prepare "+name, err)
 		}
 		stmts[name] = sd
 	}

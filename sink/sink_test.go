@@ -29,11 +29,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // committed batch.
 func newSink(t *testing.T, p *pgtest.Pair, onBatch ...func(sink.BatchInfo)) *sink.Sink {
 	t.Helper()
-	cfg := p.Config(t)
-	tbl, err := schema.Load(context.Background(), p.Chat, cfg.ChatTable, cfg.Columns, cfg.KeyColumn, cfg.UpdatedAtColumn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, tbl := p.Tables(t, nil)
 	opts := sink.Options{
 		Slot:   p.Slot,
 		Retry:  retry.Policy{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond, Multiplier: 2, Loud: 3},
@@ -55,16 +51,16 @@ func encode(t *testing.T, c schema.Column, v any) []byte {
 	if v == nil {
 		return nil
 	}
-	if s, ok := v.(string); ok && c.TypeName == "uuid" {
+	if s, ok := v.(string); ok && c.Base.Name.Name == "uuid" {
 		var u pgtype.UUID
 		if err := u.Scan(s); err != nil {
 			t.Fatal(err)
 		}
 		v = u
 	}
-	b, err := typeMap.Encode(c.TypeOID, pgtype.BinaryFormatCode, v, nil)
+	b, err := typeMap.Encode(c.Base.OID, pgtype.BinaryFormatCode, v, nil)
 	if err != nil {
-		t.Fatalf("encode %v as %s: %v", v, c.TypeName, err)
+		t.Fatalf("encode %v as %s: %v", v, c.Display, err)
 	}
 	return b
 }

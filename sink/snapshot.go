@@ -4,33 +4,32 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"strings"
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sync/errgroup"
-
-	"github.com/myusta/cdc/internal/schema"
 )
 
-// CopyOut writes source rows, in PostgreSQL binary COPY format with the
-// synced columns in order, to w.
+// CopyOut writes source rows, in PostgreSQL COPY format (binary or text,
+// the table's format) with the synced columns in order, to w. It may be
+// called more than once: each call writes the same rows.
 type CopyOut func(ctx context.Context, w io.Writer) error
 
 // LoadSnapshot is the chat side of the first copy: the copyOuts together
 // write every source row (each a part of the table, under one snapshot).
-//
-// A table that already has rows (say, from the service cdc replaces) is
-// merged in one transaction: the parts fill a staging table in turn, rows
-// are upserted, rows the source does not have are deleted, and cp (unless
-// zero) is stored, so a crash leaves either nothing or the whole merge with
-// its checkpoint.
 //
 // An empty table is filled by all parts at once, each on its own chat
 // connection in its own COPY transaction, while the writer transaction holds
 // the writer lock; cp is stored in that transaction once every part has
 // committed. A copy cut short leaves rows without a checkpoint, so the next
 // start copies again and merges. With one part it is all one transaction.
+//
+// A table that already has rows (say, from the service cdc replaces), or
+// one whose COPY chat refused a row of, is merged in one transaction: the
+// parts fill a staging table in turn, rows are upserted, rows the source
+// does not have are deleted, and cp (unless zero) is stored, so a crash
+// leaves either nothing or the whole merge with its checkpoint. Rows chat
+// refuses are isolated and recorded in sync_errors; the rest commits.
 func (s *Sink) LoadSnapshot(ctx context.Context, copyOuts []CopyOut, cp Checkpoint) (rows int64, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -40,46 +39,49 @@ func (s *Sink) LoadSnapshot(ctx context.Context, copyOuts []CopyOut, cp Checkpoi
 	}
 	defer s.dropBroken()
 	pc := conn.Conn().PgConn()
+	rollback := func() {
+		if !pc.IsClosed() && pc.TxStatus() != 'I' {
+			_ = execSimple(context.WithoutCancel(ctx), pc, "ROLLBACK")
+		}
+	}
+	defer func() {
+		if err != nil {
+			rollback()
+		}
+	}()
 	if err := s.beginLocked(ctx, pc); err != nil {
 		return 0, fmt.Errorf("begin copy: %w", err)
 	}
-	defer func() {
-		if err != nil && !pc.IsClosed() {
-			_ = execSimple(context.WithoutCancel(ctx), pc, "ROLLBACK")
-		}
-	}()
 	t := s.table
 	var empty bool
 	if err := conn.QueryRow(ctx, "SELECT NOT EXISTS (SELECT 1 FROM "+t.Ident()+")").Scan(&empty); err != nil {
 		return 0, fmt.Errorf("check chat table: %w", err)
 	}
-	copySQL := func(target string) string {
-		return fmt.Sprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", target, t.ColumnList())
-	}
-	switch {
-	case empty && len(copyOuts) > 1:
-		if rows, err = s.pipes(ctx, copyOuts, copySQL(t.Ident())); err != nil {
+	merge := !empty
+	if empty {
+		copySQL := fmt.Sprintf("COPY %s (%s) FROM STDIN%s", t.Ident(), t.ColumnList(), copyFormat(t))
+		if len(copyOuts) > 1 {
+			rows, err = s.pipes(ctx, copyOuts, copySQL)
+		} else {
+			rows, err = s.pipe(ctx, pc, copyOuts[0], copySQL)
+		}
+		if err != nil && !rowRejected(err) {
 			return 0, err
 		}
-	case empty:
-		if rows, err = s.pipe(ctx, pc, copyOuts[0], copySQL(t.Ident())); err != nil {
-			return 0, err
-		}
-	default:
-		s.log.Info("chat table already has rows; merging the copy into it", "table", t.String())
-		if err := execSimple(ctx, pc, fmt.Sprintf("CREATE TEMP TABLE cdc_snapshot ON COMMIT DROP AS SELECT %s FROM %s WITH NO DATA",
-			t.ColumnList(), t.Ident())); err != nil {
-			return 0, fmt.Errorf("create staging table: %w", err)
-		}
-		for _, out := range copyOuts {
-			n, err := s.pipe(ctx, pc, out, copySQL("cdc_snapshot"))
-			if err != nil {
-				return 0, err
+		if err != nil {
+			s.log.Warn("chat database refused a row of the first copy; copying again through a staging table to isolate it", "err", err)
+			rollback()
+			if err := s.beginLocked(ctx, pc); err != nil {
+				return 0, fmt.Errorf("begin copy: %w", err)
 			}
-			rows += n
+			merge = true
 		}
-		if err := execSimple(ctx, pc, mergeSQL(t)); err != nil {
-			return 0, fmt.Errorf("merge copy into chat table: %w", err)
+	} else {
+		s.log.Info("chat table already has rows; merging the copy into it", "table", t.String())
+	}
+	if merge {
+		if rows, err = s.merge(ctx, pc, copyOuts); err != nil {
+			return 0, err
 		}
 	}
 	if cp != (Checkpoint{}) {
@@ -136,28 +138,6 @@ func (s *Sink) pipe(ctx context.Context, pc *pgconn.PgConn, copyOut CopyOut, cop
 		return 0, fmt.Errorf("copy into chat table: %w", err)
 	}
 	return tag.RowsAffected(), nil
-}
-
-func mergeSQL(t *schema.Table) string {
-	var set, cmpOld, cmpNew []string
-	for i, c := range t.Columns {
-		if i == t.Key {
-			continue
-		}
-		q := schema.Quote(c.Name)
-		set = append(set, q+" = EXCLUDED."+q)
-		cmpOld = append(cmpOld, "u."+q)
-		cmpNew = append(cmpNew, "EXCLUDED."+q)
-	}
-	key := schema.Quote(t.KeyColumn().Name)
-	upsert := fmt.Sprintf("INSERT INTO %s AS u (%s) SELECT %s FROM cdc_snapshot ON CONFLICT (%s) DO NOTHING",
-		t.Ident(), t.ColumnList(), t.ColumnList(), key)
-	if len(set) > 0 {
-		upsert = fmt.Sprintf("INSERT INTO %s AS u (%s) SELECT %s FROM cdc_snapshot ON CONFLICT (%s) DO UPDATE SET %s WHERE (%s) IS DISTINCT FROM (%s)",
-			t.Ident(), t.ColumnList(), t.ColumnList(), key, strings.Join(set, ", "), strings.Join(cmpOld, ", "), strings.Join(cmpNew, ", "))
-	}
-	return "ANALYZE cdc_snapshot; " + upsert + "; " +
-		fmt.Sprintf("DELETE FROM %s u WHERE NOT EXISTS (SELECT 1 FROM cdc_snapshot s WHERE s.%s = u.%s)", t.Ident(), key, key)
 }
 
 // Empty reports whether the chat table has no rows.

@@ -4,12 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"fmt"
-	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
-
-	"github.com/myusta/cdc/internal/schema"
 )
 
 // stageMinRows is the batch size from which upserts go through binary COPY
@@ -19,29 +15,6 @@ import (
 // through COPY + staging (see BENCHMARKS.md); one-row batches are faster
 // through the single round trip of unnest().
 const stageMinRows = 1000
-
-// stageTable is the writer connection's temporary staging table.
-const stageTable = "cdc_stage"
-
-// stageSQL creates the staging table (dropping one an earlier sink on this
-// pooled connection may have left with another layout) and upserts from it.
-func stageSQL(t *schema.Table) (create, upsert string) {
-	create = fmt.Sprintf("DROP TABLE IF EXISTS pg_temp.%s; CREATE TEMP TABLE %s ON COMMIT DELETE ROWS AS SELECT %s FROM %s WITH NO DATA",
-		stageTable, stageTable, t.ColumnList(), t.Ident())
-	var set []string
-	for i, c := range t.Columns {
-		if i != t.Key {
-			set = append(set, fmt.Sprintf("%s = EXCLUDED.%s", schema.Quote(c.Name), schema.Quote(c.Name)))
-		}
-	}
-	onConflict := "DO NOTHING"
-	if len(set) > 0 {
-		onConflict = "DO UPDATE SET " + strings.Join(set, ", ")
-	}
-	upsert = fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM pg_temp.%s ON CONFLICT (%s) %s",
-		t.Ident(), t.ColumnList(), t.ColumnList(), stageTable, schema.Quote(t.KeyColumn().Name), onConflict)
-	return create, upsert
-}
 
 // copyRows encodes the changes at idx as a PostgreSQL binary COPY stream.
 func (e *encoder) copyRows(changes []Change, idx []int, ncols int) []byte {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -12,89 +11,9 @@ import (
 	"github.com/myusta/cdc/internal/schema"
 )
 
-// preparedSQL is a statement prepared once per writer connection.
-type preparedSQL struct {
-	text string
-	oids []uint32
-}
-
-// statementSQL is the SQL the sink runs against the chat table.
-type statementSQL struct {
-	table        *schema.Table
-	createStage  string      // the writer connection's staging table
-	upsertStaged preparedSQL // from the staging table
-	upsert       preparedSQL // all synced columns as arrays, unnested
-	delete       preparedSQL // key array
-	checkpoint   preparedSQL
-	truncate     string
-	lock         string // the writer lock, held until the transaction ends
-}
-
-const (
-	stmtUpsert       = "cdc_upsert"
-	stmtUpsertStaged = "cdc_upsert_staged"
-	stmtDelete       = "cdc_delete"
-	stmtCheckpoint   = "cdc_checkpoint"
-)
-
-func buildSQL(t *schema.Table, slot string) statementSQL {
-	oids := make([]uint32, len(t.Columns))
-	args := make([]string, len(t.Columns))
-	var set []string
-	for i, c := range t.Columns {
-		oids[i] = c.ArrayOID
-		args[i] = fmt.Sprintf("$%d", i+1)
-		if i != t.Key {
-			set = append(set, fmt.Sprintf("%s = EXCLUDED.%s", schema.Quote(c.Name), schema.Quote(c.Name)))
-		}
-	}
-	key := schema.Quote(t.KeyColumn().Name)
-	onConflict := "DO NOTHING"
-	if len(set) > 0 {
-		onConflict = "DO UPDATE SET " + strings.Join(set, ", ")
-	}
-	createStage, upsertStaged := stageSQL(t)
-	return statementSQL{
-		table:        t,
-		createStage:  createStage,
-		upsertStaged: preparedSQL{text: upsertStaged},
-		upsert: preparedSQL{
-			text: fmt.Sprintf("INSERT INTO %s (%s) SELECT * FROM unnest(%s) ON CONFLICT (%s) %s",
-				t.Ident(), t.ColumnList(), strings.Join(args, ", "), key, onConflict),
-			oids: oids,
-		},
-		delete: preparedSQL{
-			text: fmt.Sprintf("DELETE FROM %s WHERE %s = ANY($1)", t.Ident(), key),
-			oids: []uint32{t.KeyColumn().ArrayOID},
-		},
-		checkpoint: preparedSQL{
-			text: `INSERT INTO cdc_checkpoint (slot_name, lsn, partial_xact_lsn, partial_changes, updated_at)
-VALUES ($1, $2::pg_lsn, $3::pg_lsn, $4::bigint, now())
-ON CONFLICT (slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, partial_xact_lsn = EXCLUDED.partial_xact_lsn,
-  partial_changes = EXCLUDED.partial_changes, updated_at = EXCLUDED.updated_at`,
-		},
-		truncate: "DELETE FROM " + t.Ident(),
-		lock:     WriterLock(slot),
-	}
-}
-
-// WriterLock is the transaction-scoped advisory lock every chat write of a
-// stream takes first (keyed by slot). Repairs take it before reading the
-// source, so whatever they write is at least as new as anything already
-// written, by this process or another one (cdc reconcile beside cdc run).
-func WriterLock(slot string) string {
-	h := fnv.New64a()
-	h.Write([]byte("cdc writer " + slot))
-	return fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", int64(h.Sum64()))
-}
-
 // beginLocked opens a transaction holding the writer lock.
 func (s *Sink) beginLocked(ctx context.Context, pc *pgconn.PgConn) error {
 	return execSimple(ctx, pc, "BEGIN; "+s.sql.lock)
-}
-
-func (q statementSQL) prepared() map[string]preparedSQL {
-	return map[string]preparedSQL{stmtUpsert: q.upsert, stmtUpsertStaged: q.upsertStaged, stmtDelete: q.delete, stmtCheckpoint: q.checkpoint}
 }
 
 // encoder builds binary array parameters in a buffer reused across batches.
@@ -105,22 +24,24 @@ type encoder struct {
 }
 
 // arrays encodes, for each column, one binary array of that column's values
-// over the changes at idx; only the key column when keyOnly is set.
+// over the changes at idx; only the key columns, in key order, when keyOnly
+// is set.
 func (e *encoder) arrays(t *schema.Table, changes []Change, idx []int, keyOnly bool) (params [][]byte, formats []int16) {
 	e.buf = e.buf[:0]
 	e.params = e.params[:0]
 	e.formats = e.formats[:0]
 	var offsets []int
 	vals := make([][]byte, len(idx))
-	for col, c := range t.Columns {
-		if keyOnly && col != t.Key {
-			continue
-		}
+	cols := t.Key
+	if !keyOnly {
+		cols = all(len(t.Columns))
+	}
+	for _, col := range cols {
 		offsets = append(offsets, len(e.buf))
 		for j, i := range idx {
 			vals[j] = changes[i].Values[col]
 		}
-		e.buf = appendArray(e.buf, c.TypeOID, vals)
+		e.buf = appendArray(e.buf, elemOID(t, col), vals)
 	}
 	offsets = append(offsets, len(e.buf))
 	for i := 0; i+1 < len(offsets); i++ {
@@ -312,24 +233,30 @@ func (s *Sink) isolate(ctx context.Context, pc *pgconn.PgConn, changes []Change,
 // reconciler copies the row from the source.
 func (s *Sink) isolatePartial(ctx context.Context, pc *pgconn.PgConn, c *Change) (dead int, err error) {
 	t := s.table
-	var set []string
-	params := [][]byte{c.Values[t.Key]}
-	oids := []uint32{t.KeyColumn().TypeOID}
-	for col, column := range t.Columns {
-		if col == t.Key || c.Unchanged&(1<<col) != 0 {
-			continue
-		}
+	var set, where []string
+	var params [][]byte
+	var oids []uint32
+	add := func(col int) string {
 		params = append(params, c.Values[col])
-		oids = append(oids, column.TypeOID)
-		set = append(set, fmt.Sprintf("%s = $%d", schema.Quote(column.Name), len(params)))
+		oids = append(oids, paramOID(t, col))
+		return fmt.Sprintf("%s = $%d", schema.Quote(t.Columns[col].Name), len(params))
+	}
+	for _, k := range t.Key {
+		where = append(where, add(k))
+	}
+	for col := range t.Columns {
+		if !t.IsKey(col) && c.Unchanged&(1<<col) == 0 {
+			set = append(set, add(col))
+		}
 	}
 	formats := make([]int16, len(params))
 	for i := range formats {
-		formats[i] = 1
+		formats[i] = t.Format.Code()
 	}
-	sql := fmt.Sprintf("UPDATE %s SET %s WHERE %s = $1", t.Ident(), strings.Join(set, ", "), schema.Quote(t.KeyColumn().Name))
+	cond := strings.Join(where, " AND ")
+	sql := fmt.Sprintf("UPDATE %s SET %s WHERE %s", t.Ident(), strings.Join(set, ", "), cond)
 	if len(set) == 0 {
-		sql = fmt.Sprintf("SELECT 1 FROM %s WHERE %s = $1", t.Ident(), schema.Quote(t.KeyColumn().Name))
+		sql = fmt.Sprintf("SELECT 1 FROM %s WHERE %s", t.Ident(), cond)
 	}
 	if err := execSimple(ctx, pc, "SAVEPOINT cdc_isolate"); err != nil {
 		return 0, err
@@ -351,6 +278,25 @@ func (s *Sink) isolatePartial(ctx context.Context, pc *pgconn.PgConn, c *Change)
 		return 1, s.deadLetter(ctx, pc, c, errMissingRow)
 	}
 	return 0, nil
+}
+
+// paramOID is the type of a single-value parameter for column col: the
+// base type in binary format; unspecified in text format, so chat infers
+// the column's own type and parses the text with its input function.
+func paramOID(t *schema.Table, col int) uint32 {
+	if t.Format == schema.Text {
+		return 0
+	}
+	return t.Columns[col].Base.OID
+}
+
+// all returns 0, 1, …, n-1.
+func all(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
 }
 
 // errMissingRow is recorded when an update that omits unchanged TOASTed

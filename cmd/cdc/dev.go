@@ -84,7 +84,7 @@ func cmdDev(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 	}
-	if err := migrate(ctx, e.stdout, log, cfg, srcPool, chatPool); err != nil {
+	if err := migrate(ctx, e.stdout, log, cfg, srcPool, chatPool, false); err != nil {
 		return err
 	}
 

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/myusta/cdc/internal/ident"
 	"github.com/myusta/cdc/sink"
 )
 
@@ -124,7 +125,7 @@ func retryErrors(ctx context.Context, e *env, sk *sink.Sink, src, chat *pgxpool.
 		return fmt.Errorf("read ids: %w", err)
 	}
 	for _, b := range bad {
-		fmt.Fprintf(e.stdout, "skipping user_id %q: not a valid %s; use cdc errors resolve --id\n", b, sk.Table().KeyColumn().TypeName)
+		fmt.Fprintf(e.stdout, "skipping user_id %q: not a valid key (%s); use cdc errors resolve --id\n", b, ident.DisplayList(sk.Table().KeyNames()))
 	}
 	res, err := sk.Repair(ctx, keys, sink.PoolFetch(src, sk.Table()))
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -16,7 +17,9 @@ import (
 )
 
 func cmdMigrate(ctx context.Context, e *env, args []string) error {
-	cfg, log, err := e.setup(flag.NewFlagSet("migrate", flag.ContinueOnError), args)
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	createTypes := fs.Bool("create-types", false, "create the enums, domains, composite and range types and extensions the chat table needs and chat lacks, from the source's definitions")
+	cfg, log, err := e.setup(fs, args)
 	if err != nil {
 		return err
 	}
@@ -37,7 +40,7 @@ func cmdMigrate(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer chatPool.Close()
-	return migrate(ctx, e.stdout, log, cfg, srcPool, chatPool)
+	return migrate(ctx, e.stdout, log, cfg, srcPool, chatPool, *createTypes)
 }
 
 // oneShotPatience bounds how long a one-shot command waits for a database:
@@ -52,7 +55,7 @@ func oneShotPatience(p retry.Policy) (d time.Duration) {
 
 // migrate brings both databases to what cdc needs; running it twice changes
 // nothing the second time.
-func migrate(ctx context.Context, out io.Writer, log *slog.Logger, cfg *config.Config, srcPool, chatPool *pgxpool.Pool) error {
+func migrate(ctx context.Context, out io.Writer, log *slog.Logger, cfg *config.Config, srcPool, chatPool *pgxpool.Pool, createTypes bool) error {
 	n, err := migrations.MigrateChat(ctx, chatPool, log)
 	if err != nil {
 		return err
@@ -63,9 +66,16 @@ func migrate(ctx context.Context, out io.Writer, log *slog.Logger, cfg *config.C
 		fmt.Fprintf(out, "chat: applied %d migration(s)\n", n)
 	}
 	spec := migrations.SpecFor(cfg)
-	created, err := migrations.EnsureChatTable(ctx, srcPool, chatPool, spec)
+	created, notes, err := migrations.EnsureChatTable(ctx, srcPool, chatPool, spec, createTypes)
+	var missing *migrations.MissingTypesError
+	if errors.As(err, &missing) {
+		return &exitError{code: exitUsage, err: err}
+	}
 	if err != nil {
 		return err
+	}
+	for _, n := range notes {
+		fmt.Fprintln(out, "chat:", n)
 	}
 	if created {
 		fmt.Fprintf(out, "chat: created table %s from the source's columns\n", cfg.ChatTable)

@@ -36,12 +36,12 @@ func openOneShot(ctx context.Context, cfg *config.Config, log *slog.Logger) (*on
 		return nil, err
 	}
 	o := &oneShot{close: func() { srcPool.Close(); chatPool.Close() }}
-	srcTable, err := replication.LoadTable(ctx, srcPool, sourceSpec(cfg), "source", "check SOURCE_TABLE and the database in the DSN")
+	srcTable, err := replication.LoadTable(ctx, srcPool, sourceSpec(cfg).Spec, "source", "check SOURCE_TABLE and the database in the DSN")
 	if err != nil {
 		o.close()
 		return nil, err
 	}
-	chatTable, err := chatPreflight(ctx, chatPool, cfg, srcTable)
+	chatTable, err := chatPreflight(ctx, srcPool, chatPool, cfg, srcTable)
 	if err != nil {
 		o.close()
 		return nil, err

@@ -23,6 +23,7 @@ import (
 	"github.com/myusta/cdc/migrations"
 	"github.com/myusta/cdc/reconcile"
 	"github.com/myusta/cdc/replication"
+	"github.com/myusta/cdc/sink"
 )
 
 func cmdRun(ctx context.Context, e *env, args []string) error {
@@ -76,7 +77,7 @@ type daemonSource interface {
 func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	start := time.Now()
 	log.Info("cdc starting", "mode", cfg.Mode, "source", logging.RedactDSN(cfg.SourceURL), "chat", logging.RedactDSN(cfg.ChatURL),
-		"table", cfg.SourceTable+" -> "+cfg.ChatTable)
+		"table", cfg.SourceTable.String()+" -> "+cfg.ChatTable.String())
 	mon, stopHealth, err := startHealth(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -103,7 +104,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		return err
 	}
 	warnLeftovers(ctx, log, cfg, srcPool)
-	chatTable, err := chatPreflight(ctx, chatPool, cfg, srcTable)
+	chatTable, err := chatPreflight(ctx, srcPool, chatPool, cfg, srcTable)
 	if err != nil {
 		return err
 	}
@@ -133,6 +134,9 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	chat := reconcile.Side{Pool: chatPool, Table: chatTable}
 	sk := newSink(cfg, log, chat, mon.ObserveBatch)
 	defer sk.Close()
+	if err := checkStatements(ctx, sk, src); err != nil {
+		return err
+	}
 
 	var source daemonSource
 	var rec *reconcile.Reconciler
@@ -211,35 +215,45 @@ func warnLeftovers(ctx context.Context, log *slog.Logger, cfg *config.Config, po
 }
 
 func sourceSpec(cfg *config.Config) replication.Source {
-	return replication.Source{
-		Table:       cfg.SourceTable,
-		Columns:     cfg.Columns,
-		Key:         cfg.KeyColumn,
-		UpdatedAt:   cfg.UpdatedAtColumn,
-		Publication: cfg.PublicationName,
-		Secret:      cfg.SecretColumns,
-	}
+	return replication.Source{Spec: migrations.SpecFor(cfg).Source(), Publication: cfg.PublicationName, Secret: cfg.SecretColumns}
 }
 
 // chatPreflight checks that chat is migrated and that its table can take
-// the source's values.
-func chatPreflight(ctx context.Context, pool *pgxpool.Pool, cfg *config.Config, src *schema.Table) (*schema.Table, error) {
-	if err := migrations.CheckChat(ctx, pool); err != nil {
+// the source's values, and decides how they travel (schema.Match).
+func chatPreflight(ctx context.Context, srcPool, chatPool *pgxpool.Pool, cfg *config.Config, src *schema.Table) (*schema.Table, error) {
+	if err := migrations.CheckChat(ctx, chatPool); err != nil {
 		if errors.Is(err, migrations.ErrNotMigrated) {
 			return nil, &replication.PreflightError{Cause: err.Error(), Fix: "run cdc migrate"}
 		}
 		return nil, err
 	}
-	spec := sourceSpec(cfg)
-	spec.Table = cfg.ChatTable
-	t, err := replication.LoadTable(ctx, pool, spec, "chat", "run cdc migrate (it creates the table from the source's columns), or check CHAT_TABLE")
+	spec := migrations.SpecFor(cfg).Chat(src)
+	t, err := replication.LoadTable(ctx, chatPool, spec, "chat", "run cdc migrate (it creates the table from the source's columns), or check CHAT_TABLE")
 	if err != nil {
 		return nil, err
 	}
-	if err := schema.Compatible(src, t); err != nil {
-		return nil, &replication.PreflightError{Cause: err.Error(), Fix: "cdc writes values in binary form, so both sides need the same column types"}
+	var mismatch *schema.MismatchError
+	if err := schema.Match(ctx, srcPool, chatPool, src, t, cfg.WireFormat); errors.As(err, &mismatch) {
+		return nil, &replication.PreflightError{Cause: "the chat table cannot take the source's values: " + err.Error(), Fix: "change the chat columns' types (or SYNC_COLUMNS), then start again"}
+	} else if err != nil {
+		return nil, err
 	}
 	return t, nil
+}
+
+// checkStatements prepares the statements cdc runs on both sides, so that
+// a table it cannot read or write stops it at start (exit 2), before it
+// creates a slot, instead of failing on the first change.
+func checkStatements(ctx context.Context, sk *sink.Sink, src reconcile.Side) error {
+	err := sk.Check(ctx)
+	if err == nil {
+		err = sink.CheckSource(ctx, src.Pool, src.Table)
+	}
+	var ce *sink.CheckError
+	if errors.As(err, &ce) {
+		return &replication.PreflightError{Cause: "cdc cannot " + err.Error(), Fix: "check the tables' columns, types and privileges (cdc migrate creates a chat table that fits the source)"}
+	}
+	return err
 }
 
 // openPool opens a pool and waits until the database answers. Outages are

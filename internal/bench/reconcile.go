@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/myusta/cdc/internal/retry"
-	"github.com/myusta/cdc/internal/schema"
+	"github.com/myusta/cdc/migrations"
 	"github.com/myusta/cdc/reconcile"
 	"github.com/myusta/cdc/sink"
 )
@@ -20,12 +20,7 @@ import (
 // a 3-minute window in which 18 % of the rows changed (1,000 changes/s for
 // 3 minutes on 1M rows).
 func reconcilePhase(ctx context.Context, s *servers, o Options, r *Result, env map[string]string) error {
-	cols := s.cfg.Columns
-	st, err := schema.Load(ctx, s.source, s.cfg.SourceTable, cols, s.cfg.KeyColumn, s.cfg.UpdatedAtColumn)
-	if err != nil {
-		return err
-	}
-	ct, err := schema.Load(ctx, s.cdc, s.cfg.ChatTable, cols, s.cfg.KeyColumn, s.cfg.UpdatedAtColumn)
+	st, ct, err := migrations.LoadTables(ctx, s.source, s.cdc, migrations.SpecFor(s.cfg), s.cfg.WireFormat)
 	if err != nil {
 		return err
 	}

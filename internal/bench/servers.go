@@ -95,7 +95,7 @@ func setup(ctx context.Context, o Options, r *Result) (*servers, error) {
 		return s, err
 	}
 	for _, p := range []*pgxpool.Pool{s.cdc, s.native, s.pipe} {
-		if _, err := migrations.EnsureChatTable(ctx, s.source, p, spec); err != nil {
+		if _, _, err := migrations.EnsureChatTable(ctx, s.source, p, spec, false); err != nil {
 			return s, err
 		}
 	}

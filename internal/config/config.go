@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/joho/godotenv"
+
+	"github.com/myusta/cdc/internal/ident"
+	"github.com/myusta/cdc/internal/schema"
 )
 
 // Sync modes.
@@ -57,12 +60,24 @@ type Config struct {
 	LogLevel  slog.Level // LOG_LEVEL
 	LogFormat string     // LOG_FORMAT: auto, text or json
 
-	SourceTable     string   // SOURCE_TABLE, schema-qualified
-	ChatTable       string   // CHAT_TABLE, schema-qualified
-	Columns         []string // SYNC_COLUMNS, the allow-list that leaves the source
-	KeyColumn       string   // KEY_COLUMN
-	UpdatedAtColumn string   // UPDATED_AT_COLUMN
-	SecretColumns   []string // SECRET_COLUMNS, never synced
+	SourceTable     ident.Table   // SOURCE_TABLE
+	ChatTable       ident.Table   // CHAT_TABLE
+	Columns         []string      // SYNC_COLUMNS, the allow-list that leaves the source (source names)
+	ChatColumns     []string      // SYNC_COLUMNS' chat names, in the same order
+	KeyColumns      []string      // KEY_COLUMNS (source names); nil: the source's primary key
+	UpdatedAtColumn string        // UPDATED_AT_COLUMN (a source name)
+	SecretColumns   []string      // SECRET_COLUMNS, never synced
+	WireFormat      schema.Format // WIRE_FORMAT
+}
+
+// ChatName is the chat name of source column col (col itself if unmapped).
+func (c *Config) ChatName(col string) string {
+	for i, s := range c.Columns {
+		if s == col {
+			return c.ChatColumns[i]
+		}
+	}
+	return col
 }
 
 // Error is a configuration value that cannot be used. Its message names the
@@ -180,15 +195,17 @@ func (c *Config) check() error {
 	if c.LagCritical < c.LagWarn {
 		return newError("LAG_CRITICAL", fmt.Sprintf("must be at least LAG_WARN (%s)", c.LagWarn))
 	}
-	if !contains(c.Columns, c.KeyColumn) {
-		return newError("SYNC_COLUMNS", fmt.Sprintf("must include KEY_COLUMN %q", c.KeyColumn))
+	for _, k := range c.KeyColumns {
+		if !contains(c.Columns, k) {
+			return newError("SYNC_COLUMNS", fmt.Sprintf("must include the key column %s (KEY_COLUMNS)", ident.Display(k)))
+		}
 	}
 	if !contains(c.Columns, c.UpdatedAtColumn) {
-		return newError("SYNC_COLUMNS", fmt.Sprintf("must include UPDATED_AT_COLUMN %q", c.UpdatedAtColumn))
+		return newError("SYNC_COLUMNS", fmt.Sprintf("must include UPDATED_AT_COLUMN %s", ident.Display(c.UpdatedAtColumn)))
 	}
 	for _, s := range c.SecretColumns {
 		if contains(c.Columns, s) {
-			return newError("SYNC_COLUMNS", fmt.Sprintf("must not include %q: it is listed in SECRET_COLUMNS and never leaves the source", s))
+			return newError("SYNC_COLUMNS", fmt.Sprintf("must not include %s: it is listed in SECRET_COLUMNS and never leaves the source", ident.Display(s)))
 		}
 	}
 	return nil

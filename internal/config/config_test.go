@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/myusta/cdc/internal/config"
+	"github.com/myusta/cdc/internal/ident"
 )
 
 // validDSN parses with pgconn without touching the network.
@@ -71,10 +72,10 @@ func TestLoad_Defaults(t *testing.T) {
 		HTTPAddr:              "127.0.0.1:8080",
 		LogLevel:              slog.LevelInfo,
 		LogFormat:             "auto",
-		SourceTable:           "public.users",
-		ChatTable:             "public.users",
+		SourceTable:           ident.Table{Schema: "public", Name: "users"},
+		ChatTable:             ident.Table{Schema: "public", Name: "users"},
 		Columns:               strings.Split(config.DefaultColumns, ","),
-		KeyColumn:             "id",
+		ChatColumns:           strings.Split(config.DefaultColumns, ","),
 		UpdatedAtColumn:       "updated_at",
 		SecretColumns:         []string{"password_hash"},
 	}
@@ -115,8 +116,8 @@ func TestLoad_RejectsBadValues(t *testing.T) {
 		{"source dsn malformed kv", map[string]string{"SOURCE_DATABASE_URL": "host=x port=abc"}, "SOURCE_DATABASE_URL", "postgres://user:pass@host:5432/db"},
 		{"chat dsn malformed", map[string]string{"CHAT_DATABASE_URL": "postgres://u@host:99x/db"}, "CHAT_DATABASE_URL", "not a valid PostgreSQL DSN"},
 		{"sync mode", map[string]string{"SYNC_MODE": "x"}, "SYNC_MODE", "use replication or notify"},
-		{"source run role not an identifier", map[string]string{"SOURCE_RUN_ROLE": "Cdc-Reader"}, "SOURCE_RUN_ROLE", "not a plain identifier"},
-		{"chat run role with a quote", map[string]string{"CHAT_RUN_ROLE": `x"; DROP TABLE users; --`}, "CHAT_RUN_ROLE", "not a plain identifier"},
+		{"source run role not an identifier", map[string]string{"SOURCE_RUN_ROLE": "Cdc-Reader"}, "SOURCE_RUN_ROLE", "unexpected"},
+		{"chat run role with a quote", map[string]string{"CHAT_RUN_ROLE": `x"; DROP TABLE users; --`}, "CHAT_RUN_ROLE", "unexpected"},
 		{"slot WAL warning with a unit", map[string]string{"SLOT_WAL_WARN_MB": "1GB"}, "SLOT_WAL_WARN_MB", "megabytes from 1"},
 		{"sync interval zero", map[string]string{"SYNC_INTERVAL_MINUTES": "0"}, "SYNC_INTERVAL_MINUTES", "from 0.001 to 1440"},
 		{"sync interval negative", map[string]string{"SYNC_INTERVAL_MINUTES": "-1"}, "SYNC_INTERVAL_MINUTES", "from 0.001 to 1440"},
@@ -143,7 +144,7 @@ func TestLoad_RejectsBadValues(t *testing.T) {
 		{"reconnect attempts text", map[string]string{"MAX_RECONNECT_ATTEMPTS": "x"}, "MAX_RECONNECT_ATTEMPTS", "an integer from 0 to 1000"},
 		{"slot name upper and dash", map[string]string{"SLOT_NAME": "Bad-Name"}, "SLOT_NAME", "lower-case letters, digits or underscores"},
 		{"slot name too long", map[string]string{"SLOT_NAME": strings.Repeat("a", 64)}, "SLOT_NAME", "1-63"},
-		{"publication name with space", map[string]string{"PUBLICATION_NAME": "has space"}, "PUBLICATION_NAME", "plain identifier"},
+		{"publication name with space", map[string]string{"PUBLICATION_NAME": "has space"}, "PUBLICATION_NAME", "unexpected"},
 		{"batch max rows zero", map[string]string{"BATCH_MAX_ROWS": "0"}, "BATCH_MAX_ROWS", "from 1 to 1000000"},
 		{"batch wait without unit", map[string]string{"BATCH_MAX_WAIT": "5"}, "BATCH_MAX_WAIT", "from 0 to 1s"},
 		{"batch wait too long", map[string]string{"BATCH_MAX_WAIT": "2s"}, "BATCH_MAX_WAIT", "from 0 to 1s"},
@@ -164,20 +165,27 @@ func TestLoad_RejectsBadValues(t *testing.T) {
 		{"log level", map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL", "debug, info, warn or error"},
 		{"log format", map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT", "text, json or auto"},
 		{"source table three parts", map[string]string{"SOURCE_TABLE": "a.b.c"}, "SOURCE_TABLE", "table or schema.table"},
-		{"source table upper case", map[string]string{"SOURCE_TABLE": "Users"}, "SOURCE_TABLE", "lower-case identifiers"},
-		{"chat table empty schema", map[string]string{"CHAT_TABLE": ".users"}, "CHAT_TABLE", "table or schema.table"},
+		{"source table unterminated quote", map[string]string{"SOURCE_TABLE": `public."Users`}, "SOURCE_TABLE", "unterminated"},
+		{"chat table empty schema", map[string]string{"CHAT_TABLE": ".users"}, "CHAT_TABLE", "a name is"},
+		{"table name too long", map[string]string{"CHAT_TABLE": strings.Repeat("u", 64)}, "CHAT_TABLE", "at most 63"},
 		{"sync columns only commas", map[string]string{"SYNC_COLUMNS": " , ,"}, "SYNC_COLUMNS", "list the columns to copy"},
-		{"sync columns duplicate", map[string]string{"SYNC_COLUMNS": "id,email,updated_at,email"}, "SYNC_COLUMNS", `names "email" twice`},
-		{"sync columns bad identifier", map[string]string{"SYNC_COLUMNS": "id,updated_at,E-mail"}, "SYNC_COLUMNS", "plain identifier"},
-		{"sync columns without key", map[string]string{"SYNC_COLUMNS": "email,updated_at"}, "SYNC_COLUMNS", `KEY_COLUMN "id"`},
-		{"sync columns without updated_at", map[string]string{"SYNC_COLUMNS": "id,email"}, "SYNC_COLUMNS", `UPDATED_AT_COLUMN "updated_at"`},
+		{"sync columns duplicate", map[string]string{"SYNC_COLUMNS": "id,email,updated_at,email"}, "SYNC_COLUMNS", `names email twice`},
+		{"sync columns duplicate after folding", map[string]string{"SYNC_COLUMNS": "id,email,updated_at,EMAIL"}, "SYNC_COLUMNS", `names email twice`},
+		{"sync columns mapped twice", map[string]string{"SYNC_COLUMNS": "id,updated_at,a AS x,b AS x"}, "SYNC_COLUMNS", "two columns to x"},
+		{"sync columns bad name", map[string]string{"SYNC_COLUMNS": "id,updated_at,E-mail"}, "SYNC_COLUMNS", "separate names with commas"},
+		{"sync columns without key", map[string]string{"KEY_COLUMNS": "id", "SYNC_COLUMNS": "email,updated_at"}, "SYNC_COLUMNS", `the key column id`},
+		{"sync columns without updated_at", map[string]string{"SYNC_COLUMNS": "id,email"}, "SYNC_COLUMNS", `UPDATED_AT_COLUMN updated_at`},
 		{"sync columns with secret", map[string]string{"SYNC_COLUMNS": "id,updated_at,password_hash"}, "SYNC_COLUMNS", "SECRET_COLUMNS"},
 		{"sync columns with custom secret", map[string]string{"SECRET_COLUMNS": "email", "SYNC_COLUMNS": "id,email,updated_at"}, "SYNC_COLUMNS", "SECRET_COLUMNS"},
-		{"key column injection", map[string]string{"KEY_COLUMN": "Id;drop"}, "KEY_COLUMN", "plain identifier"},
-		{"key column not in columns", map[string]string{"KEY_COLUMN": "uuid"}, "SYNC_COLUMNS", `KEY_COLUMN "uuid"`},
-		{"updated_at column bad", map[string]string{"UPDATED_AT_COLUMN": "updated at"}, "UPDATED_AT_COLUMN", "plain identifier"},
-		{"secret columns bad", map[string]string{"SECRET_COLUMNS": "password_hash,Token"}, "SECRET_COLUMNS", "plain identifier"},
-		{"secret columns duplicate", map[string]string{"SECRET_COLUMNS": "a,a"}, "SECRET_COLUMNS", `names "a" twice`},
+		{"key columns injection", map[string]string{"KEY_COLUMNS": "Id;drop"}, "KEY_COLUMNS", "unexpected"},
+		{"key columns not synced", map[string]string{"KEY_COLUMNS": "uuid"}, "SYNC_COLUMNS", `the key column uuid`},
+		{"key columns mapped", map[string]string{"KEY_COLUMNS": "id AS x"}, "KEY_COLUMNS", "only allowed in SYNC_COLUMNS"},
+		{"key column and key columns", map[string]string{"KEY_COLUMNS": "id", "KEY_COLUMN": "id"}, "KEY_COLUMN", "keep only KEY_COLUMNS"},
+		{"updated_at column bad", map[string]string{"UPDATED_AT_COLUMN": "updated at"}, "UPDATED_AT_COLUMN", "unexpected"},
+		{"secret columns bad", map[string]string{"SECRET_COLUMNS": "password_hash,To ken"}, "SECRET_COLUMNS", "separate names with commas"},
+		{"wire format", map[string]string{"WIRE_FORMAT": "json"}, "WIRE_FORMAT", "auto, binary or text"},
+		{"publication name quoted badly", map[string]string{"PUBLICATION_NAME": `"cdc`}, "PUBLICATION_NAME", "unterminated"},
+		{"secret columns duplicate", map[string]string{"SECRET_COLUMNS": "a,a"}, "SECRET_COLUMNS", `names a twice`},
 	}
 
 	covered := map[string]bool{}
@@ -275,13 +283,40 @@ func TestLoad_AcceptsValues(t *testing.T) {
 			}
 		}},
 		{"unqualified tables", map[string]string{"SOURCE_TABLE": "users", "CHAT_TABLE": "chat_users"}, func(t *testing.T, c *config.Config) {
-			if c.SourceTable != "public.users" || c.ChatTable != "public.chat_users" {
-				t.Errorf("tables = %q, %q; want public.users, public.chat_users", c.SourceTable, c.ChatTable)
+			if c.SourceTable != (ident.Table{Schema: "public", Name: "users"}) || c.ChatTable != (ident.Table{Schema: "public", Name: "chat_users"}) {
+				t.Errorf("tables = %v, %v; want public.users, public.chat_users", c.SourceTable, c.ChatTable)
 			}
 		}},
 		{"qualified table kept", map[string]string{"SOURCE_TABLE": "app.users"}, func(t *testing.T, c *config.Config) {
-			if c.SourceTable != "app.users" {
-				t.Errorf("SourceTable = %q, want app.users", c.SourceTable)
+			if c.SourceTable != (ident.Table{Schema: "app", Name: "users"}) {
+				t.Errorf("SourceTable = %v, want app.users", c.SourceTable)
+			}
+		}},
+		{"quoted names keep their case, unquoted fold", map[string]string{"SOURCE_TABLE": `Public."Users"`,
+			"SYNC_COLUMNS": `"id", "firstName", Email, "createdAt" AS created_at, "updatedAt"`, "UPDATED_AT_COLUMN": `"updatedAt"`,
+			"KEY_COLUMNS": `"id"`, "SECRET_COLUMNS": `"password"`, "PUBLICATION_NAME": `"Cdc Pub"`}, func(t *testing.T, c *config.Config) {
+			if c.SourceTable != (ident.Table{Schema: "public", Name: "Users"}) {
+				t.Errorf("SourceTable = %#v", c.SourceTable)
+			}
+			if want := []string{"id", "firstName", "email", "createdAt", "updatedAt"}; !reflect.DeepEqual(c.Columns, want) {
+				t.Errorf("Columns = %q, want %q", c.Columns, want)
+			}
+			if want := []string{"id", "firstName", "email", "created_at", "updatedAt"}; !reflect.DeepEqual(c.ChatColumns, want) {
+				t.Errorf("ChatColumns = %q, want %q", c.ChatColumns, want)
+			}
+			if c.UpdatedAtColumn != "updatedAt" || c.PublicationName != "Cdc Pub" || !reflect.DeepEqual(c.SecretColumns, []string{"password"}) ||
+				!reflect.DeepEqual(c.KeyColumns, []string{"id"}) || c.ChatName("createdAt") != "created_at" {
+				t.Errorf("UpdatedAtColumn, PublicationName, SecretColumns, KeyColumns = %q, %q, %q, %q", c.UpdatedAtColumn, c.PublicationName, c.SecretColumns, c.KeyColumns)
+			}
+		}},
+		{"older KEY_COLUMN", map[string]string{"KEY_COLUMN": "id"}, func(t *testing.T, c *config.Config) {
+			if !reflect.DeepEqual(c.KeyColumns, []string{"id"}) {
+				t.Errorf("KeyColumns = %q, want [id]", c.KeyColumns)
+			}
+		}},
+		{"multi-column key", map[string]string{"KEY_COLUMNS": "tenant_id, id", "SYNC_COLUMNS": "tenant_id,id,updated_at"}, func(t *testing.T, c *config.Config) {
+			if !reflect.DeepEqual(c.KeyColumns, []string{"tenant_id", "id"}) {
+				t.Errorf("KeyColumns = %q", c.KeyColumns)
 			}
 		}},
 		{"values are trimmed", map[string]string{"SYNC_MODE": "  notify\t", "SLOT_NAME": " s1 "}, func(t *testing.T, c *config.Config) {

@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/myusta/cdc/internal/ident"
+	"github.com/myusta/cdc/internal/schema"
 )
 
 // Var describes one configuration variable: its name, default, meaning and
@@ -103,23 +106,17 @@ var Vars = []Var{
 		c.SlotName = s
 		return nil
 	}},
-	{"PUBLICATION_NAME", "cdc_users", "publication on the source (created by cdc migrate)", func(c *Config, s string) error {
-		c.PublicationName = s
-		return checkIdent(s)
+	{"PUBLICATION_NAME", "cdc_users", "publication on the source (created by cdc migrate; a name, SQL syntax)", func(c *Config, s string) (err error) {
+		c.PublicationName, err = ident.ParseName(s)
+		return err
 	}},
-	{"SOURCE_RUN_ROLE", "", "role cdc run logs in as on the source, when not the one cdc migrate uses: migrate grants it SELECT on the source table (it needs REPLICATION too, in replication mode)", func(c *Config, s string) error {
-		c.SourceRunRole = s
-		if s == "" {
-			return nil
-		}
-		return checkIdent(s)
+	{"SOURCE_RUN_ROLE", "", "role cdc run logs in as on the source, when not the one cdc migrate uses: migrate grants it SELECT on the source table (it needs REPLICATION too, in replication mode)", func(c *Config, s string) (err error) {
+		c.SourceRunRole, err = optionalName(s)
+		return err
 	}},
-	{"CHAT_RUN_ROLE", "", "role cdc run logs in as on chat, when not the one cdc migrate uses: migrate grants it what cdc needs on the chat table and cdc's own tables, nothing else", func(c *Config, s string) error {
-		c.ChatRunRole = s
-		if s == "" {
-			return nil
-		}
-		return checkIdent(s)
+	{"CHAT_RUN_ROLE", "", "role cdc run logs in as on chat, when not the one cdc migrate uses: migrate grants it what cdc needs on the chat table and cdc's own tables, nothing else", func(c *Config, s string) (err error) {
+		c.ChatRunRole, err = optionalName(s)
+		return err
 	}},
 	{"BATCH_MAX_ROWS", "10000", "most changes applied in one chat transaction", func(c *Config, s string) error {
 		n, err := parseInt(s, 1, 1_000_000, "an integer from 1 to 1000000")
@@ -177,90 +174,79 @@ var Vars = []Var{
 		}
 		return fmt.Errorf("%q is not a format: use text, json or auto", s)
 	}},
-	{"SOURCE_TABLE", "public.users", "source table (schema.table)", func(c *Config, s string) error {
-		c.SourceTable = qualify(s)
-		return checkTable(s)
-	}},
-	{"CHAT_TABLE", "public.users", "chat table (schema.table)", func(c *Config, s string) error {
-		c.ChatTable = qualify(s)
-		return checkTable(s)
-	}},
-	{"SYNC_COLUMNS", DefaultColumns, "comma-separated columns copied to chat (same names on both sides)", func(c *Config, s string) error {
-		cols, err := parseIdentList(s)
-		c.Columns = cols
-		if err == nil && len(cols) == 0 {
-			err = errors.New("is empty: list the columns to copy, e.g. " + DefaultColumns)
-		}
-		if err == nil && len(cols) > 64 {
-			err = fmt.Errorf("names %d columns: at most 64 are supported", len(cols))
-		}
+	{"SOURCE_TABLE", "public.users", "source table: table or schema.table in SQL syntax (unquoted names fold to lower case: public.\"Users\" keeps its case)", func(c *Config, s string) (err error) {
+		c.SourceTable, err = ident.ParseTable(s)
 		return err
 	}},
-	{"KEY_COLUMN", "id", "primary-key column (single column)", func(c *Config, s string) error {
-		c.KeyColumn = s
-		return checkIdent(s)
+	{"CHAT_TABLE", "public.users", "chat table, as SOURCE_TABLE", func(c *Config, s string) (err error) {
+		c.ChatTable, err = ident.ParseTable(s)
+		return err
 	}},
-	{"UPDATED_AT_COLUMN", "updated_at", "timestamptz column bumped on every change (the reconciler's window)", func(c *Config, s string) error {
-		c.UpdatedAtColumn = s
-		return checkIdent(s)
+	{"SYNC_COLUMNS", DefaultColumns, "comma-separated source columns copied to chat, SQL syntax (\"firstName\" keeps its case); \"col AS other\" writes col into chat's column other", func(c *Config, s string) error {
+		cols, err := ident.ParseList(s, true)
+		if err != nil {
+			return err
+		}
+		c.Columns, c.ChatColumns = nil, nil
+		for _, m := range cols {
+			c.Columns = append(c.Columns, m.Source)
+			c.ChatColumns = append(c.ChatColumns, m.Chat)
+		}
+		if len(cols) == 0 {
+			return errors.New("is empty: list the columns to copy, e.g. " + DefaultColumns)
+		}
+		if len(cols) > 64 {
+			return fmt.Errorf("names %d columns: at most 64 are supported", len(cols))
+		}
+		return nil
 	}},
-	{"SECRET_COLUMNS", "password_hash", "columns that must never leave the source; SYNC_COLUMNS may not name them", func(c *Config, s string) error {
-		cols, err := parseIdentList(s)
-		c.SecretColumns = cols
+	{"KEY_COLUMNS", "", "the key: comma-separated source columns of a unique index (default: the source table's primary key)", func(c *Config, s string) (err error) {
+		c.KeyColumns, err = keyList(s)
+		return err
+	}},
+	{"KEY_COLUMN", "", "older name of KEY_COLUMNS (one column)", func(c *Config, s string) error {
+		if s == "" {
+			return nil
+		}
+		if c.KeyColumns != nil {
+			return errors.New("is set together with KEY_COLUMNS: keep only KEY_COLUMNS")
+		}
+		var err error
+		c.KeyColumns, err = keyList(s)
+		return err
+	}},
+	{"UPDATED_AT_COLUMN", "updated_at", "timestamptz column bumped on every change (the reconciler's window); a source column name, SQL syntax", func(c *Config, s string) (err error) {
+		c.UpdatedAtColumn, err = ident.ParseName(s)
+		return err
+	}},
+	{"SECRET_COLUMNS", "password_hash", "source columns that must never leave the source; SYNC_COLUMNS may not name them", func(c *Config, s string) (err error) {
+		c.SecretColumns, err = ident.ParseNames(s)
+		return err
+	}},
+	{"WIRE_FORMAT", "auto", "how values travel: auto (binary when every column's type is the same on both sides and its binary form carries no type OIDs, else text), binary, or text", func(c *Config, s string) (err error) {
+		c.WireFormat, err = schema.ParseFormat(s)
 		return err
 	}},
 }
 
-var (
-	slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
-	ident    = regexp.MustCompile(`^[a-z_][a-z0-9_$]{0,62}$`)
-)
+var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 
-func checkIdent(s string) error {
-	if !ident.MatchString(s) {
-		return fmt.Errorf("%q is not a plain identifier: use lower-case letters, digits and underscores (max 63)", s)
+func optionalName(s string) (string, error) {
+	if s == "" {
+		return "", nil
 	}
-	return nil
+	return ident.ParseName(s)
 }
 
-func checkTable(s string) error {
-	parts := strings.Split(s, ".")
-	if len(parts) > 2 {
-		return fmt.Errorf("%q is not a table name: use table or schema.table", s)
+func keyList(s string) ([]string, error) {
+	if s == "" {
+		return nil, nil
 	}
-	for _, p := range parts {
-		if !ident.MatchString(p) {
-			return fmt.Errorf("%q is not a table name: use table or schema.table with lower-case identifiers", s)
-		}
+	names, err := ident.ParseNames(s)
+	if err == nil && len(names) == 0 {
+		err = errors.New("is empty: name the key's columns, or leave it unset for the primary key")
 	}
-	return nil
-}
-
-func qualify(s string) string {
-	if strings.Contains(s, ".") {
-		return s
-	}
-	return "public." + s
-}
-
-func parseIdentList(s string) ([]string, error) {
-	var out []string
-	seen := map[string]bool{}
-	for _, p := range strings.Split(s, ",") {
-		p = strings.TrimSpace(p)
-		if p == "" {
-			continue
-		}
-		if err := checkIdent(p); err != nil {
-			return nil, err
-		}
-		if seen[p] {
-			return nil, fmt.Errorf("names %q twice", p)
-		}
-		seen[p] = true
-		out = append(out, p)
-	}
-	return out, nil
+	return names, err
 }
 
 func checkDSN(s string) error {

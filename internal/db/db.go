@@ -25,6 +25,18 @@ var dialer = &net.Dialer{
 	KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3},
 }
 
+// TextSettings fix how every cdc session writes values as text, whatever
+// the servers' configuration: values that travel in text form (see
+// schema.Format) are one server's output read by another's input, and are
+// compared byte for byte, so both sides must write them alike. They are
+// the settings PostgreSQL's own subscriptions use for their walsender
+// (datestyle ISO, intervalstyle postgres, extra_float_digits 3), plus UTC,
+// so timestamps with time zone print alike, and hex bytea. They are set
+// once a connection is up rather than in the startup packet, which
+// connection poolers accept only for a few parameters.
+const TextSettings = "SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; " +
+	"SET TimeZone = 'UTC'; SET bytea_output = 'hex'"
+
 func tune(cfg *pgconn.Config) {
 	cfg.DialFunc = dialer.DialContext
 	if cfg.ConnectTimeout == 0 {
@@ -32,6 +44,12 @@ func tune(cfg *pgconn.Config) {
 	}
 	if _, ok := cfg.RuntimeParams["application_name"]; !ok {
 		cfg.RuntimeParams["application_name"] = ApplicationName
+	}
+	cfg.AfterConnect = func(ctx context.Context, pc *pgconn.PgConn) error {
+		if _, err := pc.Exec(ctx, TextSettings).ReadAll(); err != nil {
+			return fmt.Errorf("set session: %w", err)
+		}
+		return nil
 	}
 }
 

@@ -209,7 +209,7 @@ func (sc *scanner) space() {
 func (sc *scanner) end() error {
 	sc.space()
 	if !sc.done() {
-		return fmt.Errorf("%q: unexpected %q", sc.s, sc.rest())
+		return fmt.Errorf("%q: unexpected %q: a name with spaces, symbols or upper case must be in double quotes (%s)", sc.s, sc.rest(), Quote(sc.s))
 	}
 	return nil
 }

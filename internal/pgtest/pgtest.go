@@ -22,6 +22,7 @@ import (
 	"github.com/myusta/cdc/internal/db"
 	"github.com/myusta/cdc/internal/demo"
 	"github.com/myusta/cdc/internal/pglocal"
+	"github.com/myusta/cdc/internal/schema"
 	"github.com/myusta/cdc/internal/tablediff"
 	"github.com/myusta/cdc/migrations"
 )
@@ -31,15 +32,54 @@ var (
 	shared  *pglocal.Server
 	initErr error
 	seq     atomic.Int64
+
+	chatOnce    sync.Once
+	chatShared  *pglocal.Server
+	chatInitErr error
 )
 
-// Main runs a package's tests and then stops the shared server.
+// Main runs a package's tests and then stops the shared servers.
 func Main(m *testing.M) {
 	code := m.Run()
-	if shared != nil {
-		_ = shared.Stop()
+	for _, s := range []*pglocal.Server{shared, chatShared} {
+		if s != nil {
+			_ = s.Stop()
+		}
 	}
 	os.Exit(code)
+}
+
+// ChatServer returns a second shared server, started on first use: a
+// cluster of its own, whose type OIDs are not the first server's.
+func ChatServer(t testing.TB) *pglocal.Server {
+	t.Helper()
+	chatOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		chatShared, chatInitErr = pglocal.Start(ctx, pglocal.Options{Fast: true, Settings: map[string]string{
+			"max_replication_slots": "16", "max_wal_senders": "16",
+		}})
+	})
+	if chatInitErr != nil {
+		t.Fatalf("start the second PostgreSQL: %v", chatInitErr)
+	}
+	return chatShared
+}
+
+// NewClusterPair is a bare pair (reference users table on the source, no
+// migrations) whose chat database is on ChatServer: two clusters, as in
+// production. The chat database gets a few dozen types of its own first,
+// so that types created later have other OIDs than on the source.
+func NewClusterPair(t testing.TB) *Pair {
+	t.Helper()
+	p := newPair(t, Server(t), ChatServer(t), 0)
+	var ddl strings.Builder
+	ddl.WriteString("CREATE SCHEMA cdc_pad;")
+	for i := range 40 {
+		fmt.Fprintf(&ddl, "CREATE TYPE cdc_pad.e%d AS ENUM ('x'); CREATE TYPE cdc_pad.c%d AS (a int);", i, i)
+	}
+	Exec(t, p.Chat, ddl.String())
+	return p
 }
 
 // Server returns the test binary's shared server, starting it on first use.
@@ -173,12 +213,26 @@ func (p *Pair) Migrate(t testing.TB) {
 		t.Fatal(err)
 	}
 	spec := migrations.SpecFor(cfg)
-	if _, err := migrations.EnsureChatTable(ctx, p.Source, p.Chat, spec); err != nil {
+	if _, _, err := migrations.EnsureChatTable(ctx, p.Source, p.Chat, spec, false); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := migrations.EnsurePublication(ctx, p.Source, spec); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Tables loads and matches the pair's source and chat tables as cdc run
+// does for cfg (the default configuration when cfg is nil).
+func (p *Pair) Tables(t testing.TB, cfg *config.Config) (src, chat *schema.Table) {
+	t.Helper()
+	if cfg == nil {
+		cfg = p.Config(t)
+	}
+	src, chat, err := migrations.LoadTables(context.Background(), p.Source, p.Chat, migrations.SpecFor(cfg), cfg.WireFormat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src, chat
 }
 
 // dropOn drops slot (unless empty) and dbs on srv.

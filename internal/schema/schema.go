@@ -1,5 +1,7 @@
-// Package schema reads the catalog description of the synced table on either
-// side and checks that both sides can exchange values in binary form.
+// Package schema reads the catalog description of the synced table on
+// either side, locates its key, and decides with Match how values travel
+// between the two clusters: types are compared by schema-qualified name,
+// never by OID, because source and chat are separate servers.
 package schema
 
 import (
@@ -9,31 +11,96 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/myusta/cdc/internal/ident"
 )
 
 // Column is one synced column as its database defines it.
 type Column struct {
-	Name     string
-	TypeOID  uint32 // the column's type; a domain is reported as its base type
-	ArrayOID uint32 // the array type of TypeOID, for set-based writes
-	TypeName string // format_type() of the base type, for messages and DDL
-	NotNull  bool
-	Kind     string // pg_type.typtype of the base type: b base, e enum, …
+	Name    string
+	TypeOID uint32   // the declared type (a domain stays a domain): what Relation messages carry
+	TypMod  int32    // the declared type's modifier (atttypmod)
+	Type    TypeName // the declared type's name
+	Display string   // format_type(): the declared type with its modifier, for messages and DDL
+	NotNull bool
+	Base    Base // the type the values have: a domain is resolved to its base type
+
+	// Set by Match.
+
+	Expr   string // SQL reading the column for comparison (and repairs)
+	Cast   string // the declared type, unconstrained: what a text value is cast to
+	ByHash bool   // hashed by value (same built-in type on both sides), not by text
 }
 
 // Table is the synced part of one table: the configured columns in
 // configured order, with the key and version columns located.
 type Table struct {
-	Schema, Name string
-	Columns      []Column
-	Key          int // index of the key column in Columns
-	UpdatedAt    int // index of the updated_at column in Columns
+	ident.Table
+	Columns   []Column
+	Key       []int // indexes in Columns of the key columns, in key order
+	UpdatedAt int   // index of the updated_at column in Columns
+	// Identity is the replica identity (pg_class.relreplident: d default,
+	// f full, i index, n nothing) and IdentityColumns its index's columns.
+	Identity        byte
+	IdentityColumns []string
+	// Format is how values travel (set by Match).
+	Format Format
+}
+
+// Spec names what to load.
+type Spec struct {
+	Table     ident.Table
+	Columns   []string // synced columns, in order
+	UpdatedAt string
+	// Key names the key columns; nil means the primary key. Either way a
+	// unique index on exactly these columns must exist.
+	Key []string
 }
 
 // MissingError reports that the table itself does not exist.
-type MissingError struct{ Table string }
+type MissingError struct {
+	Table ident.Table
+	Hint  string // a table whose name differs only in case, if any
+}
 
-func (e *MissingError) Error() string { return "table " + e.Table + " does not exist" }
+func (e *MissingError) Error() string {
+	msg := "table " + e.Table.String() + " does not exist"
+	if e.Hint != "" {
+		msg += " (there is " + e.Hint + ": unquoted names are folded to lower case, quote the name to keep its case)"
+	}
+	return msg
+}
+
+// MissingColumnsError reports synced columns the table does not have.
+type MissingColumnsError struct {
+	Table   ident.Table
+	Columns []string
+	Hints   map[string]string // column -> a column whose name differs only in case
+}
+
+func (e *MissingColumnsError) Error() string {
+	parts := make([]string, len(e.Columns))
+	for i, c := range e.Columns {
+		parts[i] = ident.Display(c)
+		if h, ok := e.Hints[c]; ok {
+			parts[i] += " (did you mean " + ident.Display(h) + "? unquoted names are folded to lower case)"
+		}
+	}
+	return fmt.Sprintf("table %s has no column %s", e.Table, strings.Join(parts, ", "))
+}
+
+// NoKeyError reports that the key is not backed by a unique index.
+type NoKeyError struct {
+	Table ident.Table
+	Key   []string // the configured key; nil when the primary key was wanted
+}
+
+func (e *NoKeyError) Error() string {
+	if e.Key == nil {
+		return fmt.Sprintf("table %s has no primary key", e.Table)
+	}
+	return fmt.Sprintf("table %s has no primary key or unique index on exactly (%s)", e.Table, ident.DisplayList(e.Key))
+}
 
 // Querier is the part of pgx.Conn and pgxpool.Pool that Load needs.
 type Querier interface {
@@ -41,138 +108,262 @@ type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// Load describes the columns cols of table qualified ("schema.table") and
-// checks that key is its single-column primary key.
-func Load(ctx context.Context, q Querier, qualified string, cols []string, key, updatedAt string) (*Table, error) {
-	schemaName, name, _ := strings.Cut(qualified, ".")
-	t := &Table{Schema: schemaName, Name: name, Key: -1, UpdatedAt: -1}
+// Load describes the columns of spec.Table and locates its key.
+func Load(ctx context.Context, q Querier, spec Spec) (*Table, error) {
+	t := &Table{Table: spec.Table, UpdatedAt: -1}
 	var oid *uint32
-	if err := q.QueryRow(ctx, "SELECT to_regclass($1)::oid", t.Ident()).Scan(&oid); err != nil {
-		return nil, fmt.Errorf("look up table %s: %w", qualified, err)
+	var identity, kind string
+	err := q.QueryRow(ctx, "SELECT c.oid, c.relreplident::text, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+		spec.Table.Schema, spec.Table.Name).Scan(&oid, &identity, &kind)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, &MissingError{Table: spec.Table, Hint: tableHint(ctx, q, spec.Table)}
 	}
-	if oid == nil {
-		return nil, &MissingError{Table: qualified}
-	}
-	rows, err := q.Query(ctx, `
-SELECT a.attname,
-       CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END,
-       bt.typarray,
-       format_type(bt.oid, CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END),
-       a.attnotnull,
-       bt.typtype::text,
-       COALESCE(pk.indkey IS NOT NULL AND pk.indnatts = 1 AND pk.indkey[0] = a.attnum, false)
-FROM pg_attribute a
-JOIN pg_type t ON t.oid = a.atttypid
-JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END
-LEFT JOIN pg_index pk ON pk.indrelid = a.attrelid AND pk.indisprimary
-WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped`, *oid)
 	if err != nil {
-		return nil, fmt.Errorf("read columns of %s: %w", qualified, err)
+		return nil, fmt.Errorf("look up table %s: %w", spec.Table, err)
 	}
-	type found struct {
-		Column
-		isPK bool
+	if kind != "r" {
+		return nil, fmt.Errorf("%s is not a plain table (pg_class.relkind %q): cdc syncs a plain table (a partitioned table's changes are published per partition)", spec.Table, kind)
 	}
-	all := map[string]found{}
-	for rows.Next() {
-		var f found
-		if err := rows.Scan(&f.Name, &f.TypeOID, &f.ArrayOID, &f.TypeName, &f.NotNull, &f.Kind, &f.isPK); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("read columns of %s: %w", qualified, err)
-		}
-		all[f.Name] = f
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read columns of %s: %w", qualified, err)
+	t.Identity = identity[0]
+	all, err := readColumns(ctx, q, *oid)
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s: %w", spec.Table, err)
 	}
 	var missing []string
-	keyIsPK := false
-	for i, c := range cols {
-		f, ok := all[c]
+	for _, name := range spec.Columns {
+		c, ok := all[name]
 		if !ok {
-			missing = append(missing, c)
+			missing = append(missing, name)
 			continue
 		}
-		t.Columns = append(t.Columns, f.Column)
-		switch c {
-		case key:
-			t.Key = i
-			keyIsPK = f.isPK
-		case updatedAt:
-			t.UpdatedAt = i
+		if name == spec.UpdatedAt {
+			t.UpdatedAt = len(t.Columns)
 		}
+		t.Columns = append(t.Columns, c)
 	}
 	if len(missing) > 0 {
-		return nil, &MissingColumnsError{Table: qualified, Columns: missing}
+		return nil, &MissingColumnsError{Table: spec.Table, Columns: missing, Hints: caseHints(missing, all)}
 	}
-	if t.Key < 0 || t.UpdatedAt < 0 {
-		return nil, errors.New("key and updated_at columns must be among the synced columns")
+	if t.UpdatedAt < 0 {
+		return nil, fmt.Errorf("the updated_at column %s must be among the synced columns", ident.Display(spec.UpdatedAt))
 	}
-	if !keyIsPK {
-		return nil, &NoPrimaryKeyError{Table: qualified, Key: key}
+	uniques, pk, identCols, err := readIndexes(ctx, q, *oid)
+	if err != nil {
+		return nil, fmt.Errorf("read indexes of %s: %w", spec.Table, err)
+	}
+	if t.Identity == 'd' {
+		identCols = pk
+	}
+	t.IdentityColumns = identCols
+	key := spec.Key
+	if key == nil {
+		if pk == nil {
+			return nil, &NoKeyError{Table: spec.Table}
+		}
+		key = pk
+	} else if !hasUnique(uniques, key) {
+		return nil, &NoKeyError{Table: spec.Table, Key: key}
+	}
+	for _, k := range key {
+		i := t.index(k)
+		if i < 0 {
+			return nil, &KeyNotSyncedError{Table: spec.Table, Key: key}
+		}
+		t.Key = append(t.Key, i)
 	}
 	return t, nil
 }
 
-// MissingColumnsError reports synced columns the table does not have.
-type MissingColumnsError struct {
-	Table   string
-	Columns []string
+// KeyNotSyncedError reports key columns that are not synced.
+type KeyNotSyncedError struct {
+	Table ident.Table
+	Key   []string
 }
 
-func (e *MissingColumnsError) Error() string {
-	return fmt.Sprintf("table %s has no column %s", e.Table, strings.Join(e.Columns, ", "))
+func (e *KeyNotSyncedError) Error() string {
+	return fmt.Sprintf("SYNC_COLUMNS must include the key of %s: (%s)", e.Table, ident.DisplayList(e.Key))
 }
 
-// NoPrimaryKeyError reports that the key column is not the table's
-// single-column primary key.
-type NoPrimaryKeyError struct{ Table, Key string }
+func (t *Table) index(name string) int {
+	for i, c := range t.Columns {
+		if c.Name == name {
+			return i
+		}
+	}
+	return -1
+}
 
-func (e *NoPrimaryKeyError) Error() string {
-	return fmt.Sprintf("table %s has no single-column primary key on %q", e.Table, e.Key)
+// columnsSQL reads every column with its declared and base type: domains
+// are followed down to the type their values have.
+const columnsSQL = `WITH RECURSIVE cols AS (
+  SELECT a.attnum, a.attname, a.atttypid, a.atttypmod, a.attnotnull
+  FROM pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+), chain AS (
+  SELECT attnum, atttypid AS oid, atttypmod AS typmod, 0 AS depth FROM cols
+  UNION ALL
+  SELECT c.attnum, t.typbasetype, t.typtypmod, c.depth + 1
+  FROM chain c JOIN pg_type t ON t.oid = c.oid WHERE t.typtype = 'd'
+), base AS (
+  SELECT DISTINCT ON (attnum) attnum, oid, typmod FROM chain ORDER BY attnum, depth DESC
+)
+SELECT c.attname, c.atttypid, c.atttypmod, c.attnotnull, dn.nspname, d.typname, format_type(c.atttypid, c.atttypmod), d.typtype = 'd',
+       b.oid, bn.nspname, bt.typname, format_type(b.oid, b.typmod), bt.typtype::text, bt.typcategory::text, bt.typarray,
+       bt.typsend <> 0 AND bt.typreceive <> 0,
+       COALESCE(st.typtype::text, ''), COALESCE(st.typcategory::text, '')
+FROM cols c
+JOIN pg_type d ON d.oid = c.atttypid JOIN pg_namespace dn ON dn.oid = d.typnamespace
+JOIN base b ON b.attnum = c.attnum
+JOIN pg_type bt ON bt.oid = b.oid JOIN pg_namespace bn ON bn.oid = bt.typnamespace
+LEFT JOIN pg_range r ON bt.typtype = 'r' AND r.rngtypid = bt.oid
+LEFT JOIN pg_type st ON st.oid = CASE WHEN bt.typcategory = 'A' THEN bt.typelem ELSE r.rngsubtype END`
+
+func readColumns(ctx context.Context, q Querier, oid uint32) (map[string]Column, error) {
+	rows, err := q.Query(ctx, columnsSQL, oid)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	all := map[string]Column{}
+	for rows.Next() {
+		var c Column
+		var kind, cat, subKind, subCat string
+		if err := rows.Scan(&c.Name, &c.TypeOID, &c.TypMod, &c.NotNull, &c.Type.Schema, &c.Type.Name, &c.Display, &c.Base.Domain,
+			&c.Base.OID, &c.Base.Name.Schema, &c.Base.Name.Name, &c.Base.Display, &kind, &cat, &c.Base.ArrayOID,
+			&c.Base.Binary, &subKind, &subCat); err != nil {
+			return nil, err
+		}
+		c.Base.Kind, c.Base.Category = kind[0], cat[0]
+		if subKind != "" {
+			c.Base.SubKind, c.Base.SubCategory = subKind[0], subCat[0]
+		}
+		all[c.Name] = c
+	}
+	return all, rows.Err()
+}
+
+// readIndexes lists the table's unique indexes on plain columns (not
+// partial), its primary key's columns, and the columns of the index its
+// replica identity uses (if any).
+func readIndexes(ctx context.Context, q Querier, oid uint32) (uniques [][]string, pk, identity []string, err error) {
+	rows, err := q.Query(ctx, `SELECT i.indisprimary, i.indisreplident,
+  ARRAY(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY k(num, ord) JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.num ORDER BY k.ord)
+FROM pg_index i WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indisvalid
+ORDER BY i.indisprimary DESC, i.indexrelid`, oid)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var primary, replident bool
+		var cols []string
+		if err := rows.Scan(&primary, &replident, &cols); err != nil {
+			return nil, nil, nil, err
+		}
+		uniques = append(uniques, cols)
+		if primary {
+			pk = cols
+		}
+		if replident {
+			identity = cols
+		}
+	}
+	return uniques, pk, identity, rows.Err()
+}
+
+func hasUnique(uniques [][]string, key []string) bool {
+	for _, u := range uniques {
+		if sameSet(u, key) {
+			return true
+		}
+	}
+	return false
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	in := map[string]bool{}
+	for _, x := range a {
+		in[x] = true
+	}
+	for _, x := range b {
+		if !in[x] {
+			return false
+		}
+	}
+	return true
+}
+
+// caseHints finds, for each missing column, one that differs only in case.
+func caseHints(missing []string, all map[string]Column) map[string]string {
+	hints := map[string]string{}
+	for _, m := range missing {
+		for name := range all {
+			if strings.EqualFold(name, m) {
+				hints[m] = name
+			}
+		}
+	}
+	return hints
+}
+
+// tableHint names a table that differs from t only in case ("" if none).
+func tableHint(ctx context.Context, q Querier, t ident.Table) string {
+	var s, n string
+	err := q.QueryRow(ctx, `SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE lower(n.nspname) = lower($1) AND lower(c.relname) = lower($2) AND c.relkind = 'r' LIMIT 1`, t.Schema, t.Name).Scan(&s, &n)
+	if err != nil {
+		return ""
+	}
+	return ident.Table{Schema: s, Name: n}.String()
 }
 
 // Ident is the quoted schema-qualified table name.
-func (t *Table) Ident() string { return pgx.Identifier{t.Schema, t.Name}.Sanitize() }
+func (t *Table) Ident() string { return t.Quoted() }
 
-// String is the unquoted schema-qualified name.
-func (t *Table) String() string { return t.Schema + "." + t.Name }
-
-// ColumnList is the quoted, comma-separated list of synced columns.
-func (t *Table) ColumnList() string {
+// Names lists the synced columns' names.
+func (t *Table) Names() []string {
 	names := make([]string, len(t.Columns))
 	for i, c := range t.Columns {
-		names[i] = Quote(c.Name)
+		names[i] = c.Name
 	}
-	return strings.Join(names, ", ")
+	return names
 }
 
-// KeyColumn is the key column.
-func (t *Table) KeyColumn() Column { return t.Columns[t.Key] }
+// ColumnList is the quoted, comma-separated list of synced columns.
+func (t *Table) ColumnList() string { return ident.QuoteList(t.Names()) }
+
+// KeyColumns are the key columns, in key order.
+func (t *Table) KeyColumns() []Column {
+	out := make([]Column, len(t.Key))
+	for i, k := range t.Key {
+		out[i] = t.Columns[k]
+	}
+	return out
+}
+
+// KeyNames are the key columns' names, in key order.
+func (t *Table) KeyNames() []string {
+	out := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		out[i] = t.Columns[k].Name
+	}
+	return out
+}
+
+// IsKey reports whether column i is part of the key.
+func (t *Table) IsKey(i int) bool {
+	for _, k := range t.Key {
+		if k == i {
+			return true
+		}
+	}
+	return false
+}
 
 // Quote quotes one identifier.
-func Quote(name string) string { return pgx.Identifier{name}.Sanitize() }
-
-// textLike are base types whose binary form is the UTF-8 text itself.
-var textLike = map[uint32]bool{25: true, 1043: true, 1042: true}
-
-// Compatible reports whether every value of src can be written into dst in
-// PostgreSQL's binary format, column by column.
-func Compatible(src, dst *Table) error {
-	for i, s := range src.Columns {
-		d := dst.Columns[i]
-		if s.TypeOID == d.TypeOID && s.Kind != "e" && d.Kind != "e" {
-			continue
-		}
-		sText := textLike[s.TypeOID] || s.Kind == "e"
-		dText := textLike[d.TypeOID] || d.Kind == "e"
-		if sText && dText {
-			continue
-		}
-		return fmt.Errorf("column %q is %s on the source but %s on the chat side: use the same type on both", s.Name, s.TypeName, d.TypeName)
-	}
-	return nil
-}
+func Quote(name string) string { return ident.Quote(name) }
 
 // PublishedColumns returns the columns publication pub publishes of t; ok
 // is false when t is not in the publication.
