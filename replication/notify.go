@@ -20,8 +20,8 @@ import (
 	"github.com/jackc/pgxlisten"
 
 	"github.com/myusta/cdc/internal/db"
-	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/internal/ident"
+	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/internal/schema"
 	"github.com/myusta/cdc/migrations"
 	"github.com/myusta/cdc/sink"
