@@ -164,6 +164,7 @@ func (r *typeResolver) resolve(ctx context.Context, oid uint32, typmod int32, co
 	case t.extension != nil:
 		if r.create {
 			r.ddl = append(r.ddl, fmt.Sprintf("CREATE EXTENSION IF NOT EXISTS %s WITH SCHEMA %s", ident.Quote(*t.extension), ident.Quote(t.name.Schema)))
+			r.notes = append(r.notes, fmt.Sprintf("created extension %s on chat (for %s)", *t.extension, t.name))
 		} else {
 			r.problems = append(r.problems, fmt.Sprintf("column %s is %s, from extension %s: run CREATE EXTENSION %s on chat (or cdc migrate --create-types)",
 				col, t.name, *t.extension, ident.Quote(*t.extension)))
@@ -175,6 +176,7 @@ func (r *typeResolver) resolve(ctx context.Context, oid uint32, typmod int32, co
 		}
 		if r.create {
 			r.ddl = append(r.ddl, createSchema(t.name), def)
+			r.notes = append(r.notes, fmt.Sprintf("created type %s on chat", t.name))
 		} else {
 			r.problems = append(r.problems, fmt.Sprintf("column %s is %s, which chat lacks: create it there (%s) or run cdc migrate --create-types", col, t.name, def))
 		}
@@ -291,9 +293,6 @@ func (r *typeResolver) definition(ctx context.Context, t sourceType, col string)
 			return "", err
 		}
 		defs[i] = ident.Quote(f.name) + " " + typ
-	}
-	if r.create {
-		r.notes = append(r.notes, fmt.Sprintf("created type %s on chat", t.name))
 	}
 	return fmt.Sprintf("CREATE TYPE %s AS (%s)", t.name.Quoted(), strings.Join(defs, ", ")), nil
 }

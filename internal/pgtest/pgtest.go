@@ -289,6 +289,9 @@ func (p *Pair) WaitEqual(t testing.TB, timeout time.Duration) {
 func Exec(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) {
 	t.Helper()
 	if _, err := pool.Exec(context.Background(), sql, args...); err != nil {
+		if len(sql) > 500 {
+			sql = sql[:500] + "…"
+		}
 		t.Fatalf("%s: %v", sql, err)
 	}
 }
