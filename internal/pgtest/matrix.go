@@ -63,7 +63,9 @@ var Matrix = []matrixColumn{
 	{"b_arr", "bytea[]", arrayOf(genBytea, "bytea")},
 	{"bits", "bit(8)", func(r *rand.Rand) string { return fmt.Sprintf("B'%08b'", r.IntN(256)) }},
 	{"vbits", "varbit", genVarbit},
-	{"m", "money", func(r *rand.Rand) string { return fmt.Sprintf("'%d.%02d'::numeric::money", r.IntN(2_000_000)-1_000_000, r.IntN(100)) }},
+	{"m", "money", func(r *rand.Rand) string {
+		return fmt.Sprintf("'%d.%02d'::numeric::money", r.IntN(2_000_000)-1_000_000, r.IntN(100))
+	}},
 	{"pt", "point", func(r *rand.Rand) string { return fmt.Sprintf("point(%s, %s)", coord(r), coord(r)) }},
 	{"ln", "line", func(r *rand.Rand) string { return fmt.Sprintf("'{%d,%s,%s}'::line", 1+r.IntN(9), coord(r), coord(r)) }},
 	{"ls", "lseg", func(r *rand.Rand) string { return fmt.Sprintf("'[%s,%s]'::lseg", pt(r), pt(r)) }},
@@ -82,7 +84,9 @@ var Matrix = []matrixColumn{
 	{"jb", "jsonb", func(r *rand.Rand) string { return lit(genJSON(r, 3, false)) + "::jsonb" }},
 	{"jb_arr", "jsonb[]", arrayOf(func(r *rand.Rand) string { return lit(genJSON(r, 1, false)) + "::jsonb" }, "jsonb")},
 	{"tsv", "tsvector", func(r *rand.Rand) string { return "to_tsvector('simple', " + lit(genString(r)+" "+genString(r)) + ")" }},
-	{"tsq", "tsquery", func(r *rand.Rand) string { return lit(fmt.Sprintf("w%d & (w%d | !w%d)", r.IntN(9), r.IntN(9), r.IntN(9))) + "::tsquery" }},
+	{"tsq", "tsquery", func(r *rand.Rand) string {
+		return lit(fmt.Sprintf("w%d & (w%d | !w%d)", r.IntN(9), r.IntN(9), r.IntN(9))) + "::tsquery"
+	}},
 	{"e", "mood", genMood},
 	{"e_arr", "mood[]", arrayOf(genMood, "mood")},
 	{"comp", "address", genAddress},
