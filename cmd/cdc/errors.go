@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/myusta/cdc/internal/ident"
+	"github.com/myusta/cdc/reconcile"
 	"github.com/myusta/cdc/sink"
 )
 
@@ -99,14 +100,14 @@ func cmdErrors(ctx context.Context, e *env, args []string) error {
 	}
 	sk := newSink(cfg, log, o.chat, nil)
 	defer sk.Close()
-	return retryErrors(ctx, e, sk, o.src.Pool, o.chat.Pool, rows)
+	return retryErrors(ctx, e, sk, o.src, o.chat.Pool, rows)
 }
 
 // retryErrors re-reads the current source rows of the dead letters' ids and
 // writes them through the sink (under the writer lock, so it is safe beside
 // cdc run). Ids written or found already equal are resolved; ids refused
 // again stay open with one more attempt.
-func retryErrors(ctx context.Context, e *env, sk *sink.Sink, src, chat *pgxpool.Pool, rows []deadLetter) error {
+func retryErrors(ctx context.Context, e *env, sk *sink.Sink, src reconcile.Side, chat *pgxpool.Pool, rows []deadLetter) error {
 	var users []string
 	seen := map[string]bool{}
 	for _, r := range rows {
@@ -127,7 +128,7 @@ func retryErrors(ctx context.Context, e *env, sk *sink.Sink, src, chat *pgxpool.
 	for _, b := range bad {
 		fmt.Fprintf(e.stdout, "skipping user_id %q: not a valid key (%s); use cdc errors resolve --id\n", b, ident.DisplayList(sk.Table().KeyNames()))
 	}
-	res, err := sk.Repair(ctx, keys, sink.PoolFetch(src, sk.Table()))
+	res, err := sk.Repair(ctx, keys, sink.PoolFetch(src.Pool, src.Table))
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/myusta/cdc/internal/config"
 	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/migrations"
+	"github.com/myusta/cdc/replication"
 )
 
 func cmdMigrate(ctx context.Context, e *env, args []string) error {
@@ -66,6 +67,11 @@ func migrate(ctx context.Context, out io.Writer, log *slog.Logger, cfg *config.C
 		fmt.Fprintf(out, "chat: applied %d migration(s)\n", n)
 	}
 	spec := migrations.SpecFor(cfg)
+	// Configuration problems (a table or column that is not there, a key
+	// without an index) are named here, with the fix, and exit 2.
+	if _, err := replication.LoadTable(ctx, srcPool, spec.Source(), "source", "check SOURCE_TABLE and the database in the DSN"); err != nil {
+		return err
+	}
 	created, notes, err := migrations.EnsureChatTable(ctx, srcPool, chatPool, spec, createTypes)
 	var missing *migrations.MissingTypesError
 	if errors.As(err, &missing) {
