@@ -232,6 +232,7 @@ func (r *reader) handle(a applied) error {
 	r.committed = a.b.Checkpoint
 	st := &r.s.Stats
 	st.Applied.Store(uint64(r.committed.LSN))
+	st.Refused.Store(nil)
 	r.publishPosition()
 	if !a.b.LastCommit.IsZero() {
 		st.LastCommit.Store(a.b.LastCommit.UnixNano())

@@ -25,6 +25,8 @@ type Applier interface {
 	Apply(ctx context.Context, b *sink.Batch) error
 	Checkpoint(ctx context.Context) (cp sink.Checkpoint, ok bool, err error)
 	LoadSnapshot(ctx context.Context, copyOuts []sink.CopyOut, cp sink.Checkpoint) (int64, error)
+	// Check prepares the statements the sink runs (see sink.Sink.Check).
+	Check(ctx context.Context) error
 }
 
 // Options configure a Stream.
@@ -65,6 +67,9 @@ type Stats struct {
 	// Rests counts the reader's sleeps while a batch lingered or was
 	// being written (see rest).
 	Rests atomic.Int64
+	// Refused is the error no retry fixes that ended the last session (a
+	// statement chat or the source refuses), nil once changes flow again.
+	Refused atomic.Pointer[string]
 }
 
 // Stream consumes the slot with pgoutput and feeds the sink. It owns its
@@ -160,7 +165,15 @@ func (s *Stream) Run(ctx context.Context) error {
 		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
 			err = fmt.Errorf("%w (another consumer holds slot %s: normal for a minute after a network cut, until the server notices the old connection is gone; if another cdc runs on this slot, stop one of them)", err, s.opts.Slot)
 		}
-		if failures > s.opts.Retry.Loud {
+		if refused(err) {
+			// A statement a database refuses fails the same way however
+			// often it is retried: say so at once, keep the slot, and try
+			// again slowly (prepare checks the statements first).
+			msg := err.Error()
+			s.Stats.Refused.Store(&msg)
+			wait = s.opts.Retry.Max
+			s.log.Error("the stream stopped on an error no retry fixes; the slot keeps the changes, and cdc tries again every RETRY_MAX_DELAY until the cause is fixed", "retry_in", wait, "err", err)
+		} else if failures > s.opts.Retry.Loud {
 			s.log.Error("replication still failing; probing periodically", "attempt", failures, "retry_in", wait.Round(time.Millisecond), "err", err)
 		} else {
 			s.log.Warn("replication interrupted; reconnecting", "attempt", failures, "retry_in", wait.Round(time.Millisecond), "err", err)
@@ -190,6 +203,7 @@ func (s *Stream) session(ctx, applyCtx context.Context) (streamed bool, err erro
 	if err != nil {
 		return false, err
 	}
+	s.Stats.Refused.Store(nil) // prepare checked the statements
 	args := []string{
 		"proto_version '1'",
 		"publication_names " + quoteLiteral(s.opts.Publication),
@@ -214,6 +228,13 @@ type slotInfo struct {
 // prepare inspects the slot and the stored checkpoint and returns where to
 // start streaming, creating the slot and copying the table when needed.
 func (s *Stream) prepare(ctx context.Context, conn *pgconn.PgConn) (sink.Checkpoint, error) {
+	if s.Stats.Refused.Load() != nil {
+		// The last session ended on a refused statement: make sure the
+		// statements work before dropping or creating any slot.
+		if err := s.sink.Check(ctx); err != nil {
+			return sink.Checkpoint{}, err
+		}
+	}
 	cp, haveCP, err := s.sink.Checkpoint(ctx)
 	if err != nil {
 		return cp, err
@@ -265,6 +286,24 @@ func (s *Stream) dropSlot(ctx context.Context, conn *pgconn.PgConn) error {
 		return fmt.Errorf("drop slot %s: %w", s.opts.Slot, err)
 	}
 	return nil
+}
+
+// refused reports whether err is a database refusing a statement (not a
+// row: those become dead letters), which no retry fixes.
+func refused(err error) bool {
+	var ce *sink.CheckError
+	var pgErr *pgconn.PgError
+	if errors.As(err, &ce) {
+		return true
+	}
+	if !errors.As(err, &pgErr) || retry.Transient(err) {
+		return false
+	}
+	switch pgErr.Code[:2] {
+	case "42", "0A", "2B", "3F": // syntax/undefined/privilege, unsupported, dependent objects, schema
+		return true
+	}
+	return false
 }
 
 func quoteLiteral(s string) string {

@@ -251,3 +251,46 @@ func TestStatus_Unreachable(t *testing.T) {
 		t.Fatalf("cdc status with nothing listening: exit %d\n%s", code, out)
 	}
 }
+
+// TestHealth_RefusedStatementKeepsTheSlot: a chat table changed under cdc
+// (a synced column dropped) makes every write fail the same way. cdc says
+// so at ERROR, health is UNHEALTHY naming the error, the slot is kept (never
+// dropped and recreated), and once the column is back cdc resumes by itself
+// without losing a change.
+func TestHealth_RefusedStatementKeepsTheSlot(t *testing.T) {
+	p := pgtest.NewPair(t, 200)
+	env := with(p.Env(), "SYNC_INTERVAL_MINUTES", "60", "FULL_RECONCILE_INTERVAL", "0", "LOG_LEVEL", "info")
+	c := startCDC(t, env, "run")
+	base := "http://" + httpAddr(t, c)
+	p.WaitEqual(t, 30*time.Second)
+
+	pgtest.Exec(t, p.Chat, "ALTER TABLE users DROP COLUMN phone")
+	pgtest.Exec(t, p.Source, "UPDATE users SET phone = '+1-refused', updated_at = now() WHERE first_name = 'First7'")
+	waitHealth(t, base, 30*time.Second, "UNHEALTHY naming the refused statement", func(st *health.Stats, ready int) bool {
+		ch := st.HealthStatus.Checks[health.CheckStream]
+		return st.HealthStatus.Status == health.Unhealthy && ready != http.StatusOK && strings.Contains(ch.Message, `column "phone"`)
+	})
+	c.waitOutput(t, "the stream stopped on an error no retry fixes", 10*time.Second)
+	time.Sleep(3 * time.Second) // several retries at RETRY_MAX_DELAY (1 s here)
+	if n := strings.Count(c.out.String(), "created replication slot"); n != 1 {
+		t.Fatalf("the slot was created %d times, want once", n)
+	}
+
+	pgtest.Exec(t, p.Chat, "ALTER TABLE users ADD COLUMN phone text")
+	waitHealth(t, base, 30*time.Second, "HEALTHY again", func(st *health.Stats, ready int) bool { return healthyAndReady(st, ready) })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var phone *string
+		err := p.Chat.QueryRow(context.Background(), "SELECT phone FROM users WHERE first_name = 'First7'").Scan(&phone)
+		if err == nil && phone != nil && *phone == "+1-refused" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the change made while chat refused it did not arrive (%v)", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if n := strings.Count(c.out.String(), "created replication slot"); n != 1 {
+		t.Fatalf("the slot was created %d times, want once", n)
+	}
+}

@@ -149,6 +149,8 @@ func streamCheck(st *Stats, th Thresholds) Check {
 		what = "notify listener"
 	}
 	switch {
+	case st.Stream.Refused != "":
+		return Check{Fail, what + " stopped: " + st.Stream.Refused, "fix what the error names (a table or privilege changed); cdc retries every RETRY_MAX_DELAY and resumes on its own"}
 	case !st.started && st.disconnected < th.StallAfter:
 		return Check{Warn, "starting: connecting to both databases and checking them", "wait; the log shows progress"}
 	case !st.started:

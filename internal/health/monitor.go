@@ -257,6 +257,9 @@ func (m *Monitor) Stats(now time.Time) *Stats {
 	case p.Stream != nil:
 		s := &p.Stream.Stats
 		st.Stream.Reconnects = s.Reconnects.Load()
+		if r := s.Refused.Load(); r != nil {
+			st.Stream.Refused = *r
+		}
 		pending = s.Pending.Load()
 		if st.lsn = s.Applied.Load(); st.lsn != 0 {
 			str := pglogrepl.LSN(st.lsn).String()

@@ -88,6 +88,9 @@ type StreamStats struct {
 	Since         *time.Time `json:"since"`
 	EverConnected bool       `json:"everConnected"`
 	Reconnects    int64      `json:"reconnects"`
+	// Refused is the error no retry fixes that stops the stream (a
+	// statement a database refuses), "" when there is none.
+	Refused string `json:"refused,omitempty"`
 }
 
 // ReconcileStats describes the reconciler's runs since start.
