@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -150,15 +151,24 @@ func TestTypes_RoundTripAcrossClusters(t *testing.T) {
 		t.Fatalf("verify --full of equal tables: exit %d\n%s", code, out)
 	}
 	// Drift in chat of every kind: values changed, a row gone, one extra.
-	pgtest.Exec(t, p.Chat, `UPDATE type_matrix SET comp = ROW('drift', 0, '{}'), jb = '{"drift": true}', e_arr = '{}', hs = 'a=>b' WHERE id IN (1, 2, 3);
-UPDATE type_matrix SET x = '<drift/>' WHERE id = 4; UPDATE type_matrix SET f = f + 1 WHERE f IS NOT NULL AND f = f AND id BETWEEN 5 AND 9;
-DELETE FROM type_matrix WHERE id = 10; INSERT INTO type_matrix SELECT 100000, updated_at, n FROM type_matrix WHERE id = 11`)
+	nth := func(n int) string {
+		return fmt.Sprintf("(SELECT id FROM type_matrix WHERE id > 0 ORDER BY id OFFSET %d LIMIT 1)", n)
+	}
+	pgtest.Exec(t, p.Chat, `UPDATE type_matrix SET comp = ROW('drift', 0, '{}'), jb = '{"drift": true}', e_arr = '{}', hs = 'a=>b' WHERE id IN (`+nth(0)+`, `+nth(1)+`, `+nth(2)+`);
+UPDATE type_matrix SET x = '<drift/>' WHERE id = `+nth(3)+`; UPDATE type_matrix SET f = f + 1 WHERE f IS NOT NULL AND f = f AND id BETWEEN 5 AND 9;
+DELETE FROM type_matrix WHERE id = `+nth(4)+`; INSERT INTO type_matrix (id, updated_at, n) SELECT 100000, updated_at, n FROM type_matrix WHERE id = `+nth(5))
 	code, out := runCDC(t, env, "verify", "--full")
 	if code != exitDrift {
 		t.Fatalf("verify --full after drift: exit %d, want %d\n%s", code, exitDrift, out)
 	}
 	if code, out := runCDC(t, env, "reconcile", "--full"); code != 0 || !strings.Contains(out, "1 missing") || !strings.Contains(out, "1 extra") {
 		t.Fatalf("reconcile --full: exit %d\n%s", code, out)
+	}
+	waitSame(t, p, matrixSide, matrixSide, 5*time.Second)
+	// The window compare (every row changed within the hour) finds drift too.
+	pgtest.Exec(t, p.Chat, `UPDATE type_matrix SET comp_arr = NULL, t_arr = '{x}', mr = '{}' WHERE id IN (SELECT id FROM type_matrix WHERE id > 0 ORDER BY id LIMIT 2)`)
+	if code, out := runCDC(t, env, "reconcile", "--since", "1h"); code != 0 || !strings.Contains(out, "repaired 2: 0 missing, 2 stale") {
+		t.Fatalf("reconcile --since 1h: exit %d\n%s", code, out)
 	}
 	waitSame(t, p, matrixSide, matrixSide, 5*time.Second)
 
