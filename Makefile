@@ -1,7 +1,7 @@
 # The README's two commands: `make dev` and `make test`.
 GO ?= go
 
-.PHONY: test test-chromium dev build vet bench chaos
+.PHONY: test test-chromium dev build vet bench bench-text chaos
 
 test: vet
 	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
@@ -23,10 +23,17 @@ dev:
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/cdc ./cmd/cdc
 
-# cdc against PostgreSQL's native logical replication, one run, one table
-# (about 10 minutes on 2 cores); see BENCHMARKS.md.
+# cdc against PostgreSQL's native logical replication, in one run per
+# table shape: the reference table (every phase, about 10 minutes on 2
+# cores), then a wide one (copy, backlog, steady; about 8 minutes); see
+# BENCHMARKS.md. bench-text repeats the reference table's core phases with
+# WIRE_FORMAT=text, to weigh the wire format.
 bench:
 	$(GO) run ./cmd/cdc-bench --rows 1000000 --out bench-result.md
+	$(GO) run ./cmd/cdc-bench --shape wide --core --rows 300000 --out bench-wide.md
+
+bench-text:
+	$(GO) run ./cmd/cdc-bench --core --wire text --rows 1000000 --out bench-text.md
 
 # The full chaos suite (kill -9 ×20, restarts, proxy faults ×10 each, chat
 # down 2 minutes, …); the short version runs in make test. See README.

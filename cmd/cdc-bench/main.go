@@ -30,6 +30,9 @@ func main() {
 	rates := flag.String("ramp", "2000,3000,4000,6000,8000", "rates (transactions/s) of the keep-up ramp")
 	flag.StringVar(&o.CDC, "cdc", "", "cdc binary (default: build ./cmd/cdc)")
 	flag.BoolVar(&o.Fast, "fast", false, "run both servers with fsync off")
+	flag.StringVar(&o.Shape, "shape", bench.ShapeReference, "the users table: reference (11 columns) or wide (20: text[], ~1 kB jsonb, an enum, …)")
+	flag.StringVar(&o.Wire, "wire", "auto", "cdc's WIRE_FORMAT: auto, binary or text")
+	flag.BoolVar(&o.Core, "core", false, "only the copy, backlog and steady phases")
 	out := flag.String("out", "", "also write the table to this file")
 	flag.Parse()
 	for _, f := range strings.Split(*rates, ",") {
@@ -51,6 +54,8 @@ func main() {
 		{"--steady", o.SteadyFor >= time.Second, "at least 1s"},
 		{"--clients", o.BacklogClients >= 1, "at least 1"},
 		{"--ramp-step", o.RampStep >= time.Second, "at least 1s"},
+		{"--shape", o.Shape == bench.ShapeReference || o.Shape == bench.ShapeWide, "reference or wide"},
+		{"--wire", o.Wire == "auto" || o.Wire == "binary" || o.Wire == "text", "auto, binary or text"},
 	} {
 		if !c.ok {
 			fmt.Fprintf(os.Stderr, "cdc-bench: %s must be %s\n", c.name, c.want)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -29,6 +30,9 @@ type Options struct {
 	RampStep       time.Duration // length of each ramp step
 	CDC            string        // path of the cdc binary
 	Fast           bool          // fsync off on both servers (default: durable)
+	Shape          string        // the users table: "reference" (11 columns) or "wide" (20, see wideColumns)
+	Wire           string        // cdc's WIRE_FORMAT (auto, binary or text)
+	Core           bool          // only the copy, backlog and steady phases (no ramp, reconcile or notify mode)
 	Log            io.Writer     // progress
 }
 
@@ -36,6 +40,7 @@ type Options struct {
 type Result struct {
 	Options
 	PGVersion string
+	Format    string // the wire format cdc chose (its "streaming changes" line)
 
 	CopyPipe, CopyCDC, CopyNative []time.Duration
 	CopyCDCStartup                []time.Duration // process start to the copy's start: preflight, slot creation
@@ -102,6 +107,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	// The log is written by cdc processes' output and several goroutines.
 	o.Log = &lockedWriter{w: o.Log}
+	if o.Shape == "" {
+		o.Shape = ShapeReference
+	}
+	if o.Wire == "" {
+		o.Wire = "auto"
+	}
 	r := &Result{Options: o}
 	s, err := setup(ctx, o, r)
 	if s != nil {
@@ -114,6 +125,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	env := map[string]string{
 		"SOURCE_DATABASE_URL": s.sourceDSN, "CHAT_DATABASE_URL": s.cdcDSN, "SLOT_NAME": slot,
 		"LOG_LEVEL": "debug", "HTTP_ADDR": "127.0.0.1:0", // debug: per-batch timings
+		"SYNC_COLUMNS": strings.Join(s.cfg.Columns, ","), "WIRE_FORMAT": o.Wire,
 	}
 	step := func(format string, a ...any) { fmt.Fprintf(o.Log, "bench: "+format+"\n", a...) }
 
@@ -152,6 +164,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			return nil, err
 		}
 		r.CopyCDC = append(r.CopyCDC, time.Since(proc.started))
+		if m, err := proc.waitLog(ctx, "streaming changes"); err == nil {
+			r.Format, _ = m["format"].(string)
+		}
 		if secs, ok := done["seconds"].(float64); ok {
 			r.CopyCDCStartup = append(r.CopyCDCStartup, time.Since(proc.started)-time.Duration(secs*float64(time.Second)))
 		}
@@ -269,6 +284,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	if err := nat.drop(ctx); err != nil {
 		return nil, err
+	}
+	if o.Core {
+		return r, nil
 	}
 	if err := reconcilePhase(ctx, s, o, r, env); err != nil {
 		return nil, fmt.Errorf("reconcile phase: %w", err)

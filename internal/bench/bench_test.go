@@ -55,6 +55,33 @@ func TestBench_Smoke(t *testing.T) {
 	t.Logf("\n%s", table.String())
 }
 
+// TestBench_WideShapeSmoke runs the core phases on the wide table: cdc
+// must choose text (the table has an array) and both consumers end equal.
+func TestBench_WideShapeSmoke(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "cdc")
+	build := exec.Command("go", "build", "-o", bin, "../../cmd/cdc")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build cdc: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var log bytes.Buffer
+	r, err := Run(ctx, Options{Rows: 5_000, Reps: 1, SteadyTPS: 100, SteadyFor: 2 * time.Second, BacklogClients: 2, CDC: bin, Fast: true, Log: &log,
+		Shape: ShapeWide, Core: true})
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, log.String())
+	}
+	if r.Format != "text" || len(r.CopyCDC) != 1 || len(r.BacklogCDC) != 1 || r.SteadyCDC.Samples == 0 || r.SteadyNat.Samples == 0 {
+		t.Errorf("format %q, copy %v, backlog %v, steady samples %d/%d", r.Format, r.CopyCDC, r.BacklogCDC, r.SteadyCDC.Samples, r.SteadyNat.Samples)
+	}
+	var table bytes.Buffer
+	r.Write(&table)
+	if !strings.Contains(table.String(), "wide table (20 columns") || !strings.Contains(table.String(), "wire format text") {
+		t.Errorf("table does not name the shape and format:\n%s", table.String())
+	}
+	t.Logf("\n%s", table.String())
+}
+
 func TestMedianByP99(t *testing.T) {
 	for _, c := range []struct {
 		p99s []float64

@@ -57,7 +57,11 @@ func (r *Result) Write(w io.Writer) {
 	peak := max(r.RSSCopy, r.RSSBacklog, r.RSSSteady, r.RSSNotify)
 	in := r.SteadyCDC.Inside
 
-	fmt.Fprintf(w, "%d rows · %s · medians of %d runs where marked\n\n", r.Rows, r.Machine(), r.Reps)
+	shape := "reference table (11 columns)"
+	if r.Shape == ShapeWide {
+		shape = "wide table (20 columns: text[], ~1 kB jsonb, an enum, …)"
+	}
+	fmt.Fprintf(w, "%d rows, %s, cdc's wire format %s (WIRE_FORMAT=%s) · %s · medians of %d runs where marked\n\n", r.Rows, shape, r.Format, r.Wire, r.Machine(), r.Reps)
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
 	fmt.Fprintln(tw, "| phase\t cdc\t native\t COPY pipe\t ratio\t target\t")
 	fmt.Fprintln(tw, "|---\t---\t---\t---\t---\t---\t")
@@ -74,6 +78,13 @@ func (r *Result) Write(w io.Writer) {
 	fmt.Fprintf(tw, "| steady: CPU during the window, %% of one core\t %s\t %s\t –\t –\t –\t\n", r.SteadyCDC.CPU, r.SteadyNat.CPU)
 	fmt.Fprintf(tw, "| steady, inside cdc: receive delay (of which before the walsender sent it) / batch age / apply p99\t %.0f (%.0f) / %.0f / %.0f ms\t –\t –\t –\t –\t\n", in.Receive[2], in.Send[2], in.Age[2], in.Apply[2])
 	fmt.Fprintf(tw, "| steady, inside cdc: scheduled reconcile runs during the window\t %s\t –\t –\t –\t –\t\n", in.Reconcile)
+	if r.Core {
+		fmt.Fprintf(tw, "| cdc peak RSS: copy / backlog / steady\t %s / %s / %s\t –\t –\t –\t ≤ %s: %s\t\n",
+			mb(r.RSSCopy), mb(r.RSSBacklog), mb(r.RSSSteady), mb(Targets.RSS), verdict(peak <= Targets.RSS))
+		tw.Flush()
+		r.writeRuns(w)
+		return
+	}
 	fmt.Fprintf(tw, "| steady %d tps × %s, cdc in notify mode: p50 / p95 / p99\t %s\t –\t –\t p99 notify/replication %.2f\t p99 ≤ %.0f ms: %s\t\n",
 		r.SteadyTPS, r.SteadyFor, ms(r.SteadyNotify.Latency), r.SteadyNotify.Latency[2]/r.SteadyCDC.Latency[2], Targets.NotifyP99, verdict(r.SteadyNotify.Latency[2] <= Targets.NotifyP99))
 	fmt.Fprintf(tw, "| notify mode: transactions/s made of %d asked; source statement + commit p50 / p95 / p99\t %.0f tps; %s\t –\t –\t –\t –\t\n",
@@ -89,6 +100,11 @@ func (r *Result) Write(w io.Writer) {
 	fmt.Fprintf(tw, "| cdc peak RSS: copy / backlog / steady / notify mode\t %s / %s / %s / %s\t –\t –\t –\t ≤ %s: %s\t\n",
 		mb(r.RSSCopy), mb(r.RSSBacklog), mb(r.RSSSteady), mb(r.RSSNotify), mb(Targets.RSS), verdict(peak <= Targets.RSS))
 	tw.Flush()
+	r.writeRuns(w)
+}
+
+// writeRuns lists every run's figures.
+func (r *Result) writeRuns(w io.Writer) {
 	fmt.Fprintf(w, "\nall runs: copy pipe %v, cdc %v (of which startup and slot creation %v), native %v; backlog floor %v, cdc %v, native %v; steady p99 floor %s, cdc %s, native %s; transactions made (median window) %d (cdc) / %d (native), latency samples %d / %d\n",
 		round(r.CopyPipe), round(r.CopyCDC), round(r.CopyCDCStartup), round(r.CopyNative), round(r.BacklogCeiling), round(r.BacklogCDC), round(r.BacklogNat),
 		p99s(r.SteadyFloorRuns), p99s(latencies(r.SteadyCDCRuns)), p99s(latencies(r.SteadyNatRuns)),

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,6 +18,32 @@ import (
 	"github.com/myusta/cdc/internal/pglocal"
 	"github.com/myusta/cdc/migrations"
 )
+
+// Table shapes.
+const (
+	ShapeReference = "reference"
+	ShapeWide      = "wide"
+)
+
+// wideColumns are the wide shape's columns beyond the reference table's:
+// 20 in all (19 synced), with an array, ~1 kB of jsonb and an enum, as a
+// backend's users table grows them.
+var wideColumns = []string{"tags", "settings", "tier", "locale", "bio", "last_login", "login_count", "score", "referral_code"}
+
+// wideDDL adds wideColumns to the reference table before it is seeded;
+// their defaults fill them as the seed inserts.
+const wideDDL = `CREATE TYPE user_tier AS ENUM ('free', 'plus', 'pro');
+ALTER TABLE users
+  ADD COLUMN tags text[] DEFAULT ARRAY['tag' || (random() * 100)::int, 'x,y "z"', NULL],
+  ADD COLUMN settings jsonb DEFAULT jsonb_build_object('theme', 'dark', 'notify', jsonb_build_object('email', random() < 0.5, 'push', true),
+    'recent', jsonb_build_array(md5(random()::text), md5(random()::text)), 'about', repeat(md5(random()::text), 26)),
+  ADD COLUMN tier user_tier DEFAULT (enum_range(NULL::user_tier))[1 + (random() * 2)::int],
+  ADD COLUMN locale text DEFAULT 'en-US',
+  ADD COLUMN bio text DEFAULT 'Bio of a user, ' || md5(random()::text),
+  ADD COLUMN last_login timestamptz DEFAULT now() - random() * interval '30 days',
+  ADD COLUMN login_count int DEFAULT (random() * 1000)::int,
+  ADD COLUMN score numeric(10,2) DEFAULT round((random() * 100)::numeric, 2),
+  ADD COLUMN referral_code uuid DEFAULT gen_random_uuid()`
 
 // autovacuum turns autovacuum of the chat tables on or off.
 func autovacuum(ctx context.Context, s *servers, on bool) error {
@@ -74,12 +101,21 @@ func setup(ctx context.Context, o Options, r *Result) (*servers, error) {
 	if err := s.source.QueryRow(ctx, "SHOW server_version").Scan(&r.PGVersion); err != nil {
 		return s, err
 	}
-	if s.cfg, err = config.Load(config.MapSource(nil)); err != nil {
+	cols := config.DefaultColumns
+	if o.Shape == ShapeWide {
+		cols += "," + strings.Join(wideColumns, ",")
+	}
+	if s.cfg, err = config.Load(config.MapSource(map[string]string{"SYNC_COLUMNS": cols, "WIRE_FORMAT": o.Wire})); err != nil {
 		return s, err
 	}
-	fmt.Fprintf(o.Log, "bench: seeding %d users …\n", o.Rows)
+	fmt.Fprintf(o.Log, "bench: seeding %d users (%s table) …\n", o.Rows, o.Shape)
 	if err := demo.CreateSchema(ctx, s.source); err != nil {
 		return s, err
+	}
+	if o.Shape == ShapeWide {
+		if _, err := s.source.Exec(ctx, wideDDL); err != nil {
+			return s, fmt.Errorf("wide table: %w", err)
+		}
 	}
 	if err := demo.Seed(ctx, s.source, o.Rows); err != nil {
 		return s, err
@@ -95,7 +131,7 @@ func setup(ctx context.Context, o Options, r *Result) (*servers, error) {
 		return s, err
 	}
 	for _, p := range []*pgxpool.Pool{s.cdc, s.native, s.pipe} {
-		if _, _, err := migrations.EnsureChatTable(ctx, s.source, p, spec, false); err != nil {
+		if _, _, err := migrations.EnsureChatTable(ctx, s.source, p, spec, true); err != nil {
 			return s, err
 		}
 	}

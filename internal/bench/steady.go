@@ -64,7 +64,7 @@ func steadyRounds(ctx context.Context, s *servers, o Options, r *Result, env map
 			return err
 		}
 		st, err := cdcWindow(ctx, s, proc, ids, o)
-		if err == nil && round == o.Reps {
+		if err == nil && round == o.Reps && !o.Core {
 			r.RampCDC, err = ramp(ctx, s, s.cdc, ids, o, "cdc replication")
 		}
 		r.RSSSteady = max(r.RSSSteady, proc.peak())
