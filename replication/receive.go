@@ -32,6 +32,9 @@ type reader struct {
 	done     chan applied
 
 	cur, spare, inflight *sink.Batch
+	// openTx: the last batch handed on was Open, so the sink holds a chat
+	// transaction that the next batch must commit.
+	openTx bool
 
 	resume    sink.Checkpoint // stored checkpoint at session start
 	committed sink.Checkpoint // durable in chat
@@ -229,10 +232,18 @@ func (r *reader) handle(a applied) error {
 	if a.err != nil {
 		return a.err
 	}
-	r.committed = a.b.Checkpoint
 	st := &r.s.Stats
-	st.Applied.Store(uint64(r.committed.LSN))
 	st.Refused.Store(nil)
+	if a.b.Open {
+		// Written into the chat transaction that stays open until the
+		// source transaction's last batch: nothing is committed yet.
+		a.b.Reset()
+		r.spare = a.b
+		r.publishPending()
+		return nil
+	}
+	r.committed = a.b.Checkpoint
+	st.Applied.Store(uint64(r.committed.LSN))
 	r.publishPosition()
 	if !a.b.LastCommit.IsZero() {
 		st.LastCommit.Store(a.b.LastCommit.UnixNano())
@@ -267,34 +278,40 @@ func (r *reader) idle() bool {
 }
 
 // dispatch hands the current batch to the sink when the sink is free and
-// the batch ends on a transaction boundary, or when it is full (then it ends
-// inside a transaction and its checkpoint says how far). force sends
-// whatever is in hand (shutdown).
+// the batch ends on a transaction boundary, or when it is full: then it
+// ends inside a source transaction, and the sink writes it into a chat
+// transaction that stays open until the source transaction's last batch
+// (Batch.Open), so chat's readers see the transaction whole. force sends
+// whatever ends on a boundary (shutdown); the part of a transaction that
+// has not all arrived stays behind and is applied again after a restart.
 func (r *reader) dispatch(force bool) {
 	defer r.publishPending()
 	if r.inflight != nil {
 		return
 	}
-	if r.inTx {
-		if r.cur.Received == 0 || (!force && r.cur.Received < r.s.opts.BatchMaxRows) {
+	switch {
+	case r.inTx:
+		if force || r.cur.Received < r.s.opts.BatchMaxRows {
 			return
 		}
-		r.cur.Checkpoint = sink.Checkpoint{LSN: r.lastEnd, PartialXact: r.txFinal, PartialChanges: r.txChanges}
-	} else {
-		if r.cur.Received == 0 {
-			if r.lastEnd > r.committed.LSN {
-				// Only skipped or empty transactions since the last
-				// commit: nothing to write, the position simply moves.
-				r.committed = sink.Checkpoint{LSN: r.lastEnd}
-				r.publishPosition()
-			}
-			return
+		r.cur.Open = true
+	case r.cur.Received == 0 && !r.openTx:
+		if r.lastEnd > r.committed.LSN {
+			// Only skipped or empty transactions since the last commit:
+			// nothing to write, the position simply moves.
+			r.committed = sink.Checkpoint{LSN: r.lastEnd}
+			r.publishPosition()
 		}
-		if !force && r.lingering() {
-			return
-		}
+		return
+	case !force && !r.openTx && r.lingering():
+		return
+	default:
+		// The batch ends on a boundary; it commits the chat transaction
+		// an earlier Open batch left open, if any (even with no change of
+		// its own: the transaction's last change filled the batch before).
 		r.cur.Checkpoint = sink.Checkpoint{LSN: r.lastEnd}
 	}
+	r.openTx = r.cur.Open
 	r.inflight = r.cur
 	r.cur = r.spare
 	if r.cur == nil {

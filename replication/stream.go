@@ -27,6 +27,9 @@ type Applier interface {
 	LoadSnapshot(ctx context.Context, copyOuts []sink.CopyOut, cp sink.Checkpoint) (int64, error)
 	// Check prepares the statements the sink runs (see sink.Sink.Check).
 	Check(ctx context.Context) error
+	// Discard rolls back what an unfinished source transaction's batches
+	// wrote (see sink.Sink.Discard).
+	Discard()
 }
 
 // Options configure a Stream.
@@ -199,6 +202,9 @@ func (s *Stream) session(ctx, applyCtx context.Context) (streamed bool, err erro
 		defer cancel()
 		_ = conn.Close(closeCtx)
 	}()
+	// A source transaction the last session did not receive whole comes
+	// again from its start: what its first batches wrote goes.
+	s.sink.Discard()
 	cp, err := s.prepare(ctx, conn)
 	if err != nil {
 		return false, err

@@ -13,8 +13,9 @@ type Op uint8
 
 // Change operations.
 const (
-	OpUpsert Op = iota + 1 // insert or replace the row
-	OpDelete               // remove the row
+	OpUpsert   Op = iota + 1 // insert or replace the row
+	OpDelete                 // remove the row
+	OpTruncate               // remove every row (only in a batch's log)
 )
 
 func (o Op) String() string {
@@ -23,6 +24,8 @@ func (o Op) String() string {
 		return "upsert"
 	case OpDelete:
 		return "delete"
+	case OpTruncate:
+		return "truncate"
 	}
 	return "unknown"
 }
@@ -40,9 +43,11 @@ type Change struct {
 }
 
 // Checkpoint is a position in the source's change stream that the chat
-// database has fully applied: every transaction ending at or before LSN, and
-// additionally the first PartialChanges changes of the transaction whose
-// commit record is at PartialXact (a transaction too large for one batch).
+// database has fully applied: every transaction ending at or before LSN.
+// Earlier versions committed a transaction too large for one batch in
+// parts and recorded how far: then the first PartialChanges changes of the
+// transaction whose commit record is at PartialXact are applied too. cdc
+// reads such a checkpoint but no longer writes one.
 type Checkpoint struct {
 	LSN            pglogrepl.LSN
 	PartialXact    pglogrepl.LSN
@@ -50,20 +55,28 @@ type Checkpoint struct {
 }
 
 // Batch collects changes from consecutive source transactions for one chat
-// transaction, keeping only the last change per key. Values given to Add
-// must come from Copy or NewValues so they stay valid until Reset.
+// transaction, keeping only the last change per key, and also every change
+// in the order it came (the log), for when chat's constraints need them
+// applied in source order. Values given to Add must come from Copy or
+// NewValues so they stay valid until Reset.
 type Batch struct {
 	keys       []int // indexes of the key columns
 	scratch    []byte
 	ncols      int
 	truncate   bool
 	changes    []Change
+	log        []Change
 	index      map[string]int
 	arena      arena
 	Checkpoint Checkpoint // where the source stands once this batch commits
-	Received   int        // changes added before compaction
-	Started    time.Time  // when the first change was added
-	LastCommit time.Time  // newest source commit time in the batch
+	// Open marks a batch that ends inside a source transaction: the sink
+	// writes it into a chat transaction it leaves open, which the next
+	// batches continue and the one that ends the source transaction
+	// commits, so chat's readers see every source transaction whole.
+	Open       bool
+	Received   int       // changes added before compaction
+	Started    time.Time // when the first change was added
+	LastCommit time.Time // newest source commit time in the batch
 	// FirstCommit is the source commit time of the oldest change in the
 	// batch (zero when its changes carry none, e.g. repairs).
 	FirstCommit time.Time
@@ -121,10 +134,12 @@ func (b *Batch) Add(c Change) {
 			}
 		}
 		*prev = c
+		b.log = append(b.log, c)
 		return
 	}
 	b.index[string(k)] = len(b.changes)
 	b.changes = append(b.changes, c)
+	b.log = append(b.log, c)
 }
 
 // Truncate records that every target row is removed at this point: earlier
@@ -137,6 +152,7 @@ func (b *Batch) Truncate() {
 	b.truncate = true
 	b.changes = b.changes[:0]
 	clear(b.index)
+	b.log = append(b.log, Change{Op: OpTruncate})
 }
 
 // Truncates reports whether the batch empties the target table first.
@@ -144,6 +160,9 @@ func (b *Batch) Truncates() bool { return b.truncate }
 
 // Changes returns the compacted changes, one per key.
 func (b *Batch) Changes() []Change { return b.changes }
+
+// Log returns every change added, in order, truncates included.
+func (b *Batch) Log() []Change { return b.log }
 
 // Len is the number of distinct keys in the batch.
 func (b *Batch) Len() int { return len(b.changes) }
@@ -156,9 +175,12 @@ func (b *Batch) Reset() {
 	b.truncate = false
 	clear(b.changes)
 	b.changes = b.changes[:0]
+	clear(b.log)
+	b.log = b.log[:0]
 	clear(b.index)
 	b.arena.reset()
 	b.Checkpoint = Checkpoint{}
+	b.Open = false
 	b.Received = 0
 	b.Started = time.Time{}
 	b.LastCommit = time.Time{}

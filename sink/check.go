@@ -27,6 +27,9 @@ func (e *CheckError) Unwrap() error { return e.Err }
 func (s *Sink) Check(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.waitIdle(ctx); err != nil {
+		return err
+	}
 	conn, err := s.writer(ctx)
 	if err != nil {
 		return checkError("prepare the chat writer's statements", err)

@@ -57,6 +57,9 @@ func (r RepairResult) Add(o RepairResult) RepairResult {
 func (s *Sink) Repair(ctx context.Context, keys [][]byte, fetch Fetch) (RepairResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.waitIdle(ctx); err != nil {
+		return RepairResult{}, err
+	}
 	var res RepairResult
 	err := retry.Do(ctx, s.opts.Retry, s.log, "repair rows", s.counted(func(ctx context.Context) error {
 		res = RepairResult{}
@@ -101,17 +104,38 @@ func (s *Sink) repair(ctx context.Context, pc *pgconn.PgConn, keys [][]byte, fet
 	}
 	counts, b := Plan(s.table, keys, src, chat)
 	*res = counts
-	idx := make([]int, len(b.changes))
-	for i := range idx {
-		idx[i] = i
+	// Rows in the way of the repairs (holding a unique value a repair
+	// writes) are repaired too: re-read now, under the same lock, they are
+	// as new as the rest.
+	more := func(stuck []Change) ([]Change, error) {
+		extra, err := s.blockingKeys(ctx, pc, stuck)
+		if err != nil || len(extra) == 0 {
+			return nil, err
+		}
+		src, err := fetch(ctx, extra)
+		if err != nil {
+			return nil, fmt.Errorf("read source rows: %w", err)
+		}
+		chat, err := ReadRows(ctx, pc, s.table, extra)
+		if err != nil {
+			return nil, fmt.Errorf("read chat rows: %w", err)
+		}
+		c, eb := Plan(s.table, extra, src, chat)
+		dead := res.Dead
+		*res = res.Add(c)
+		res.Dead = dead
+		return eb.changes, nil
 	}
-	if res.Dead, err = s.isolate(ctx, pc, b.changes, idx); err != nil {
+	if res.Dead, err = s.applyRepairs(ctx, pc, b.changes, more); err != nil {
 		return err
 	}
 	// Every key now equals its source row unless it was refused again:
 	// its open dead letters are settled.
-	s.resolving = s.open.resolvable(s.table, len(keys), func(i int) []byte { return keys[i] })
-	if err := execResolve(ctx, pc, s.resolving); err != nil {
+	r := s.open.resolvable(s.table, len(keys), func(i int) []byte { return keys[i] })
+	if r != nil {
+		s.resolving = append(s.resolving, r)
+	}
+	if err := execResolve(ctx, pc, r); err != nil {
 		return err
 	}
 	return execSimple(ctx, pc, "COMMIT")

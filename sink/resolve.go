@@ -75,7 +75,9 @@ func (o *openErrors) resolvable(t *schema.Table, n int, key func(i int) []byte) 
 // resolvableChanges is resolvable over the keys of changes.
 func (s *Sink) resolvableChanges(changes []Change) *resolution {
 	r := s.open.resolvable(s.table, len(changes), func(i int) []byte { return s.table.KeyOf(changes[i].Values) })
-	s.resolving = r
+	if r != nil {
+		s.resolving = append(s.resolving, r)
+	}
 	return r
 }
 

@@ -72,9 +72,15 @@ type Sink struct {
 	conn        *pgxpool.Conn
 	stmts       map[string]*pgconn.StatementDescription
 	enc         encoder
-	open        openErrors  // ids with unresolved dead letters
-	resolving   *resolution // what the transaction being written resolves
-	warnedAsync bool        // synchronous_commit=off was reported
+	open        openErrors    // ids with unresolved dead letters
+	resolving   []*resolution // what the transaction being written resolves
+	warnedAsync bool          // synchronous_commit=off was reported
+	// tx is the chat transaction left open on the writer connection for a
+	// source transaction larger than one batch (see Batch.Open).
+	tx struct {
+		open bool
+		done chan struct{} // closed when it commits or is lost
+	}
 
 	// Stats is updated after every commit.
 	Stats Stats
@@ -98,28 +104,87 @@ func New(pool *pgxpool.Pool, table *schema.Table, opts Options) *Sink {
 // Table is the chat table the sink writes.
 func (s *Sink) Table() *schema.Table { return s.table }
 
-// Close returns the writer connection to the pool.
+// Close returns the writer connection to the pool; a chat transaction left
+// open is rolled back.
 func (s *Sink) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.releaseConn()
+	s.closeTx()
 }
 
-// Apply writes b and its checkpoint in one chat transaction. Transient
-// failures are retried with backoff for as long as ctx lives; a change the
-// chat database rejects is isolated and recorded in sync_errors while the
-// rest of the batch commits. Apply returns nil once the batch is durable.
+// TxLostError reports that the chat transaction holding the earlier
+// batches of an unfinished source transaction is gone (rolled back with a
+// lost connection): none of the transaction is in chat, and it must be
+// applied again from its start (the stream resumes from its checkpoint).
+// No retry of the batch alone can fix that, so it is not transient.
+type TxLostError struct{ cause string }
+
+func (e *TxLostError) Error() string {
+	return "the chat transaction of an unfinished source transaction was lost (" + e.cause + "); it is applied again from its start"
+}
+
+// Discard rolls back the chat transaction left open for a source
+// transaction that did not finish arriving (the stream lost its
+// connection): the stream applies that transaction again from its start.
+func (s *Sink) Discard() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tx.open {
+		s.log.Info("rolling back the chat transaction of a source transaction that did not finish arriving; it is applied again from its start")
+		s.releaseConn()
+		s.closeTx()
+	}
+}
+
+// closeTx notes that no chat transaction is open any more.
+func (s *Sink) closeTx() {
+	if s.tx.open {
+		s.tx.open = false
+		close(s.tx.done)
+	}
+}
+
+// waitIdle waits, with s.mu held, until no chat transaction is left open
+// for a source transaction: repairs, like every other write, come after
+// it and never inside it.
+func (s *Sink) waitIdle(ctx context.Context) error {
+	for s.tx.open {
+		done := s.tx.done
+		s.mu.Unlock()
+		select {
+		case <-done:
+			s.mu.Lock()
+		case <-ctx.Done():
+			s.mu.Lock()
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Apply writes b and its checkpoint in one chat transaction, or, for a
+// source transaction larger than one batch, into the chat transaction its
+// first batch opened, which the last one commits (see Batch.Open).
+// Transient failures are retried with backoff for as long as ctx lives,
+// except within an open transaction, which a failure loses (TxLostError).
+// A change the chat database refuses is recorded in sync_errors while the
+// rest of the batch commits. Apply returns nil once the batch is written:
+// durable, unless b is Open.
 func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	start := time.Now()
 	attempt, dead := 0, 0
+	continuing := s.tx.open // earlier batches wait in the open transaction
 	err := retry.Do(ctx, s.opts.Retry, s.log, "apply batch", s.counted(func(ctx context.Context) error {
 		attempt++
-		s.begin()
+		if !continuing {
+			s.begin()
+		}
 		conn, err := s.writer(ctx)
 		if err != nil {
-			return err
+			return s.failed(continuing, err)
 		}
 		if attempt > 1 && b.Checkpoint != (Checkpoint{}) {
 			// A connection lost during COMMIT leaves its outcome unknown: the
@@ -135,8 +200,7 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 			}
 		}
 		if dead, err = s.write(ctx, conn.Conn().PgConn(), b); err != nil {
-			s.dropBroken()
-			return err
+			return s.failed(continuing, err)
 		}
 		s.Stats.DeadLetters.Add(int64(dead))
 		return nil
@@ -144,7 +208,9 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 	if err != nil {
 		return fmt.Errorf("apply batch: %w", err)
 	}
-	s.committed()
+	if !b.Open {
+		s.committed()
+	}
 	info := s.count(b)
 	if s.opts.OnBatch != nil {
 		info.DeadLetters, info.Took = dead, time.Since(start)
@@ -300,6 +366,23 @@ func (s *Sink) durableCommits(ctx context.Context, pc *pgconn.PgConn) error {
 	return nil
 }
 
+// failed cleans up after a failed write attempt: a connection that cannot
+// go on is dropped, and with it an open chat transaction, which is fatal
+// to the batch when earlier batches were in it (continuing).
+func (s *Sink) failed(continuing bool, err error) error {
+	s.dropBroken()
+	if s.conn == nil && s.tx.open {
+		s.closeTx()
+	}
+	if continuing {
+		s.releaseConn()
+		s.closeTx()
+		s.resolving = nil
+		return &TxLostError{cause: err.Error()}
+	}
+	return err
+}
+
 // begin starts a write attempt.
 func (s *Sink) begin() {
 	s.open.begin()
@@ -308,11 +391,15 @@ func (s *Sink) begin() {
 
 // committed notes that the last write attempt committed.
 func (s *Sink) committed() {
-	if r := s.resolving; r != nil {
+	n := 0
+	for _, r := range s.resolving {
 		s.open.committed(r)
-		s.Stats.Resolved.Add(int64(len(r.keys)))
-		s.log.Info("dead letters resolved by a later successful write", "ids", len(r.keys))
-		s.resolving = nil
+		n += len(r.keys)
+	}
+	s.resolving = nil
+	if n > 0 {
+		s.Stats.Resolved.Add(int64(n))
+		s.log.Info("dead letters resolved by a later successful write", "ids", n)
 	}
 }
 

@@ -33,6 +33,9 @@ type CopyOut func(ctx context.Context, w io.Writer) error
 func (s *Sink) LoadSnapshot(ctx context.Context, copyOuts []CopyOut, cp Checkpoint) (rows int64, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.waitIdle(ctx); err != nil {
+		return 0, err
+	}
 	conn, err := s.writer(ctx)
 	if err != nil {
 		return 0, err

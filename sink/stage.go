@@ -35,10 +35,17 @@ func (e *encoder) copyRows(changes []Change, idx []int, ncols int) []byte {
 	return binary.BigEndian.AppendUint16(e.buf, 0xFFFF)
 }
 
+// stage copies the upserts at ups into the staging table.
+func (s *Sink) stage(ctx context.Context, pc *pgconn.PgConn, b *Batch, ups []int) error {
+	data := s.enc.copyRows(b.changes, ups, len(s.table.Columns))
+	_, err := pc.CopyFrom(ctx, bytes.NewReader(data), "COPY pg_temp."+stageTable+" FROM STDIN (FORMAT binary)")
+	return err
+}
+
 // writeStaged applies a large batch in an explicit transaction: the
-// upserts are copied into the staging table and merged with one statement,
-// then the deletes and the checkpoint follow with the COMMIT in one round
-// trip.
+// deletes first, then the upserts are copied into the staging table and
+// merged with one statement, and the checkpoint follows with the COMMIT in
+// the same round trip.
 func (s *Sink) writeStaged(ctx context.Context, pc *pgconn.PgConn, b *Batch, dels, ups []int) (err error) {
 	if err := s.beginLocked(ctx, pc); err != nil {
 		return err
@@ -48,25 +55,33 @@ func (s *Sink) writeStaged(ctx context.Context, pc *pgconn.PgConn, b *Batch, del
 			_ = execSimple(context.WithoutCancel(ctx), pc, "ROLLBACK")
 		}
 	}()
-	var batch pgconn.Batch
-	if b.truncate {
-		batch.ExecParams(s.sql.truncate, nil, nil, nil, nil)
-		if _, err := pc.ExecBatch(ctx, &batch).ReadAll(); err != nil {
-			return err
-		}
-		batch = pgconn.Batch{}
-	}
-	data := s.enc.copyRows(b.changes, ups, len(s.table.Columns))
-	if _, err := pc.CopyFrom(ctx, bytes.NewReader(data), "COPY pg_temp."+stageTable+" FROM STDIN (FORMAT binary)"); err != nil {
+	if err := s.truncateAndDelete(ctx, pc, b, dels); err != nil {
 		return err
 	}
+	if err := s.stage(ctx, pc, b, ups); err != nil {
+		return err
+	}
+	var batch pgconn.Batch
 	batch.ExecStatement(s.stmts[stmtUpsertStaged], nil, nil, nil)
-	s.queueChanges(&batch, b.changes, dels, nil)
 	queueResolve(&batch, s.resolvableChanges(b.changes))
 	if b.Checkpoint != (Checkpoint{}) {
 		batch.ExecStatement(s.stmts[stmtCheckpoint], checkpointParams(s.opts.Slot, b.Checkpoint), nil, nil)
 	}
 	batch.ExecParams("COMMIT", nil, nil, nil, nil)
 	_, err = pc.ExecBatch(ctx, &batch).ReadAll()
+	return err
+}
+
+// truncateAndDelete runs b's truncate and the deletes at dels, if any.
+func (s *Sink) truncateAndDelete(ctx context.Context, pc *pgconn.PgConn, b *Batch, dels []int) error {
+	if !b.truncate && len(dels) == 0 {
+		return nil
+	}
+	var batch pgconn.Batch
+	if b.truncate {
+		batch.ExecParams(s.sql.truncate, nil, nil, nil, nil)
+	}
+	s.queueChanges(&batch, b.changes, dels, nil)
+	_, err := pc.ExecBatch(ctx, &batch).ReadAll()
 	return err
 }

@@ -99,35 +99,158 @@ func cloneParams(p [][]byte) [][]byte {
 
 func cloneFormats(f []int16) []int16 { return append([]int16(nil), f...) }
 
-// write applies b on pc. It tries the whole batch as one pipelined implicit
-// transaction; if the chat database rejects a row, it applies the batch again
-// in an explicit transaction that isolates the rejected rows.
+// write applies b on pc. A batch that is a chat transaction of its own
+// goes through the fast paths: one pipelined implicit transaction, or a
+// staged COPY for many rows. A batch of a source transaction too large for
+// one (b.Open, or one continuing the transaction an Open batch left open)
+// is written into the chat transaction kept open for it, which the batch
+// that ends the source transaction commits. Either way, when chat refuses
+// a row, the batch is applied again in source order (see replay), and only
+// a change refused in that order becomes a dead letter.
 func (s *Sink) write(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead int, err error) {
-	dels, ups, partial := split(b.changes)
-	if len(partial) == 0 && len(ups) >= stageMinRows {
-		err = s.writeStaged(ctx, pc, b, dels, ups)
-		if err == nil || !rowRejected(err) {
+	setBased := true
+	if !s.tx.open && !b.Open {
+		done, err := s.writeWhole(ctx, pc, b)
+		if done || (err != nil && !rowRejected(err)) {
 			return 0, err
 		}
-		s.log.Warn("chat database rejected a row; isolating it", "rows", len(b.changes), "lsn", b.Checkpoint.LSN, "err", err)
-	} else if len(partial) == 0 {
-		var batch pgconn.Batch
-		batch.ExecParams(s.sql.lock, nil, nil, nil, nil)
-		if b.truncate {
-			batch.ExecParams(s.sql.truncate, nil, nil, nil, nil)
+		if err != nil {
+			s.log.Warn("chat database refused a change of the batch; applying the batch in source order", "rows", len(b.changes), "lsn", b.Checkpoint.LSN, "err", err)
+			setBased = false
+			s.resolving = nil // that attempt's resolutions were rolled back with it
+			s.open.begin()
 		}
-		s.queueChanges(&batch, b.changes, dels, ups)
-		queueResolve(&batch, s.resolvableChanges(b.changes))
-		if b.Checkpoint != (Checkpoint{}) {
-			batch.ExecStatement(s.stmts[stmtCheckpoint], checkpointParams(s.opts.Slot, b.Checkpoint), nil, nil)
-		}
-		_, err = pc.ExecBatch(ctx, &batch).ReadAll()
-		if err == nil || !rowRejected(err) {
-			return 0, err
-		}
-		s.log.Warn("chat database rejected a row; isolating it", "rows", len(b.changes), "lsn", b.Checkpoint.LSN, "err", err)
 	}
-	return s.writeCareful(ctx, pc, b, dels, ups, partial)
+	if !s.tx.open {
+		if err := s.beginLocked(ctx, pc); err != nil {
+			return 0, err
+		}
+		s.tx.open, s.tx.done = true, make(chan struct{})
+	}
+	if dead, err = s.writeChunk(ctx, pc, b, setBased); err != nil {
+		return 0, err
+	}
+	if b.Open {
+		return dead, nil
+	}
+	if b.Checkpoint != (Checkpoint{}) {
+		if _, err := pc.ExecStatement(ctx, s.stmts[stmtCheckpoint], checkpointParams(s.opts.Slot, b.Checkpoint), nil, nil).Close(); err != nil {
+			return 0, err
+		}
+	}
+	if err := execSimple(ctx, pc, "COMMIT"); err != nil {
+		return 0, err
+	}
+	s.closeTx()
+	return dead, nil
+}
+
+// writeWhole tries b as one chat transaction, set-based. done is false when
+// b needs the explicit transaction (some rows carry unchanged TOASTed
+// values, which are written one by one) or chat refused a row (err).
+func (s *Sink) writeWhole(ctx context.Context, pc *pgconn.PgConn, b *Batch) (done bool, err error) {
+	dels, ups, partial := split(b.changes)
+	switch {
+	case len(partial) > 0:
+		return false, nil
+	case len(ups) >= stageMinRows:
+		err := s.writeStaged(ctx, pc, b, dels, ups)
+		return err == nil, err
+	}
+	var batch pgconn.Batch
+	batch.ExecParams(s.sql.lock, nil, nil, nil, nil)
+	if b.truncate {
+		batch.ExecParams(s.sql.truncate, nil, nil, nil, nil)
+	}
+	s.queueChanges(&batch, b.changes, dels, ups)
+	queueResolve(&batch, s.resolvableChanges(b.changes))
+	if b.Checkpoint != (Checkpoint{}) {
+		batch.ExecStatement(s.stmts[stmtCheckpoint], checkpointParams(s.opts.Slot, b.Checkpoint), nil, nil)
+	}
+	_, err = pc.ExecBatch(ctx, &batch).ReadAll()
+	return err == nil, err
+}
+
+// writeChunk applies b in the open transaction under a savepoint:
+// set-based first (unless setBased is false: chat already refused that),
+// then, if chat refuses a row, in source order. It resolves the open dead
+// letters of the keys it wrote.
+func (s *Sink) writeChunk(ctx context.Context, pc *pgconn.PgConn, b *Batch, setBased bool) (dead int, err error) {
+	if err := execSimple(ctx, pc, "SAVEPOINT cdc_chunk"); err != nil {
+		return 0, err
+	}
+	if setBased {
+		dead, err = s.setBased(ctx, pc, b)
+		if err != nil && !rowRejected(err) {
+			return 0, err
+		}
+		if err != nil {
+			s.log.Warn("chat database refused a change of the batch; applying the batch in source order", "rows", len(b.changes), "lsn", b.Checkpoint.LSN, "err", err)
+			if err := execSimple(ctx, pc, "ROLLBACK TO SAVEPOINT cdc_chunk"); err != nil {
+				return 0, err
+			}
+			s.open.begin()
+			setBased = false
+		}
+	}
+	if !setBased {
+		if dead, err = s.replay(ctx, pc, b); err != nil {
+			return 0, err
+		}
+	}
+	if err := execResolve(ctx, pc, s.resolvableChanges(b.changes)); err != nil {
+		return 0, err
+	}
+	return dead, execSimple(ctx, pc, "RELEASE SAVEPOINT cdc_chunk")
+}
+
+// setBased writes b's compacted changes with one statement per kind, in
+// the open transaction: the truncate, deletes (first, so the values they
+// free are free for the upserts), upserts (staged through COPY when many),
+// then the updates that omit unchanged TOASTed columns, one by one.
+func (s *Sink) setBased(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead int, err error) {
+	dels, ups, partial := split(b.changes)
+	if err := s.truncateAndDelete(ctx, pc, b, dels); err != nil {
+		return 0, err
+	}
+	var batch pgconn.Batch
+	switch {
+	case len(ups) >= stageMinRows:
+		if err := s.stage(ctx, pc, b, ups); err != nil {
+			return 0, err
+		}
+		// The staging table empties at commit; a transaction of several
+		// batches empties it after each.
+		batch.ExecStatement(s.stmts[stmtUpsertStaged], nil, nil, nil)
+		batch.ExecParams("TRUNCATE pg_temp."+stageTable, nil, nil, nil, nil)
+	case len(ups) > 0:
+		s.queueChanges(&batch, b.changes, nil, ups)
+	}
+	if len(ups) > 0 {
+		if _, err := pc.ExecBatch(ctx, &batch).ReadAll(); err != nil {
+			return 0, err
+		}
+	}
+	if len(partial) == 0 {
+		return 0, nil
+	}
+	batch = pgconn.Batch{}
+	for _, i := range partial {
+		s.queuePartial(&batch, &b.changes[i])
+	}
+	results, err := pc.ExecBatch(ctx, &batch).ReadAll()
+	if err != nil {
+		return 0, err
+	}
+	for j, i := range partial {
+		if results[j].CommandTag.RowsAffected() == 0 {
+			dead++
+			if err := s.deadLetter(ctx, pc, &b.changes[i], errMissingRow); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return dead, nil
 }
 
 // rowRejected reports whether err is the chat database refusing a value
@@ -144,46 +267,6 @@ func rowRejected(err error) bool {
 func execSimple(ctx context.Context, pc *pgconn.PgConn, sql string) error {
 	_, err := pc.Exec(ctx, sql).ReadAll()
 	return err
-}
-
-// writeCareful applies b in an explicit transaction, bisecting the set of
-// changes under savepoints until every rejected change stands alone and is
-// recorded as a dead letter.
-func (s *Sink) writeCareful(ctx context.Context, pc *pgconn.PgConn, b *Batch, dels, ups, partial []int) (dead int, err error) {
-	if err := s.beginLocked(ctx, pc); err != nil {
-		return 0, err
-	}
-	defer func() {
-		if err != nil && !pc.IsClosed() {
-			_ = execSimple(ctx, pc, "ROLLBACK")
-		}
-	}()
-	if b.truncate {
-		if err := execSimple(ctx, pc, s.sql.truncate); err != nil {
-			return 0, err
-		}
-	}
-	all := append(append([]int(nil), dels...), ups...)
-	if dead, err = s.isolate(ctx, pc, b.changes, all); err != nil {
-		return 0, err
-	}
-	for _, i := range partial {
-		n, err := s.isolatePartial(ctx, pc, &b.changes[i])
-		if err != nil {
-			return 0, err
-		}
-		dead += n
-	}
-	if err := execResolve(ctx, pc, s.resolvableChanges(b.changes)); err != nil {
-		return 0, err
-	}
-	if b.Checkpoint != (Checkpoint{}) {
-		_, err := pc.ExecStatement(ctx, s.stmts[stmtCheckpoint], checkpointParams(s.opts.Slot, b.Checkpoint), nil, nil).Close()
-		if err != nil {
-			return 0, err
-		}
-	}
-	return dead, execSimple(ctx, pc, "COMMIT")
 }
 
 // isolate applies the changes at idx inside a savepoint; when the chat
@@ -227,11 +310,11 @@ func (s *Sink) isolate(ctx context.Context, pc *pgconn.PgConn, changes []Change,
 	return a + c, err
 }
 
-// isolatePartial updates only the carried columns of a row whose unchanged
-// TOASTed values the stream did not send. If the chat row does not exist,
-// the full row cannot be built here: the change is recorded and the
-// reconciler copies the row from the source.
-func (s *Sink) isolatePartial(ctx context.Context, pc *pgconn.PgConn, c *Change) (dead int, err error) {
+// queuePartial queues the update of only the carried columns of a row
+// whose unchanged TOASTed values the stream did not send. If the chat row
+// does not exist, the full row cannot be built here: the change is recorded
+// (errMissingRow) and the reconciler copies the row from the source.
+func (s *Sink) queuePartial(batch *pgconn.Batch, c *Change) {
 	t := s.table
 	var set, where []string
 	var params [][]byte
@@ -258,26 +341,7 @@ func (s *Sink) isolatePartial(ctx context.Context, pc *pgconn.PgConn, c *Change)
 	if len(set) == 0 {
 		sql = fmt.Sprintf("SELECT 1 FROM %s WHERE %s", t.Ident(), cond)
 	}
-	if err := execSimple(ctx, pc, "SAVEPOINT cdc_isolate"); err != nil {
-		return 0, err
-	}
-	tag, err := pc.ExecParams(ctx, sql, params, oids, formats, nil).Close()
-	if err != nil {
-		if !rowRejected(err) {
-			return 0, err
-		}
-		if err := execSimple(ctx, pc, "ROLLBACK TO SAVEPOINT cdc_isolate; RELEASE SAVEPOINT cdc_isolate"); err != nil {
-			return 0, err
-		}
-		return 1, s.deadLetter(ctx, pc, c, err)
-	}
-	if err := execSimple(ctx, pc, "RELEASE SAVEPOINT cdc_isolate"); err != nil {
-		return 0, err
-	}
-	if tag.RowsAffected() == 0 {
-		return 1, s.deadLetter(ctx, pc, c, errMissingRow)
-	}
-	return 0, nil
+	batch.ExecParams(sql, params, oids, formats, nil)
 }
 
 // paramOID is the type of a single-value parameter for column col: the

@@ -67,6 +67,10 @@ type Result struct {
 	Window        []time.Duration // one windowed reconcile run
 	WindowChanged int64           // rows changed in the window
 	WindowChecked int64           // rows the windowed run compared, both sides
+
+	// A conflictRows-row transaction, plain and with a swap that chat's
+	// unique index refuses set-based (see conflictPhase).
+	ConflictFree, ConflictSwap []time.Duration
 }
 
 const (
@@ -287,6 +291,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	if o.Core {
 		return r, nil
+	}
+	if err := conflictPhase(ctx, s, o, r, env, ids); err != nil {
+		return nil, fmt.Errorf("conflict phase: %w", err)
 	}
 	if err := reconcilePhase(ctx, s, o, r, env); err != nil {
 		return nil, fmt.Errorf("reconcile phase: %w", err)

@@ -28,7 +28,8 @@ func TestBench_Smoke(t *testing.T) {
 		t.Fatalf("bench: %v\n%s", err, log.String())
 	}
 	for name, d := range map[string][]time.Duration{"verify": r.VerifyFull, "window": r.Window, "copy pipe": r.CopyPipe, "copy cdc": r.CopyCDC, "copy native": r.CopyNative,
-		"backlog floor": r.BacklogCeiling, "backlog cdc": r.BacklogCDC, "backlog native": r.BacklogNat} {
+		"backlog floor": r.BacklogCeiling, "backlog cdc": r.BacklogCDC, "backlog native": r.BacklogNat,
+		"conflict plain": r.ConflictFree, "conflict swap": r.ConflictSwap} {
 		if len(d) != 1 || d[0] <= 0 {
 			t.Errorf("%s: %v", name, d)
 		}
@@ -47,7 +48,7 @@ func TestBench_Smoke(t *testing.T) {
 	}
 	var table bytes.Buffer
 	r.Write(&table)
-	for _, want := range []string{"initial copy", "backlog catch-up", "walsender alone", "steady", "notify mode", "kept up with", "peak RSS", "CPU during the window"} {
+	for _, want := range []string{"initial copy", "backlog catch-up", "walsender alone", "steady", "notify mode", "kept up with", "peak RSS", "CPU during the window", "email swap"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

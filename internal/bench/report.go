@@ -97,6 +97,9 @@ func (r *Result) Write(w io.Writer) {
 		r.Rows, mb(r.VerifyHeap[0]), mb(r.VerifyHeap[1]), secs(median(r.VerifyFull)), verdict(median(r.VerifyFull) <= 5*time.Second))
 	fmt.Fprintf(tw, "| one windowed reconcile run, 3-min window, %d rows changed, %d compared (median)\t %s\t –\t –\t –\t ≤ 2 s: %s\t\n",
 		r.WindowChanged, r.WindowChecked, secs(median(r.Window)), verdict(median(r.Window) <= 2*time.Second))
+	cf, cs := median(r.ConflictFree), median(r.ConflictSwap)
+	fmt.Fprintf(tw, "| a %d-row transaction, chat has a unique index on email: plain / with an email swap in it (applied again in source order) (median)\t %s / %s (+%s)\t –\t –\t swap/plain %.2f\t –\t\n",
+		conflictRows, secs(cf), secs(cs), secs(cs-cf), cs.Seconds()/max(cf.Seconds(), 1e-9))
 	fmt.Fprintf(tw, "| cdc peak RSS: copy / backlog / steady / notify mode\t %s / %s / %s / %s\t –\t –\t –\t ≤ %s: %s\t\n",
 		mb(r.RSSCopy), mb(r.RSSBacklog), mb(r.RSSSteady), mb(r.RSSNotify), mb(Targets.RSS), verdict(peak <= Targets.RSS))
 	tw.Flush()

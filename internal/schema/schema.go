@@ -165,7 +165,7 @@ func Load(ctx context.Context, q Querier, spec Spec) (*Table, error) {
 		return nil, &NoKeyError{Table: spec.Table, Key: key}
 	}
 	for _, k := range key {
-		i := t.index(k)
+		i := t.Index(k)
 		if i < 0 {
 			return nil, &KeyNotSyncedError{Table: spec.Table, Key: key}
 		}
@@ -184,7 +184,8 @@ func (e *KeyNotSyncedError) Error() string {
 	return fmt.Sprintf("SYNC_COLUMNS must include the key of %s: (%s)", e.Table, ident.DisplayList(e.Key))
 }
 
-func (t *Table) index(name string) int {
+// Index is the position of column name in Columns, or -1.
+func (t *Table) Index(name string) int {
 	for i, c := range t.Columns {
 		if c.Name == name {
 			return i

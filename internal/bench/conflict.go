@@ -1,0 +1,64 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// conflictRows is the size of the conflict phase's source transaction.
+const conflictRows = 10_000
+
+// conflictPhase weighs what chat's own constraints cost when a batch needs
+// the source order (sink.replay): chat gets a unique index on email, and
+// one source transaction updating conflictRows rows reaches cdc, started
+// after it is written, once plainly (written set-based) and once with two
+// users swapping emails through a temporary value in it, which the
+// set-based write of the batch that holds it trips over, so that batch is
+// applied again change by change. Each is timed from cdc's start to a
+// marker row committed after the transaction.
+func conflictPhase(ctx context.Context, s *servers, o Options, r *Result, env map[string]string, ids []string) error {
+	if _, err := s.cdc.Exec(ctx, "CREATE UNIQUE INDEX bench_email ON users (email)"); err != nil {
+		return fmt.Errorf("chat unique index: %w", err)
+	}
+	defer func() { _, _ = s.cdc.Exec(context.WithoutCancel(ctx), "DROP INDEX IF EXISTS bench_email") }()
+	batch := ids[:min(conflictRows, len(ids))]
+	for rep := 0; rep < o.Reps; rep++ {
+		for _, swap := range []bool{false, true} {
+			tx := fmt.Sprintf(`BEGIN; UPDATE users SET status = 'conflict-%d-%v', updated_at = clock_timestamp() WHERE id = ANY($1::uuid[]);`, rep, swap)
+			if swap {
+				tx += fmt.Sprintf(`DO $$ DECLARE a text; b text; BEGIN
+SELECT email INTO a FROM users WHERE id = '%[1]s'; SELECT email INTO b FROM users WHERE id = '%[2]s';
+UPDATE users SET email = NULL, updated_at = clock_timestamp() WHERE id = '%[1]s';
+UPDATE users SET email = a, updated_at = clock_timestamp() WHERE id = '%[2]s';
+UPDATE users SET email = b, updated_at = clock_timestamp() WHERE id = '%[1]s'; END $$;`, batch[len(batch)/2], batch[len(batch)/2+1])
+			}
+			if _, err := s.source.Exec(ctx, tx+"COMMIT", batch); err != nil {
+				return fmt.Errorf("conflict transaction: %w", err)
+			}
+			marker := fmt.Sprintf("00000000-0000-0000-0000-0000000c%03d%d", rep, map[bool]int{false: 0, true: 1}[swap])
+			if err := insertMarker(ctx, s.source, marker); err != nil {
+				return err
+			}
+			proc, err := startCDC(o.CDC, env, o.Log)
+			if err != nil {
+				return err
+			}
+			if err := waitMarker(ctx, s.cdc, marker); err != nil {
+				return err
+			}
+			d := time.Since(proc.started)
+			if err := proc.stop(); err != nil {
+				return err
+			}
+			if swap {
+				r.ConflictSwap = append(r.ConflictSwap, d)
+			} else {
+				r.ConflictFree = append(r.ConflictFree, d)
+			}
+		}
+		fmt.Fprintf(o.Log, "bench: conflict %d/%d: %d-row transaction %s, with an email swap in it %s\n", rep+1, o.Reps, len(batch),
+			r.ConflictFree[rep].Round(time.Millisecond), r.ConflictSwap[rep].Round(time.Millisecond))
+	}
+	return nil
+}
