@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // conflictRows is the size of the conflict phase's source transaction.
@@ -25,15 +27,22 @@ func conflictPhase(ctx context.Context, s *servers, o Options, r *Result, env ma
 	batch := ids[:min(conflictRows, len(ids))]
 	for rep := 0; rep < o.Reps; rep++ {
 		for _, swap := range []bool{false, true} {
-			tx := fmt.Sprintf(`BEGIN; UPDATE users SET status = 'conflict-%d-%v', updated_at = clock_timestamp() WHERE id = ANY($1::uuid[]);`, rep, swap)
-			if swap {
-				tx += fmt.Sprintf(`DO $$ DECLARE a text; b text; BEGIN
+			err := pgx.BeginFunc(ctx, s.source, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, "UPDATE users SET status = $2, updated_at = clock_timestamp() WHERE id = ANY($1::uuid[])",
+					batch, fmt.Sprintf("conflict-%d-%v", rep, swap)); err != nil {
+					return err
+				}
+				if !swap {
+					return nil
+				}
+				_, err := tx.Exec(ctx, fmt.Sprintf(`DO $$ DECLARE a text; b text; BEGIN
 SELECT email INTO a FROM users WHERE id = '%[1]s'; SELECT email INTO b FROM users WHERE id = '%[2]s';
 UPDATE users SET email = NULL, updated_at = clock_timestamp() WHERE id = '%[1]s';
 UPDATE users SET email = a, updated_at = clock_timestamp() WHERE id = '%[2]s';
-UPDATE users SET email = b, updated_at = clock_timestamp() WHERE id = '%[1]s'; END $$;`, batch[len(batch)/2], batch[len(batch)/2+1])
-			}
-			if _, err := s.source.Exec(ctx, tx+"COMMIT", batch); err != nil {
+UPDATE users SET email = b, updated_at = clock_timestamp() WHERE id = '%[1]s'; END $$`, batch[len(batch)/2], batch[len(batch)/2+1]))
+				return err
+			})
+			if err != nil {
 				return fmt.Errorf("conflict transaction: %w", err)
 			}
 			marker := fmt.Sprintf("00000000-0000-0000-0000-0000000c%03d%d", rep, map[bool]int{false: 0, true: 1}[swap])
