@@ -26,26 +26,28 @@ func TestRun_AsLeastPrivilegedRoles(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer admin.Close(ctx)
-			srcRole, chatRole := "cdc_src_"+mode, "cdc_chat_"+mode
+			// Mixed-case names: every grant must quote them.
+			srcRole, chatRole := "Cdc_Src_"+mode, "Cdc_Chat_"+mode
+			q := func(name string) string { return pgx.Identifier{name}.Sanitize() }
 			attrs := "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"
 			if mode == "replication" {
 				attrs += " REPLICATION"
 			}
-			if _, err := admin.Exec(ctx, "CREATE ROLE "+srcRole+" "+attrs+"; CREATE ROLE "+chatRole+" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"); err != nil {
+			if _, err := admin.Exec(ctx, "CREATE ROLE "+q(srcRole)+" "+attrs+"; CREATE ROLE "+q(chatRole)+" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"); err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() {
 				c, err := pgx.Connect(context.Background(), srv.DSN("postgres"))
 				if err == nil {
-					_, _ = c.Exec(context.Background(), "DROP ROLE IF EXISTS "+srcRole+"; DROP ROLE IF EXISTS "+chatRole)
+					_, _ = c.Exec(context.Background(), "DROP ROLE IF EXISTS "+q(srcRole)+"; DROP ROLE IF EXISTS "+q(chatRole))
 					c.Close(context.Background())
 				}
 			})
 			p := pgtest.NewBarePair(t, srv, 2000)
 
-			adminEnv := with(p.Env(), "SYNC_MODE", mode, "SOURCE_RUN_ROLE", srcRole, "CHAT_RUN_ROLE", chatRole, "LOG_LEVEL", "info")
+			adminEnv := with(p.Env(), "SYNC_MODE", mode, "SOURCE_RUN_ROLE", q(srcRole), "CHAT_RUN_ROLE", q(chatRole), "LOG_LEVEL", "info")
 			code, out := runCDC(t, adminEnv, "migrate")
-			if code != 0 || !strings.Contains(out, "granted "+srcRole+" SELECT on public.users") || !strings.Contains(out, "granted "+chatRole+" read and write") {
+			if code != 0 || !strings.Contains(out, "granted "+q(srcRole)+" SELECT on public.users") || !strings.Contains(out, "granted "+q(chatRole)+" read and write") {
 				t.Fatalf("cdc migrate as admin: exit %d\n%s", code, out)
 			}
 			env := with(adminEnv,
