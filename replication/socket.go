@@ -2,13 +2,8 @@ package replication
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
-	"net"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Resting. At a steady trickle of small transactions the walsender sends
@@ -34,6 +29,10 @@ import (
 // by its own timer anyway. At 2,000 single-row transactions/s that cut
 // cdc's context switches from ~3,400 to ~2,700 a second and its syscalls
 // by a fifth (BENCHMARKS.md).
+
+// Both need Linux (SIOCINQ, and SO_RCVLOWAT that wakes no reader below
+// the mark): elsewhere unreadBytes and quieter return nil, and the reader
+// lingers without resting (socket_other.go).
 
 // quietBytes is the low-water mark during a rest: 16 KiB is ~25 ms of a
 // 2,000-transactions/s trickle, longer than any rest, so a resting reader
@@ -149,72 +148,5 @@ func (r *reader) added(sentAt time.Time) {
 	}
 	if r.cur.Received > 0 {
 		r.arrivedBy = time.Time{}
-	}
-}
-
-// socketOf returns the socket under c (below TLS, if any) and the
-// connection it belongs to; raw is nil when c exposes no socket.
-func socketOf(c net.Conn) (raw syscall.RawConn, under net.Conn) {
-	if t, ok := c.(*tls.Conn); ok {
-		c = t.NetConn()
-	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil, c
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return nil, c
-	}
-	return raw, c
-}
-
-// unreadBytes returns a function that reports how many bytes wait in c's
-// socket receive queue, or nil when c exposes no socket to ask. For TLS it
-// counts the encrypted bytes below the TLS layer, which is all the reader
-// needs: whether reading now would find anything.
-func unreadBytes(c net.Conn) func() (int, error) {
-	raw, _ := socketOf(c)
-	if raw == nil {
-		return nil
-	}
-	return func() (n int, err error) {
-		cerr := raw.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
-		if cerr != nil {
-			return 0, cerr
-		}
-		return n, err
-	}
-}
-
-// quieter returns a function that raises (on) or restores (off) the
-// receive low-water mark of c's TCP socket, or nil when c has none (a Unix
-// socket, a pipe). The mark stays at most an eighth of the socket's
-// receive buffer: Linux grows the buffer, and clamps the TCP window to the
-// mark for good, when a mark needs more room than the buffer has.
-func quieter(c net.Conn) func(on bool) error {
-	raw, under := socketOf(c)
-	if raw == nil {
-		return nil
-	}
-	if _, ok := under.LocalAddr().(*net.TCPAddr); !ok {
-		return nil
-	}
-	return func(on bool) (err error) {
-		cerr := raw.Control(func(fd uintptr) {
-			mark := 1
-			if on {
-				var buf int
-				if buf, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); err != nil {
-					return
-				}
-				mark = max(1, min(quietBytes, buf/8))
-			}
-			err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, mark)
-		})
-		if cerr != nil {
-			return cerr
-		}
-		return err
 	}
 }
