@@ -48,6 +48,11 @@ type Stats struct {
 	Stale       atomic.Int64
 	Extra       atomic.Int64
 	Failures    atomic.Int64
+	// LastRepair is the unix ns of the end of the last scheduled run that
+	// repaired rows (the stream had not delivered them), and
+	// LastRepairRows how many it repaired.
+	LastRepair     atomic.Int64
+	LastRepairRows atomic.Int64
 }
 
 // Reconciler compares the source and chat tables and repairs differences
@@ -115,6 +120,13 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		case err != nil:
 			r.Stats.Failures.Add(1)
 			r.log.Error("reconcile run failed; next run in one interval", "err", err)
+		case res.Repair.Repairs() > 0:
+			// The stream (or, in notify mode, the listener and its
+			// catch-ups) should leave nothing to repair: this is a signal.
+			r.Stats.LastRepair.Store(time.Now().UnixNano())
+			r.Stats.LastRepairRows.Store(int64(res.Repair.Repairs()))
+			r.log.Warn("the scheduled reconciler repaired rows the change stream had not delivered: something else writes chat's synced columns, the source's publication or trigger changed, or cdc has a bug (cdc verify --full compares the whole table)",
+				"repaired", res.Repair.Repairs(), "missing", res.Repair.Missing, "stale", res.Repair.Stale, "extra", res.Repair.Extra, "full", res.Full)
 		case res.Took > r.opts.Interval*8/10:
 			r.log.Warn("reconcile run took more than 80% of the interval: runs are spaced one interval apart, so the window still covers every row, but consider a longer SYNC_INTERVAL_MINUTES",
 				"took", res.Took.Round(time.Millisecond).String(), "interval", r.opts.Interval.String(), "full", res.Full)

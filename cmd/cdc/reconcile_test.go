@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/myusta/cdc/internal/health"
 	"github.com/myusta/cdc/internal/pgtest"
 	"github.com/myusta/cdc/reconcile"
 )
@@ -79,6 +80,13 @@ func TestRun_ReconcilerRepairsRecentDrift(t *testing.T) {
 	pgtest.Exec(t, p.Chat, `DELETE FROM users WHERE email LIKE 'user77%'`)
 	p.WaitEqual(t, 20*time.Second)
 	c.waitOutput(t, `"msg":"reconcile window"`, 10*time.Second)
+	// Repairs beside a live stream are a signal: WARN, and DEGRADED for a while.
+	c.waitOutput(t, `"level":"WARN","msg":"the scheduled reconciler repaired rows the change stream had not delivered`, 20*time.Second)
+	waitHealth(t, "http://"+httpAddr(t, c), 10*time.Second, "DEGRADED by the repairs", func(st *health.Stats, ready int) bool {
+		ch := st.HealthStatus.Checks[health.CheckReconcile]
+		return st.HealthStatus.Status == health.Degraded && ch.Status == health.Warn && strings.Contains(ch.Message, "repaired") &&
+			st.Reconcile.LastRepairRows > 0
+	})
 	if code := c.stop(t, 40*time.Second); code != 0 {
 		t.Fatalf("exit %d", code)
 	}

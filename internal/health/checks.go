@@ -210,6 +210,10 @@ func failuresCheck(st *Stats) Check {
 	return Check{Status: Pass, Message: msg}
 }
 
+// repairSignal is how long health stays DEGRADED after a scheduled run
+// repaired rows: ten minutes, or three intervals if longer.
+func repairSignal(interval time.Duration) time.Duration { return max(10*time.Minute, 3*interval) }
+
 func reconcileCheck(st *Stats) Check {
 	r := st.Reconcile
 	if r.Runs == 0 && r.Failures == 0 {
@@ -221,6 +225,9 @@ func reconcileCheck(st *Stats) Check {
 	switch {
 	case r.LastRunFailed:
 		return Check{Warn, msg + "; the last run failed", "read the reconciler's ERROR line in cdc's log; the next run retries"}
+	case r.LastRepair != nil && st.Now.Sub(*r.LastRepair) < repairSignal(interval):
+		return Check{Warn, fmt.Sprintf("%s; a scheduled run repaired %d rows %s ago that the change stream had not delivered", msg, r.LastRepairRows, roundDur(st.Now.Sub(*r.LastRepair))),
+			"find what changed chat's synced columns outside cdc: another writer of chat's users table, a dropped or disabled publication or trigger on the source (cdc's log says), or a bug; cdc verify --full compares the whole table"}
 	case interval > 0 && float64(took) >= reconcileWarn*float64(interval):
 		return Check{Warn, msg + " (80% or more)", "raise SYNC_INTERVAL_MINUTES, or lower SYNC_WINDOW_MULTIPLIER, so a run fits well within the interval"}
 	}

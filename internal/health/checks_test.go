@@ -67,6 +67,14 @@ func TestEvaluate(t *testing.T) {
 		{"six consecutive failures", func(s *Stats) { s.ConsecutiveFailures = 6 }, Unhealthy, CheckFailures, Fail, false, "CHAT_DATABASE_URL"},
 		{"reconcile near the interval", func(s *Stats) { s.Reconcile.LastRunMs = 48_000 }, Degraded, CheckReconcile, Warn, true, "SYNC_INTERVAL_MINUTES"},
 		{"reconcile failed", func(s *Stats) { s.Reconcile.LastRunFailed = true }, Degraded, CheckReconcile, Warn, true, "next run retries"},
+		{"reconcile repaired rows a while ago", func(s *Stats) {
+			s.Now = time.Now()
+			s.Reconcile.LastRepair, s.Reconcile.LastRepairRows = ptr(s.Now.Add(-time.Minute)), 12
+		}, Degraded, CheckReconcile, Warn, true, "another writer of chat's users table"},
+		{"reconcile repaired rows long ago", func(s *Stats) {
+			s.Now = time.Now()
+			s.Reconcile.LastRepair, s.Reconcile.LastRepairRows = ptr(s.Now.Add(-11*time.Minute)), 12
+		}, Healthy, "", Pass, true, ""},
 		{"chat pool busy", func(s *Stats) { s.Pools[1].Acquired = 8 }, Degraded, CheckPools, Warn, true, "CHAT_DB_POOL_SIZE"},
 		{"chat unreachable", func(s *Stats) {
 			s.Databases[1] = DatabaseStats{Name: "chat", Error: "connection refused"}

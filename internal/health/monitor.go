@@ -314,6 +314,10 @@ func (m *Monitor) reconcileStats(st *Stats, p *Parts) {
 	rs.Missing, rs.Stale, rs.Extra = r.Missing.Load(), r.Stale.Load(), r.Extra.Load()
 	rs.Repairs = rs.Missing + rs.Stale + rs.Extra
 	rs.LastRunMs = time.Duration(r.LastRunTook.Load()).Milliseconds()
+	if ns := r.LastRepair.Load(); ns != 0 {
+		t := time.Unix(0, ns)
+		rs.LastRepair, rs.LastRepairRows = &t, r.LastRepairRows.Load()
+	}
 	if ns := r.LastRun.Load(); ns != 0 {
 		t := time.Unix(0, ns)
 		rs.LastRun = &t

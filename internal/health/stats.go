@@ -107,6 +107,10 @@ type ReconcileStats struct {
 	Missing       int64      `json:"missing"`
 	Stale         int64      `json:"stale"`
 	Extra         int64      `json:"extra"`
+	// LastRepair is when a scheduled run last repaired rows, and
+	// LastRepairRows how many.
+	LastRepair     *time.Time `json:"lastRepair,omitempty"`
+	LastRepairRows int64      `json:"lastRepairRows,omitempty"`
 }
 
 // DeadLetterStats describes the rows chat refused (sync_errors).
