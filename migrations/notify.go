@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -122,6 +123,24 @@ func DropNotifyTrigger(ctx context.Context, pool *pgxpool.Pool, spec Spec) (stri
 		return "", nil
 	}
 	return fmt.Sprintf("dropped trigger %s from %s", NotifyTrigger, spec.SourceTable), nil
+}
+
+// ForceDropSlot drops slot even while a consumer uses it: it ends the
+// consumer's replication connection and drops the slot in the moment it is
+// free, before the consumer (which reconnects) takes it again. It reports
+// what it did.
+func ForceDropSlot(ctx context.Context, pool *pgxpool.Pool, slot string) (string, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		msg, err := DropSlot(ctx, pool, slot)
+		if !errors.Is(err, ErrSlotActive) || time.Now().After(deadline) {
+			return msg, err
+		}
+		if _, err := pool.Exec(ctx, "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", slot); err != nil {
+			return "", fmt.Errorf("end the replication connection of slot %s: %w", slot, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // ErrSlotActive means the slot is in use by a running consumer.

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/myusta/cdc/internal/config"
+	"github.com/myusta/cdc/internal/leader"
 	"github.com/myusta/cdc/migrations"
 )
 
@@ -18,6 +20,7 @@ import (
 func cmdTeardown(ctx context.Context, e *env, args []string) error {
 	fs := flag.NewFlagSet("teardown", flag.ContinueOnError)
 	yes := fs.Bool("yes", false, "do not ask for confirmation")
+	force := fs.Bool("force", false, "remove cdc's objects even while a cdc instance is active (ending its replication connection)")
 	cfg, log, err := e.setup(fs, args)
 	if err != nil {
 		return err
@@ -30,6 +33,9 @@ func cmdTeardown(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer pool.Close()
+	if err := checkInactive(ctx, e, cfg, *force); err != nil {
+		return err
+	}
 	fmt.Fprintf(e.stdout, "This removes from the source database: replication slot %s, publication %s, trigger %s and function %s on %s.\n",
 		cfg.SlotName, cfg.PublicationName, migrations.NotifyTrigger, migrations.NotifyFunction, cfg.SourceTable)
 	if !*yes {
@@ -41,7 +47,11 @@ func cmdTeardown(ctx context.Context, e *env, args []string) error {
 	}
 	spec := migrations.SpecFor(cfg)
 	msgs := []string{}
-	msg, err := migrations.DropSlot(ctx, pool, cfg.SlotName)
+	drop := migrations.DropSlot
+	if *force {
+		drop = migrations.ForceDropSlot // ends the active cdc's replication connection
+	}
+	msg, err := drop(ctx, pool, cfg.SlotName)
 	if err != nil {
 		return err
 	}
@@ -65,4 +75,26 @@ func cmdTeardown(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintln(e.stdout, "source: nothing of cdc's was there")
 	}
 	return nil
+}
+
+// checkInactive refuses (exit 2) while a cdc instance is active on the
+// slot — it holds its leader lock on the chat database — unless force: a
+// running cdc would find its slot, publication or trigger gone.
+func checkInactive(ctx context.Context, e *env, cfg *config.Config, force bool) error {
+	if cfg.ChatURL == "" {
+		fmt.Fprintln(e.stdout, "CHAT_DATABASE_URL is not set, so whether a cdc instance is active cannot be checked: make sure none is")
+		return nil
+	}
+	holder, err := leader.Holder(ctx, cfg.ChatURL, cfg.SlotName)
+	if err != nil {
+		return fmt.Errorf("check for an active cdc: %w", err)
+	}
+	switch {
+	case holder == "":
+		return nil
+	case force:
+		fmt.Fprintf(e.stdout, "a cdc instance is active on slot %s (%s); removing its objects anyway (--force)\n", cfg.SlotName, holder)
+		return nil
+	}
+	return usageError("a cdc instance is active on slot %s: %s; stop it first (or pass --force to remove its objects from under it)", cfg.SlotName, holder)
 }

@@ -27,8 +27,11 @@ func TestTeardown(t *testing.T) {
 	}
 
 	code, out := runCDC(t, env, "teardown", "--yes")
-	if code == 0 || !strings.Contains(out, "stop cdc run first") {
+	if code != exitUsage || !strings.Contains(out, "a cdc instance is active on slot "+p.Slot+": cdc from") || !strings.Contains(out, "stop it first (or pass --force") {
 		t.Fatalf("teardown while cdc runs: exit %d\n%s", code, out)
+	}
+	if slots, pubs := count(); slots != 1 || pubs != 1 {
+		t.Fatalf("a refused teardown removed things: %d slots, %d publications left", slots, pubs)
 	}
 	if code := c.stop(t, 40*time.Second); code != 0 {
 		t.Fatalf("exit %d", code)
@@ -54,4 +57,19 @@ func TestTeardown(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "nothing of cdc's was there") {
 		t.Fatalf("second teardown: exit %d\n%s", code, out)
 	}
+}
+
+// TestTeardown_ForceWhileActive: with --force, teardown ends the active
+// instance's replication connection and removes everything.
+func TestTeardown_ForceWhileActive(t *testing.T) {
+	p := pgtest.NewPair(t, 100)
+	env := with(p.Env(), "RETRY_INITIAL_DELAY", "50")
+	c := startCDC(t, env, "run")
+	p.WaitEqual(t, 30*time.Second)
+	code, out := runCDC(t, env, "teardown", "--yes", "--force")
+	if code != 0 || !strings.Contains(out, "removing its objects anyway (--force)") || !strings.Contains(out, "dropped replication slot "+p.Slot) ||
+		!strings.Contains(out, "dropped publication cdc_users") {
+		t.Fatalf("teardown --force: exit %d\n%s", code, out)
+	}
+	c.kill()
 }

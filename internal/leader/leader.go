@@ -88,6 +88,26 @@ func Acquire(ctx context.Context, opts Options) (*Lock, error) {
 	}
 }
 
+// Holder describes the active cdc on slot (the session holding its lock
+// on the chat database at dsn), or "" when none is active.
+func Holder(ctx context.Context, dsn, slot string) (string, error) {
+	conn, err := db.Connect(ctx, dsn)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(context.Background())
+	var held bool
+	k := key(slot)
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+  AND classid = (($1::bigint >> 32) & 4294967295)::oid AND objid = ($1::bigint & 4294967295)::oid AND objsubid = 1)`, k).Scan(&held); err != nil {
+		return "", fmt.Errorf("look up the leader lock: %w", err)
+	}
+	if !held {
+		return "", nil
+	}
+	return holderOf(ctx, conn, slot), nil
+}
+
 // holderOf describes the session holding the lock, for people.
 func holderOf(ctx context.Context, conn *pgx.Conn, slot string) string {
 	k := key(slot)
