@@ -17,7 +17,8 @@ import (
 
 // relation is a cached pgoutput Relation message for the synced table.
 type relation struct {
-	cols []int // relation column index -> synced column index, or -1
+	cols   []int  // relation column index -> synced column index, or -1
+	absent uint64 // synced columns the relation lacks (unpublished, renamed or dropped)
 }
 
 // decoder turns pgoutput Insert/Update/Delete messages of the synced table
@@ -74,10 +75,24 @@ func (d *decoder) relation(m *pglogrepl.RelationMessage) error {
 		r.cols[i] = idx
 		seen[idx] = true
 	}
+	var absent []string
 	for i, ok := range seen {
-		if !ok {
-			return fmt.Errorf("column %s is not published by the source any more: run cdc migrate", ident.Display(d.table.Columns[i].Name))
+		if ok {
+			continue
 		}
+		if d.table.IsKey(i) {
+			return fmt.Errorf("key column %s is not published by the source any more (renamed or unpublished): run cdc migrate", ident.Display(d.table.Columns[i].Name))
+		}
+		r.absent |= 1 << i
+		absent = append(absent, d.table.Columns[i].Name)
+	}
+	if len(absent) > 0 {
+		// Changes still arrive, without these columns: they are kept as
+		// they are in chat (like unchanged TOASTed values) until the watch
+		// (watch.go) restores the publication or follows the change, and
+		// the repair that follows brings them up to date.
+		d.log.Warn("the source's stream no longer carries some synced columns (unpublished, renamed or dropped); their chat values are kept until cdc restores the publication or follows the change",
+			"columns", ident.DisplayList(absent))
 	}
 	d.rels[m.RelationID] = r
 	return nil
@@ -141,6 +156,7 @@ func (d *decoder) tuple(msg []byte, want byte, rel *relation, b *sink.Batch) (va
 	if len(msg) < 3 || msg[0] != want {
 		return nil, 0, nil, fmt.Errorf("%w: expected tuple %q", errTuple, want)
 	}
+	unchanged = rel.absent
 	n := int(binary.BigEndian.Uint16(msg[1:3]))
 	if n != len(rel.cols) {
 		return nil, 0, nil, fmt.Errorf("%w: %d columns, relation has %d", errTuple, n, len(rel.cols))

@@ -134,14 +134,29 @@ func TestDecoder_OtherRelationIsIgnored(t *testing.T) {
 	}
 }
 
-func TestDecoder_RelationMustPublishEverySyncedColumn(t *testing.T) {
+// TestDecoder_RelationWithoutSomeSyncedColumns: a relation that lacks a
+// synced column (unpublished, renamed, dropped) does not stop the stream:
+// its changes arrive with that column left unchanged; without the key, or
+// with a synced column of another type, the stream stops.
+func TestDecoder_RelationWithoutSomeSyncedColumns(t *testing.T) {
 	d := newDecoder(testTable, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	err := d.relation(&pglogrepl.RelationMessage{RelationID: 7, Namespace: "public", RelationName: "users",
-		Columns: []*pglogrepl.RelationMessageColumn{{Name: "id", DataType: 2950}, {Name: "name", DataType: 25}}})
-	if err == nil {
-		t.Fatal("a relation lacking synced columns must stop the stream")
+	if err := d.relation(&pglogrepl.RelationMessage{RelationID: 7, Namespace: "public", RelationName: "users",
+		Columns: []*pglogrepl.RelationMessageColumn{{Name: "id", DataType: 2950}, {Name: "name", DataType: 25}}}); err != nil {
+		t.Fatalf("a relation lacking synced columns stopped the stream: %v", err)
 	}
-	err = d.relation(&pglogrepl.RelationMessage{RelationID: 7, Namespace: "public", RelationName: "users",
+	batch := sink.NewBatch(len(testTable.Columns), []int{0})
+	if _, err := d.change(msg('I', tuple('N', b("k1"), b("Ann"))), batch, 1, testTime); err != nil {
+		t.Fatal(err)
+	}
+	c := batch.Changes()[0]
+	if want := uint64(1<<2 | 1<<3); c.Unchanged != want || string(c.Values[1]) != "Ann" {
+		t.Fatalf("unchanged %b, want %b (updated_at and pic kept in chat); values %q", c.Unchanged, want, c.Values)
+	}
+	if err := d.relation(&pglogrepl.RelationMessage{RelationID: 8, Namespace: "public", RelationName: "users",
+		Columns: []*pglogrepl.RelationMessageColumn{{Name: "name", DataType: 25}, {Name: "updated_at", DataType: 1184}, {Name: "pic", DataType: 25}}}); err == nil {
+		t.Fatal("a relation without the key must stop the stream")
+	}
+	err := d.relation(&pglogrepl.RelationMessage{RelationID: 7, Namespace: "public", RelationName: "users",
 		Columns: []*pglogrepl.RelationMessageColumn{{Name: "id", DataType: 2950}, {Name: "name", DataType: 23}, {Name: "updated_at", DataType: 1184}, {Name: "pic", DataType: 25}}})
 	if err == nil {
 		t.Fatal("a synced column whose type changed must stop the stream")

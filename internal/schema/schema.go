@@ -18,6 +18,7 @@ import (
 // Column is one synced column as its database defines it.
 type Column struct {
 	Name    string
+	Num     int16    // attnum: the column's identity across renames
 	TypeOID uint32   // the declared type (a domain stays a domain): what Relation messages carry
 	TypMod  int32    // the declared type's modifier (atttypmod)
 	Type    TypeName // the declared type's name
@@ -36,6 +37,7 @@ type Column struct {
 // configured order, with the key and version columns located.
 type Table struct {
 	ident.Table
+	OID       uint32 // on this cluster: the table's identity across renames
 	Columns   []Column
 	Key       []int // indexes in Columns of the key columns, in key order
 	UpdatedAt int   // index of the updated_at column in Columns
@@ -124,7 +126,7 @@ func Load(ctx context.Context, q Querier, spec Spec) (*Table, error) {
 	if kind != "r" {
 		return nil, fmt.Errorf("%s is not a plain table (pg_class.relkind %q): cdc syncs a plain table (a partitioned table's changes are published per partition)", spec.Table, kind)
 	}
-	t.Identity = identity[0]
+	t.Identity, t.OID = identity[0], *oid
 	all, err := readColumns(ctx, q, *oid)
 	if err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", spec.Table, err)
@@ -207,7 +209,7 @@ const columnsSQL = `WITH RECURSIVE cols AS (
 ), base AS (
   SELECT DISTINCT ON (attnum) attnum, oid, typmod FROM chain ORDER BY attnum, depth DESC
 )
-SELECT c.attname, c.atttypid, c.atttypmod, c.attnotnull, dn.nspname, d.typname, format_type(c.atttypid, c.atttypmod), d.typtype = 'd',
+SELECT c.attname, c.attnum, c.atttypid, c.atttypmod, c.attnotnull, dn.nspname, d.typname, format_type(c.atttypid, c.atttypmod), d.typtype = 'd',
        b.oid, bn.nspname, bt.typname, format_type(b.oid, b.typmod), bt.typtype::text, bt.typcategory::text, bt.typarray,
        bt.typsend <> 0 AND bt.typreceive <> 0,
        COALESCE(st.typtype::text, ''), COALESCE(st.typcategory::text, '')
@@ -228,7 +230,7 @@ func readColumns(ctx context.Context, q Querier, oid uint32) (map[string]Column,
 	for rows.Next() {
 		var c Column
 		var kind, cat, subKind, subCat string
-		if err := rows.Scan(&c.Name, &c.TypeOID, &c.TypMod, &c.NotNull, &c.Type.Schema, &c.Type.Name, &c.Display, &c.Base.Domain,
+		if err := rows.Scan(&c.Name, &c.Num, &c.TypeOID, &c.TypMod, &c.NotNull, &c.Type.Schema, &c.Type.Name, &c.Display, &c.Base.Domain,
 			&c.Base.OID, &c.Base.Name.Schema, &c.Base.Name.Name, &c.Base.Display, &kind, &cat, &c.Base.ArrayOID,
 			&c.Base.Binary, &subKind, &subCat); err != nil {
 			return nil, err
