@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -44,7 +45,10 @@ type Options struct {
 	StatusInterval time.Duration // longest gap between standby status updates
 	Retry          retry.Policy  // reconnect backoff; Loud = MAX_RECONNECT_ATTEMPTS
 	DrainTimeout   time.Duration // how long shutdown may spend committing the batch in hand
-	Logger         *slog.Logger
+	// OnStream, when set, runs each time streaming (re)starts (the watch
+	// checks the source's objects then).
+	OnStream func()
+	Logger   *slog.Logger
 }
 
 // Stats describes the stream's progress since start.
@@ -168,6 +172,9 @@ func (s *Stream) Run(ctx context.Context) error {
 		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
 			err = fmt.Errorf("%w (another consumer holds slot %s: normal for a minute after a network cut, until the server notices the old connection is gone; if another cdc runs on this slot, stop one of them)", err, s.opts.Slot)
 		}
+		if s.recreated(ctx, err) {
+			continue // the next session copies again
+		}
 		if refused(err) {
 			// A statement a database refuses fails the same way however
 			// often it is retried: say so at once, keep the slot, and try
@@ -221,6 +228,9 @@ func (s *Stream) session(ctx, applyCtx context.Context) (streamed bool, err erro
 	s.log.Info("streaming changes", "from_lsn", cp.LSN, "table", s.opts.Table.String(), "format", s.opts.Table.Format.String())
 	s.Stats.Streaming.Store(true)
 	defer s.Stats.Streaming.Store(false)
+	if s.opts.OnStream != nil {
+		s.opts.OnStream()
+	}
 	r := newReader(s, conn, cp, applyCtx)
 	return true, r.run(ctx)
 }
@@ -285,6 +295,30 @@ FROM (SELECT 1) one LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, s.opt
 		s.log.Warn("slot is missing although chat has a checkpoint (it was dropped or lost); creating it and copying again", "checkpoint", cp.LSN)
 	}
 	return s.firstCopy(ctx, conn)
+}
+
+// recreated handles a stream that stopped because the publication was
+// dropped and created again: before PostgreSQL 18 the walsender decodes a
+// change made in between with a catalog that lacks the publication and
+// stops on it ("publication … does not exist") however often it is
+// restarted, so the slot can never get past it. It drops the slot, so the
+// next session creates it again and copies the table (which repairs
+// chat), and reports whether it did.
+func (s *Stream) recreated(ctx context.Context, err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "42704" || !strings.Contains(pgErr.Message, "publication") {
+		return false
+	}
+	var exists bool
+	if qerr := s.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", s.opts.Publication).Scan(&exists); qerr != nil || !exists {
+		return false // not back yet: a refused statement until it is
+	}
+	s.log.Error("publication "+s.opts.Publication+" was dropped and created again while changes were made: the slot cannot decode those changes (PostgreSQL before 18 stops on them), so cdc drops the slot, creates it again and copies the table, which repairs chat",
+		"err", err)
+	if _, derr := s.pool.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", s.opts.Slot); derr != nil {
+		s.log.Warn("dropping the slot failed; trying again", "err", derr)
+	}
+	return true
 }
 
 func (s *Stream) dropSlot(ctx context.Context, conn *pgconn.PgConn) error {

@@ -27,9 +27,10 @@ type notifySource struct{ *replication.Notify }
 //     that committed after they stamped updated_at), then a full compare,
 //     because deletes leave nothing in any window.
 func newNotifySource(cfg *config.Config, log *slog.Logger, pool *pgxpool.Pool, sk *sink.Sink, table *schema.Table,
-	rec func() *reconcile.Reconciler, onBatch func(sink.BatchInfo)) *notifySource {
+	rec func() *reconcile.Reconciler, onBatch func(sink.BatchInfo), onConnect func()) *notifySource {
 	var n *replication.Notify
 	catchUp := func(ctx context.Context, missed time.Duration) error {
+		onConnect()
 		r := rec()
 		if missed == 0 {
 			empty, err := sk.Empty(ctx)

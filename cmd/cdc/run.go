@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -73,9 +75,11 @@ type daemonSource interface {
 }
 
 // runDaemon is `cdc run`: preflight both sides, then follow the source in
-// the configured mode until ctx ends.
+// the configured mode until ctx ends. The sync itself (runSync) starts
+// again, without the process restarting, when the watch follows a change
+// of the source table (a rename, a dropped column).
 func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	start := time.Now()
+	d := &daemon{cfg: cfg, log: log, start: time.Now()}
 	log.Info("cdc starting", "mode", cfg.Mode, "source", logging.RedactDSN(cfg.SourceURL), "chat", logging.RedactDSN(cfg.ChatURL),
 		"table", cfg.SourceTable.String()+" -> "+cfg.ChatTable.String())
 	mon, stopHealth, err := startHealth(ctx, cfg, log)
@@ -83,31 +87,20 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		return err
 	}
 	defer stopHealth()
-	srcPool, err := openPool(ctx, log, "SOURCE_DATABASE_URL", cfg.SourceURL, cfg.SourcePoolSize, reconnectPolicy(cfg))
-	if err != nil {
+	d.mon = mon
+	if d.srcPool, err = openPool(ctx, log, "SOURCE_DATABASE_URL", cfg.SourceURL, cfg.SourcePoolSize, reconnectPolicy(cfg)); err != nil {
 		return shutdownOr(ctx, err)
 	}
-	defer srcPool.Close()
-	chatPool, err := openPool(ctx, log, "CHAT_DATABASE_URL", cfg.ChatURL, cfg.ChatPoolSize, reconnectPolicy(cfg))
-	if err != nil {
+	defer d.srcPool.Close()
+	if d.chatPool, err = openPool(ctx, log, "CHAT_DATABASE_URL", cfg.ChatURL, cfg.ChatPoolSize, reconnectPolicy(cfg)); err != nil {
 		return shutdownOr(ctx, err)
 	}
-	defer chatPool.Close()
-
-	var srcTable *schema.Table
-	if cfg.Mode == config.ModeNotify {
-		srcTable, err = replication.PreflightNotify(ctx, srcPool, sourceSpec(cfg))
-	} else {
-		srcTable, err = replication.Preflight(ctx, srcPool, sourceSpec(cfg))
-	}
+	defer d.chatPool.Close()
+	src, chat, err := d.preflight(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	warnLeftovers(ctx, log, cfg, srcPool)
-	chatTable, err := chatPreflight(ctx, srcPool, chatPool, cfg, srcTable)
-	if err != nil {
-		return err
-	}
+	warnLeftovers(ctx, log, cfg, d.srcPool)
 	// One active cdc per slot: a second instance stands by here (healthy,
 	// not ready) until the active one stops or dies.
 	lock, err := leader.Acquire(ctx, leader.Options{DSN: cfg.ChatURL, Slot: cfg.SlotName, Every: time.Second,
@@ -129,29 +122,99 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		case <-ctx.Done():
 		}
 	}()
+	var repairSince time.Time
+	for {
+		err = d.runSync(ctx, cfg, src, chat, repairSince)
+		var again *syncAgain
+		if !errors.As(err, &again) {
+			break
+		}
+		cfg, repairSince = again.cfg, again.since
+		if src, chat, err = d.preflight(ctx, cfg); err != nil {
+			break
+		}
+	}
+	if cause := context.Cause(ctx); errors.Is(cause, leader.ErrLost) {
+		// Another instance may be active by now: exit, and let the
+		// supervisor's restart stand this one by again.
+		return fmt.Errorf("stopped: %w (its chat connection failed)", cause)
+	}
+	return err
+}
 
-	src := reconcile.Side{Pool: srcPool, Table: srcTable}
-	chat := reconcile.Side{Pool: chatPool, Table: chatTable}
-	sk := newSink(cfg, log, chat, mon.ObserveBatch)
+// daemon is what a cdc run keeps across restarts of the sync.
+type daemon struct {
+	cfg               *config.Config // as configured (runSync may follow a changed one)
+	log               *slog.Logger
+	start             time.Time
+	mon               *health.Monitor
+	srcPool, chatPool *pgxpool.Pool
+	drift             replication.Drift // what the watch found, across restarts of the sync
+}
+
+// syncAgain asks for the sync to start again with cfg, then repair what
+// the source may not have delivered since since.
+type syncAgain struct {
+	cfg   *config.Config
+	since time.Time
+	why   string
+}
+
+func (s *syncAgain) Error() string { return "the sync starts again: " + s.why }
+
+// preflight checks both sides for cfg and describes both tables.
+func (d *daemon) preflight(ctx context.Context, cfg *config.Config) (src, chat *schema.Table, err error) {
+	if cfg.Mode == config.ModeNotify {
+		src, err = replication.PreflightNotify(ctx, d.srcPool, sourceSpec(cfg))
+	} else {
+		src, err = replication.Preflight(ctx, d.srcPool, sourceSpec(cfg))
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if chat, err = chatPreflight(ctx, d.srcPool, d.chatPool, cfg, src); err != nil {
+		return nil, nil, err
+	}
+	return src, chat, nil
+}
+
+// runSync follows the source with the tables src and chat until ctx ends,
+// the source fails in a way it cannot retry, or the watch follows a change
+// of the source table (then it returns *syncAgain). Every goroutine it
+// starts has ended when it returns.
+func (d *daemon) runSync(ctx context.Context, cfg *config.Config, srcTable, chatTable *schema.Table, repairSince time.Time) error {
+	log := d.log
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	src := reconcile.Side{Pool: d.srcPool, Table: srcTable}
+	chat := reconcile.Side{Pool: d.chatPool, Table: chatTable}
+	sk := newSink(cfg, log, chat, d.mon.ObserveBatch)
 	defer sk.Close()
 	if err := checkStatements(ctx, sk, src); err != nil {
 		return err
 	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	goRun := func(f func(context.Context)) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(ctx) }()
+	}
 
 	var source daemonSource
 	var rec *reconcile.Reconciler
-	parts := health.Parts{Sink: &sk.Stats, SourcePool: srcPool, ChatPool: chatPool}
+	var watch *replication.Watch
+	parts := health.Parts{Sink: &sk.Stats, SourcePool: d.srcPool, ChatPool: d.chatPool}
 	if cfg.Mode == config.ModeNotify {
 		log.Info("sync mode: notify (SYNC_MODE=notify): a trigger sends {op, id} on LISTEN/NOTIFY and cdc applies the current source rows; " +
 			"notifications missed while disconnected are made up for by a reconcile on every reconnect and by the scheduled reconciler")
-		n := newNotifySource(cfg, log, srcPool, sk, srcTable, func() *reconcile.Reconciler { return rec }, mon.ObserveBatch)
+		n := newNotifySource(cfg, log, d.srcPool, sk, srcTable, func() *reconcile.Reconciler { return rec }, d.mon.ObserveBatch, func() { watch.Kick() })
 		source = n
 		parts.Notify = n.Notify
 	} else {
 		log.Info("sync mode: replication (SYNC_MODE=replication, pgoutput slot " + cfg.SlotName + "); set SYNC_MODE=notify where the source forbids logical replication")
-		slot := &replication.SlotWatcher{Pool: srcPool, Slot: cfg.SlotName, WarnBytes: cfg.SlotWALWarnBytes, Every: cfg.StatusInterval, Logger: log}
-		go slot.Run(ctx)
-		stream := replication.New(srcPool, sk, replication.Options{
+		slot := &replication.SlotWatcher{Pool: d.srcPool, Slot: cfg.SlotName, WarnBytes: cfg.SlotWALWarnBytes, Every: cfg.StatusInterval, Logger: log}
+		goRun(slot.Run)
+		stream := replication.New(d.srcPool, sk, replication.Options{
 			SourceURL:      cfg.SourceURL,
 			Slot:           cfg.SlotName,
 			Publication:    cfg.PublicationName,
@@ -161,32 +224,57 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 			CopyWorkers:    cfg.CopyWorkers,
 			StatusInterval: cfg.StatusInterval,
 			Retry:          reconnectPolicy(cfg),
+			OnStream:       func() { watch.Kick() },
 			Logger:         log,
 		})
 		source = &streamSource{Slot: slot, Stream: stream}
 		parts.Stream, parts.Slot = stream, slot
 	}
 	rec = newReconciler(cfg, log, src, chat, sk, source.Sync)
-	parts.Reconciler = &rec.Stats
-	mon.Attach(parts)
-	go reportProgress(ctx, log, source, progressEvery)
+	window := time.Duration(float64(cfg.SyncInterval) * cfg.WindowMultiplier)
+	watch = replication.NewWatch(replication.WatchOptions{
+		Pool: d.srcPool, Table: srcTable, Spec: migrations.SpecFor(cfg), Notify: cfg.Mode == config.ModeNotify,
+		Every: cfg.StatusInterval, RepairSince: repairSince, Drift: &d.drift, Logger: log,
+		Repair: func(ctx context.Context, since time.Time) error {
+			if _, err := rec.Range(ctx, since.Add(-window), time.Time{}, false); err != nil {
+				return err
+			}
+			_, err := rec.Full(ctx, false) // deletes leave nothing in any window
+			return err
+		},
+		Reload: func(spec migrations.Spec, since time.Time) {
+			stop(&syncAgain{cfg: withSpec(cfg, spec), since: since, why: "following a change of the source table"})
+		},
+	})
+	parts.Reconciler, parts.Objects = &rec.Stats, &d.drift
+	d.mon.Attach(parts)
+	goRun(func(ctx context.Context) { reportProgress(ctx, log, source, progressEvery) })
+	goRun(watch.Run)
+	recDone := make(chan error, 1)
 	recCtx, stopRec := context.WithCancel(ctx)
 	defer stopRec()
-	recDone := make(chan error, 1)
 	go func() { recDone <- rec.Run(recCtx) }()
-	err = source.Run(ctx)
-	stopRec() // the source ended (shutdown, or an error it cannot retry)
+	err := source.Run(ctx)
+	stopRec() // the source ended (shutdown, a reload, or an error it cannot retry)
 	<-recDone
+	stop(nil)
+	var again *syncAgain
+	if errors.As(context.Cause(ctx), &again) {
+		log.Warn("starting the sync again: "+again.why, "sync_columns", strings.Join(again.cfg.Columns, ","), "table", again.cfg.SourceTable.String())
+		return again
+	}
 	log.Info("cdc stopped", append(source.final(),
 		"rows_upserted", sk.Stats.Upserts.Load(), "rows_deleted", sk.Stats.Deletes.Load(),
 		"batches", sk.Stats.Batches.Load(), "dead_letters", sk.Stats.DeadLetters.Load(),
-		"reconcile_runs", rec.Stats.Runs.Load(), "uptime", time.Since(start).Round(time.Millisecond).String())...)
-	if cause := context.Cause(ctx); errors.Is(cause, leader.ErrLost) {
-		// Another instance may be active by now: exit, and let the
-		// supervisor's restart stand this one by again.
-		return fmt.Errorf("stopped: %w (its chat connection failed)", cause)
-	}
+		"reconcile_runs", rec.Stats.Runs.Load(), "uptime", time.Since(d.start).Round(time.Millisecond).String())...)
 	return err
+}
+
+// withSpec is cfg following the source table and columns of spec.
+func withSpec(cfg *config.Config, spec migrations.Spec) *config.Config {
+	c := *cfg
+	c.SourceTable, c.Columns, c.ChatColumns, c.KeyColumns, c.UpdatedAtColumn = spec.SourceTable, spec.Columns, spec.ChatColumns, spec.Key, spec.UpdatedAt
+	return &c
 }
 
 // shutdownOr is nil when ctx ended (a signal during start-up is a clean

@@ -59,6 +59,7 @@ const (
 	CheckDatabases   = "databases"
 	CheckDeadLetters = "dead_letters"
 	CheckStandby     = "standby"
+	CheckObjects     = "source_objects"
 )
 
 // readiness is what /readyz requires to pass.
@@ -108,6 +109,7 @@ func evaluate(st *Stats, th Thresholds) Health {
 		}
 	}
 	add(CheckStream, streamCheck(st, th))
+	add(CheckObjects, objectsCheck(st))
 	add(CheckLag, lagCheck(st, th))
 	add(CheckErrorRate, errorRateCheck(st))
 	add(CheckFailures, failuresCheck(st))
@@ -135,6 +137,9 @@ func evaluate(st *Stats, th Thresholds) Health {
 
 // ready reports whether /readyz passes, and if not, why.
 func ready(h Health) (bool, string) {
+	if c, ok := h.Checks[CheckObjects]; ok && c.Status == Fail {
+		return false, CheckObjects + ": " + c.Message // a warning is history
+	}
 	for _, name := range readiness {
 		if c, ok := h.Checks[name]; ok && c.Status != Pass {
 			return false, name + ": " + c.Message
@@ -165,6 +170,19 @@ func streamCheck(st *Stats, th Thresholds) Check {
 	}
 	return Check{Fail, what + " disconnected for " + roundDur(st.disconnected),
 		"check that the source database is up and reachable (SOURCE_DATABASE_URL) and read cdc's log for the cause"}
+}
+
+func objectsCheck(st *Stats) Check {
+	s := st.Stream
+	if s.SourceObjects != "" {
+		return Check{Fail, s.SourceObjects, "cdc restores its own publication or trigger and repairs the gap by itself when its role may; otherwise do what its ERROR line says (README: Living with backend migrations)"}
+	}
+	interval := time.Duration(st.Reconcile.IntervalMs) * time.Millisecond
+	if at := s.SourceObjectsLastAt; at != nil && st.Now.Sub(*at) < repairSignal(interval) {
+		return Check{Warn, fmt.Sprintf("put right and repaired; %s ago: %s", roundDur(st.Now.Sub(*at)), s.SourceObjectsLast),
+			"find who changed cdc's objects on the source (a migration's DROP … CASCADE, a teardown, an operator) so it does not happen again"}
+	}
+	return Check{Status: Pass, Message: "publication or trigger, table and synced columns as cdc set them up"}
 }
 
 func lagCheck(st *Stats, th Thresholds) Check {

@@ -75,6 +75,17 @@ func TestEvaluate(t *testing.T) {
 			s.Now = time.Now()
 			s.Reconcile.LastRepair, s.Reconcile.LastRepairRows = ptr(s.Now.Add(-11*time.Minute)), 12
 		}, Healthy, "", Pass, true, ""},
+		{"source objects changed", func(s *Stats) {
+			s.Stream.SourceObjects = "table public.users was taken out of publication cdc_users"
+		}, Unhealthy, CheckObjects, Fail, false, "Living with backend migrations"},
+		{"source objects put right a while ago", func(s *Stats) {
+			s.Now = time.Now()
+			s.Stream.SourceObjectsLast, s.Stream.SourceObjectsLastAt = "publication cdc_users was dropped", ptr(s.Now.Add(-time.Minute))
+		}, Degraded, CheckObjects, Warn, true, "find who changed"},
+		{"source objects put right long ago", func(s *Stats) {
+			s.Now = time.Now()
+			s.Stream.SourceObjectsLast, s.Stream.SourceObjectsLastAt = "publication cdc_users was dropped", ptr(s.Now.Add(-11*time.Minute))
+		}, Healthy, "", Pass, true, ""},
 		{"chat pool busy", func(s *Stats) { s.Pools[1].Acquired = 8 }, Degraded, CheckPools, Warn, true, "CHAT_DB_POOL_SIZE"},
 		{"chat unreachable", func(s *Stats) {
 			s.Databases[1] = DatabaseStats{Name: "chat", Error: "connection refused"}

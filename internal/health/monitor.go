@@ -33,6 +33,15 @@ type Parts struct {
 	Reconciler *reconcile.Stats
 	SourcePool *pgxpool.Pool
 	ChatPool   *pgxpool.Pool
+	// Objects reports what is wrong with cdc's objects on the source now
+	// and what was last found wrong (the watch's Drift).
+	Objects ObjectsReporter
+}
+
+// ObjectsReporter reports what is wrong with cdc's objects on the source
+// now ("" when nothing is), what was last found wrong, and when.
+type ObjectsReporter interface {
+	Report() (now, last string, lastAt time.Time)
 }
 
 // Timing of the monitor's own work.
@@ -110,9 +119,10 @@ func (m *Monitor) Standby(active string) { m.standby.Store(&active) }
 // Active reports that this instance holds the leader lock.
 func (m *Monitor) Active() { m.standby.Store(nil) }
 
-// Attach hands the monitor the daemon's parts; call it once.
+// Attach hands the monitor the daemon's parts; when the sync starts
+// again (the watch followed a change), the new parts replace the old.
 func (m *Monitor) Attach(p Parts) {
-	if m.parts.CompareAndSwap(nil, &p) {
+	if m.parts.Swap(&p) == nil {
 		m.mu.Lock()
 		m.conn.since = time.Now()
 		m.mu.Unlock()
@@ -283,6 +293,13 @@ func (m *Monitor) Stats(now time.Time) *Stats {
 		st.Errors = s.Failures.Load() + s.DeadLetters.Load()
 		st.ConsecutiveFailures = s.Failing.Load()
 		st.DeadLetters.SinceStart = s.DeadLetters.Load()
+	}
+	if p.Objects != nil {
+		var at time.Time
+		st.Stream.SourceObjects, st.Stream.SourceObjectsLast, at = p.Objects.Report()
+		if !at.IsZero() {
+			st.Stream.SourceObjectsLastAt = &at
+		}
 	}
 	m.reconcileStats(st, p)
 	if p.Slot != nil {

@@ -91,6 +91,14 @@ type StreamStats struct {
 	// Refused is the error no retry fixes that stops the stream (a
 	// statement a database refuses), "" when there is none.
 	Refused string `json:"refused,omitempty"`
+	// SourceObjects is what is wrong now with cdc's objects on the source
+	// (publication, notify trigger, the table and its synced columns), ""
+	// when nothing is.
+	SourceObjects string `json:"sourceObjects,omitempty"`
+	// SourceObjectsLast is what was last found wrong with them, and
+	// SourceObjectsLastAt when.
+	SourceObjectsLast   string     `json:"sourceObjectsLast,omitempty"`
+	SourceObjectsLastAt *time.Time `json:"sourceObjectsLastAt,omitempty"`
 }
 
 // ReconcileStats describes the reconciler's runs since start.
