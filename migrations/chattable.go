@@ -3,6 +3,7 @@ package migrations
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -23,7 +24,10 @@ func (e *MissingTypesError) Error() string {
 // EnsureChatTable creates the chat table when it does not exist: the
 // synced columns under their chat names, with the source's types found by
 // name on chat, the key as primary key, and an index on the updated_at
-// column for the reconciler. An existing table is left alone.
+// column for the reconciler. An existing table gets the synced columns it
+// lacks (a column added to SYNC_COLUMNS), typed the same way and nullable
+// (existing rows have no value until cdc run backfills it); the rest of it
+// is left alone.
 //
 // A type chat lacks: an enum becomes text and a domain its base type,
 // each with a note; a composite, range or extension type is an error that
@@ -36,14 +40,15 @@ func EnsureChatTable(ctx context.Context, source, chat *pgxpool.Pool, spec Spec,
 	if err := chat.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", spec.ChatTable.Quoted()).Scan(&exists); err != nil {
 		return false, nil, fmt.Errorf("look up chat table: %w", err)
 	}
-	if exists {
-		return false, nil, nil
-	}
 	src, err := schema.Load(ctx, source, spec.Source())
 	if err != nil {
 		return false, nil, fmt.Errorf("source table: %w", err)
 	}
 	r := &typeResolver{src: source, chat: chat, create: createTypes, done: map[uint32]string{}}
+	if exists {
+		notes, err := addColumns(ctx, chat, r, spec, src)
+		return false, notes, err
+	}
 	var defs []string
 	for i, c := range src.Columns {
 		typ, err := r.resolve(ctx, c.TypeOID, c.TypMod, ident.Display(spec.ChatColumns[i]))
@@ -76,6 +81,45 @@ func EnsureChatTable(ctx context.Context, source, chat *pgxpool.Pool, spec Spec,
 		return false, nil, fmt.Errorf("create chat table %s: %w", t, err)
 	}
 	return true, r.notes, nil
+}
+
+// addColumns adds to the existing chat table the synced columns it lacks.
+func addColumns(ctx context.Context, chat *pgxpool.Pool, r *typeResolver, spec Spec, src *schema.Table) ([]string, error) {
+	var have []string
+	if err := chat.QueryRow(ctx, `SELECT COALESCE(array_agg(attname::text), '{}') FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped`,
+		spec.ChatTable.Quoted()).Scan(&have); err != nil {
+		return nil, fmt.Errorf("read chat table columns: %w", err)
+	}
+	var ddl, added []string
+	for i, c := range src.Columns {
+		name := spec.ChatColumns[i]
+		if slices.Contains(have, name) {
+			continue
+		}
+		typ, err := r.resolve(ctx, c.TypeOID, c.TypMod, ident.Display(name))
+		if err != nil {
+			return nil, err
+		}
+		ddl = append(ddl, fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s %s", spec.ChatTable.Quoted(), ident.Quote(name), typ))
+		added = append(added, fmt.Sprintf("added column %s %s to %s (cdc run fills it for the existing rows)", ident.Display(name), typ, spec.ChatTable))
+	}
+	if len(r.problems) > 0 {
+		return nil, &MissingTypesError{Problems: r.problems}
+	}
+	if len(ddl) == 0 {
+		return r.notes, nil
+	}
+	if err := pgx.BeginFunc(ctx, chat, func(tx pgx.Tx) error {
+		for _, stmt := range append(r.ddl, ddl...) {
+			if _, err := tx.Exec(ctx, stmt); err != nil {
+				return fmt.Errorf("%s: %w", firstLine(stmt), err)
+			}
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("add columns to chat table %s: %w", spec.ChatTable, err)
+	}
+	return append(r.notes, added...), nil
 }
 
 // indexName is the updated_at index's name, within PostgreSQL's limit.

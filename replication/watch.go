@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -35,6 +36,9 @@ type WatchOptions struct {
 	// or a synced column was renamed, or a synced column dropped, and cdc
 	// follows it. Repair runs after the restart, from since.
 	Reload func(spec migrations.Spec, since time.Time)
+	// Recorded reads chat's record of the synced columns (cdc_columns):
+	// when cdc migrate changed it, the watch follows the new SYNC_COLUMNS.
+	Recorded func(ctx context.Context) (map[string]migrations.SyncedColumn, error)
 	// RepairSince, when not zero, is a repair the previous run of the sync
 	// asked for (Reload): it runs first.
 	RepairSince time.Time
@@ -150,6 +154,13 @@ type liveColumn struct {
 }
 
 func (w *Watch) check(ctx context.Context) error {
+	if spec, why, err := w.migrated(ctx); err != nil || why != "" {
+		if why != "" {
+			w.log.Warn("cdc migrate changed the synced columns ("+why+"): following, the sync starts again with them", "sync_columns", syncColumns(spec))
+			w.opts.Reload(spec, w.gapSince)
+		}
+		return err
+	}
 	d, err := w.inspect(ctx)
 	if err != nil {
 		return err
@@ -206,6 +217,46 @@ func (w *Watch) repair(ctx context.Context) {
 	w.opts.Drift.clear()
 	w.lastOK = time.Now()
 	w.log.Info("the source's objects are in place again and chat is repaired")
+}
+
+// migrated compares chat's record of the synced columns with the ones the
+// sync follows: when cdc migrate changed the record (SYNC_COLUMNS gained
+// or lost columns), it returns the spec to follow and what changed.
+func (w *Watch) migrated(ctx context.Context) (migrations.Spec, string, error) {
+	spec := w.opts.Spec
+	if w.opts.Recorded == nil {
+		return spec, "", nil
+	}
+	rec, err := w.opts.Recorded(ctx)
+	if err != nil || len(rec) == 0 {
+		return spec, "", err
+	}
+	var cols, chat, removed, added []string
+	for i, c := range spec.ChatColumns {
+		if _, ok := rec[c]; ok {
+			cols, chat = append(cols, spec.Columns[i]), append(chat, c)
+		} else {
+			removed = append(removed, ident.Display(c))
+		}
+	}
+	for _, c := range slices.Sorted(maps.Keys(rec)) {
+		if !slices.Contains(spec.ChatColumns, c) {
+			cols, chat = append(cols, rec[c].Source), append(chat, c)
+			added = append(added, ident.Display(c))
+		}
+	}
+	if len(added)+len(removed) == 0 {
+		return spec, "", nil
+	}
+	var why []string
+	if len(added) > 0 {
+		why = append(why, "added "+strings.Join(added, ", "))
+	}
+	if len(removed) > 0 {
+		why = append(why, "removed "+strings.Join(removed, ", ")+"; chat keeps those columns, chat's own from now on")
+	}
+	spec.Columns, spec.ChatColumns = cols, chat
+	return spec, strings.Join(why, "; "), nil
 }
 
 // syncColumns renders spec's column list in SYNC_COLUMNS syntax.

@@ -66,12 +66,28 @@ func (d *driftRun) waitEqual(t *testing.T) {
 func (d *driftRun) drift(t *testing.T, change, table, want string) string {
 	t.Helper()
 	from := len(d.c.out.String())
-	pgtest.Exec(t, d.p.Source, change)
-	time.Sleep(300 * time.Millisecond) // the writes land in the gap
-	pgtest.Exec(t, d.p.Source, `UPDATE `+table+` SET last_name = 'drift ' || md5(random()::text), updated_at = now() WHERE hashtext(id::text) % 20 = 0`)
-	pgtest.Exec(t, d.p.Source, `DELETE FROM `+table+` WHERE id IN (SELECT id FROM `+table+` ORDER BY random() LIMIT 5)`)
-	pgtest.Exec(t, d.p.Source, `INSERT INTO `+table+` (first_name, last_name, email, created_at, updated_at)
-SELECT 'new', 'drift', 'drift' || md5(random()::text) || '@example.com', now(), now() FROM generate_series(1, 5)`)
+	// The change and the first writes commit together, so the writes are
+	// surely made while the change is in effect.
+	ctx := context.Background()
+	tx, err := d.p.Source.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	for _, sql := range []string{change,
+		`UPDATE ` + table + ` SET last_name = 'drift ' || md5(random()::text), updated_at = now() WHERE hashtext(id::text) % 20 = 0`,
+		`DELETE FROM ` + table + ` WHERE id IN (SELECT id FROM ` + table + ` ORDER BY random() LIMIT 5)`,
+		`INSERT INTO ` + table + ` (first_name, last_name, email, created_at, updated_at)
+SELECT 'new', 'drift', 'drift' || md5(random()::text) || '@example.com', now(), now() FROM generate_series(1, 5)`,
+	} {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, d.p.Source, `UPDATE `+table+` SET last_name = 'drift 2', updated_at = now() WHERE hashtext(id::text) % 20 = 2`)
 	st := waitHealth(t, d.base, 30*time.Second, "the source_objects check naming "+want, func(st *health.Stats, _ int) bool {
 		c := st.HealthStatus.Checks[health.CheckObjects]
 		return c.Status != health.Pass && strings.Contains(c.Message, want) && st.HealthStatus.Status != health.Healthy

@@ -92,8 +92,31 @@ func migrate(ctx context.Context, out io.Writer, log *slog.Logger, cfg *config.C
 		return err
 	}
 	if cfg.Mode == config.ModeNotify {
-		return migrateNotify(ctx, out, cfg, srcPool, spec)
+		err = migrateNotify(ctx, out, cfg, srcPool, spec)
+	} else {
+		err = migratePublication(ctx, out, cfg, srcPool, spec)
 	}
+	if err != nil {
+		return err
+	}
+	// Last, once the source publishes them: a running cdc follows a
+	// changed record within STANDBY_STATUS_INTERVAL.
+	ch, err := migrations.RecordColumns(ctx, chatPool, cfg.SlotName, spec)
+	if err != nil {
+		return err
+	}
+	for _, c := range append(ch.Added, ch.Remap...) {
+		fmt.Fprintf(out, "chat: column %s is synced now; cdc run fills it for the existing rows (a running cdc follows within %s)\n", c, cfg.StatusInterval)
+	}
+	for _, c := range ch.Removed {
+		fmt.Fprintf(out, "chat: column %s is no longer synced; chat keeps it and its values, chat's own from now on\n", c)
+	}
+	return nil
+}
+
+// migratePublication publishes the synced columns and removes the notify
+// trigger, which would cost every write in replication mode.
+func migratePublication(ctx context.Context, out io.Writer, cfg *config.Config, srcPool *pgxpool.Pool, spec migrations.Spec) error {
 	msg, err := migrations.EnsurePublication(ctx, srcPool, spec)
 	if err != nil {
 		return err

@@ -200,6 +200,14 @@ func (d *daemon) runSync(ctx context.Context, cfg *config.Config, srcTable, chat
 		go func() { defer wg.Done(); f(ctx) }()
 	}
 
+	fill, err := d.recordColumns(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if len(fill) > 0 {
+		goRun(func(ctx context.Context) { d.fillColumns(ctx, cfg, sk, srcTable, fill) })
+	}
+
 	var source daemonSource
 	var rec *reconcile.Reconciler
 	var watch *replication.Watch
@@ -235,6 +243,9 @@ func (d *daemon) runSync(ctx context.Context, cfg *config.Config, srcTable, chat
 	watch = replication.NewWatch(replication.WatchOptions{
 		Pool: d.srcPool, Table: srcTable, Spec: migrations.SpecFor(cfg), Notify: cfg.Mode == config.ModeNotify,
 		Every: cfg.StatusInterval, RepairSince: repairSince, Drift: &d.drift, Logger: log,
+		Recorded: func(ctx context.Context) (map[string]migrations.SyncedColumn, error) {
+			return migrations.ReadColumns(ctx, d.chatPool, cfg.SlotName)
+		},
 		Repair: func(ctx context.Context, since time.Time) error {
 			if _, err := rec.Range(ctx, since.Add(-window), time.Time{}, false); err != nil {
 				return err
@@ -254,7 +265,7 @@ func (d *daemon) runSync(ctx context.Context, cfg *config.Config, srcTable, chat
 	recCtx, stopRec := context.WithCancel(ctx)
 	defer stopRec()
 	go func() { recDone <- rec.Run(recCtx) }()
-	err := source.Run(ctx)
+	err = source.Run(ctx)
 	stopRec() // the source ended (shutdown, a reload, or an error it cannot retry)
 	<-recDone
 	stop(nil)
@@ -268,6 +279,57 @@ func (d *daemon) runSync(ctx context.Context, cfg *config.Config, srcTable, chat
 		"batches", sk.Stats.Batches.Load(), "dead_letters", sk.Stats.DeadLetters.Load(),
 		"reconcile_runs", rec.Stats.Runs.Load(), "uptime", time.Since(d.start).Round(time.Millisecond).String())...)
 	return err
+}
+
+// recordColumns brings chat's record of the synced columns (cdc_columns)
+// to cfg and returns the indexes of the columns that must be backfilled:
+// added to SYNC_COLUMNS (or mapped from another source column) since the
+// record was last complete.
+func (d *daemon) recordColumns(ctx context.Context, cfg *config.Config) ([]int, error) {
+	ch, err := migrations.RecordColumns(ctx, d.chatPool, cfg.SlotName, migrations.SpecFor(cfg))
+	if err != nil {
+		return nil, err
+	}
+	if len(ch.Removed) > 0 {
+		d.log.Warn("no longer synced (not in SYNC_COLUMNS): chat keeps these columns and their values, chat's own from now on", "columns", strings.Join(ch.Removed, ", "))
+	}
+	rec, err := migrations.ReadColumns(ctx, d.chatPool, cfg.SlotName)
+	if err != nil {
+		return nil, err
+	}
+	var fill []int
+	for i, c := range cfg.ChatColumns {
+		if !rec[c].Filled {
+			fill = append(fill, i)
+		}
+	}
+	return fill, nil
+}
+
+// fillColumns backfills the columns at fill (a column-only pass under the
+// writer lock, while the stream runs) and records them filled. A failure
+// leaves them unfilled for the next start.
+func (d *daemon) fillColumns(ctx context.Context, cfg *config.Config, sk *sink.Sink, src *schema.Table, fill []int) {
+	names := make([]string, len(fill))
+	for i, c := range fill {
+		names[i] = cfg.ChatColumns[c]
+	}
+	what := "columns " + strings.Join(names, ", ")
+	var estimate int64
+	_ = d.srcPool.QueryRow(ctx, "SELECT GREATEST(reltuples, 0)::int8 FROM pg_class WHERE oid = $1::regclass", src.Ident()).Scan(&estimate)
+	d.log.Info("backfilling "+what+" (added to SYNC_COLUMNS, or mapped from another source column) for the existing rows: one pass over the source, only these columns, while the stream runs", "rows_about", estimate)
+	start := time.Now()
+	res, err := sk.Backfill(ctx, d.srcPool, src, fill, sink.BackfillProgress(d.log, what, estimate, progressEvery))
+	if err == nil {
+		err = migrations.MarkFilled(ctx, d.chatPool, cfg.SlotName, names, true)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Error("backfilling "+what+" failed; the next start of cdc run tries again (cdc reconcile --full repairs them meanwhile)", "err", err)
+		}
+		return
+	}
+	d.log.Info("backfilled "+what, "rows", res.Read, "updated", res.Updated, "took", time.Since(start).Round(time.Millisecond).String())
 }
 
 // withSpec is cfg following the source table and columns of spec.
