@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/pgtest"
 	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/internal/schema"
@@ -294,13 +295,13 @@ func TestFull_WidespreadDriftIsReadInChunks(t *testing.T) {
 
 // countingRepairer counts the keys handed to Repair.
 type countingRepairer struct {
-	Repairer
+	change.Sink
 	keys atomic.Int64
 }
 
-func (c *countingRepairer) Repair(ctx context.Context, keys [][]byte, fetch sink.Fetch) (sink.RepairResult, error) {
+func (c *countingRepairer) Repair(ctx context.Context, keys [][]byte, fetch change.Fetch) (change.RepairResult, error) {
 	c.keys.Add(int64(len(keys)))
-	return c.Repairer.Repair(ctx, keys, fetch)
+	return c.Sink.Repair(ctx, keys, fetch)
 }
 
 // TestWindow_RowsThatCaughtUpAreNotRepaired: rows that differed at the
@@ -335,7 +336,7 @@ func TestWindow_RowsThatCaughtUpAreNotRepaired(t *testing.T) {
 	}
 	restore = strings.Join(statuses, " ")
 	pgtest.Exec(t, p.Chat, `UPDATE users SET status = 'behind' WHERE `+seq("'1','2','3','4','5','6'"))
-	counter := &countingRepairer{Repairer: sk}
+	counter := &countingRepairer{Sink: sk}
 	r.repairer = counter
 	res, err := r.Window(ctx, 3*time.Minute, false)
 	if err != nil {

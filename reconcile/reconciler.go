@@ -8,14 +8,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/sink"
 )
-
-// Repairer is the sink as the reconciler sees it: Repair re-reads the
-// source rows of keys under the writer lock and writes what differs.
-type Repairer interface {
-	Repair(ctx context.Context, keys [][]byte, fetch sink.Fetch) (sink.RepairResult, error)
-}
 
 // Options configure a Reconciler.
 type Options struct {
@@ -60,7 +55,7 @@ type Stats struct {
 // every FullInterval over the whole table.
 type Reconciler struct {
 	src, chat Side
-	repairer  Repairer
+	repairer  change.Sink
 	opts      Options
 	log       *slog.Logger
 
@@ -72,7 +67,7 @@ type Reconciler struct {
 }
 
 // New returns a reconciler of src against chat.
-func New(src, chat Side, repairer Repairer, opts Options) *Reconciler {
+func New(src, chat Side, repairer change.Sink, opts Options) *Reconciler {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -85,7 +80,7 @@ type Result struct {
 	Full    bool
 	Checked int64 // rows compared, both sides
 	Found   int   // keys whose hashes differed
-	Repair  sink.RepairResult
+	Repair  change.RepairResult
 	Slices  int           // slices of updated_at a window run read
 	Rested  time.Duration // time a paced run paused between slices
 	Took    time.Duration
@@ -226,7 +221,7 @@ func (r *Reconciler) finish(ctx context.Context, res Result, d differences, star
 				"rows_per_sec", int64(rate), "eta", (time.Duration(float64(len(keys)-i)/max(rate, 1)) * time.Second).Round(time.Second).String())
 		}
 		chunk := keys[i:min(i+repairChunk, len(keys))]
-		var part sink.RepairResult
+		var part change.RepairResult
 		var err error
 		if dryRun {
 			part, err = r.classify(ctx, chunk)
@@ -305,10 +300,10 @@ func (r *Reconciler) stillDiffering(ctx context.Context, keys [][]byte) (differ 
 
 // classify is a dry-run repair: it reads both sides and counts, writing
 // nothing.
-func (r *Reconciler) classify(ctx context.Context, keys [][]byte) (sink.RepairResult, error) {
+func (r *Reconciler) classify(ctx context.Context, keys [][]byte) (change.RepairResult, error) {
 	src, chat, err := r.readBoth(ctx, keys)
 	if err != nil {
-		return sink.RepairResult{}, err
+		return change.RepairResult{}, err
 	}
 	res, _ := sink.Plan(r.chat.Table, keys, src, chat)
 	return res, nil

@@ -10,9 +10,9 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/ident"
 	"github.com/myusta/cdc/internal/schema"
-	"github.com/myusta/cdc/sink"
 )
 
 // relation is a cached pgoutput Relation message for the synced table.
@@ -100,7 +100,7 @@ func (d *decoder) relation(m *pglogrepl.RelationMessage) error {
 
 // change decodes an 'I', 'U' or 'D' message into b. It reports false when
 // the message belongs to another table.
-func (d *decoder) change(msg []byte, b *sink.Batch, lsn pglogrepl.LSN, commitTime time.Time) (bool, error) {
+func (d *decoder) change(msg []byte, b *change.Batch, lsn pglogrepl.LSN, commitTime time.Time) (bool, error) {
 	if len(msg) < 6 {
 		return false, errTuple
 	}
@@ -115,7 +115,7 @@ func (d *decoder) change(msg []byte, b *sink.Batch, lsn pglogrepl.LSN, commitTim
 		if err != nil {
 			return true, err
 		}
-		b.Add(sink.Change{Op: sink.OpUpsert, Values: vals, Unchanged: unchanged, LSN: lsn, CommitTime: commitTime})
+		b.Add(change.Change{Op: change.OpUpsert, Values: vals, Unchanged: unchanged, LSN: lsn, CommitTime: commitTime})
 	case 'U':
 		var old [][]byte
 		if len(rest) > 0 && (rest[0] == 'K' || rest[0] == 'O') {
@@ -131,9 +131,9 @@ func (d *decoder) change(msg []byte, b *sink.Batch, lsn pglogrepl.LSN, commitTim
 		}
 		if old != nil && !d.sameKey(old, vals) {
 			// The key itself changed: the old row goes away.
-			b.Add(sink.Change{Op: sink.OpDelete, Values: old, LSN: lsn, CommitTime: commitTime})
+			b.Add(change.Change{Op: change.OpDelete, Values: old, LSN: lsn, CommitTime: commitTime})
 		}
-		b.Add(sink.Change{Op: sink.OpUpsert, Values: vals, Unchanged: unchanged, LSN: lsn, CommitTime: commitTime})
+		b.Add(change.Change{Op: change.OpUpsert, Values: vals, Unchanged: unchanged, LSN: lsn, CommitTime: commitTime})
 	case 'D':
 		if len(rest) == 0 {
 			return true, errTuple
@@ -142,7 +142,7 @@ func (d *decoder) change(msg []byte, b *sink.Batch, lsn pglogrepl.LSN, commitTim
 		if err != nil {
 			return true, err
 		}
-		b.Add(sink.Change{Op: sink.OpDelete, Values: vals, LSN: lsn, CommitTime: commitTime})
+		b.Add(change.Change{Op: change.OpDelete, Values: vals, LSN: lsn, CommitTime: commitTime})
 	default:
 		return false, fmt.Errorf("unexpected message type %q", op)
 	}
@@ -152,7 +152,7 @@ func (d *decoder) change(msg []byte, b *sink.Batch, lsn pglogrepl.LSN, commitTim
 // tuple reads one TupleData introduced by the byte want ('N', 'K' or 'O').
 // It returns the synced columns' values, the set of columns sent as
 // unchanged TOAST, and the rest of msg.
-func (d *decoder) tuple(msg []byte, want byte, rel *relation, b *sink.Batch) (vals [][]byte, unchanged uint64, rest []byte, err error) {
+func (d *decoder) tuple(msg []byte, want byte, rel *relation, b *change.Batch) (vals [][]byte, unchanged uint64, rest []byte, err error) {
 	if len(msg) < 3 || msg[0] != want {
 		return nil, 0, nil, fmt.Errorf("%w: expected tuple %q", errTuple, want)
 	}

@@ -10,9 +10,9 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/ident"
 	"github.com/myusta/cdc/internal/schema"
-	"github.com/myusta/cdc/sink"
 )
 
 var testTable = &schema.Table{Table: ident.Table{Schema: "public", Name: "users"}, Key: []int{0}, UpdatedAt: 2, Format: schema.Binary, Columns: []schema.Column{
@@ -65,7 +65,7 @@ var null, unchanged = col{kind: 'n'}, col{kind: 'u'}
 
 func TestDecoder_Change(t *testing.T) {
 	d := newTestDecoder(t)
-	batch := sink.NewBatch(len(testTable.Columns), testTable.Key)
+	batch := change.NewBatch(len(testTable.Columns), testTable.Key)
 	add := func(m []byte) {
 		t.Helper()
 		ours, err := d.change(m, batch, 0x10, testTime)
@@ -79,20 +79,20 @@ func TestDecoder_Change(t *testing.T) {
 	add(msg('U', tuple('K', b("k1"), null, null, null, null), tuple('N', b("k9"), b("Ann"), null, b("T3"), null)))
 	add(msg('D', tuple('K', b("k3"), null, null, null, null)))
 
-	got := map[string]sink.Change{}
+	got := map[string]change.Change{}
 	for _, c := range batch.Changes() {
 		got[string(c.Values[0])] = c
 	}
-	if c := got["k2"]; c.Op != sink.OpUpsert || string(c.Values[1]) != "Bob" || string(c.Values[3]) != "pic2" || c.Unchanged != 0 {
+	if c := got["k2"]; c.Op != change.OpUpsert || string(c.Values[1]) != "Bob" || string(c.Values[3]) != "pic2" || c.Unchanged != 0 {
 		t.Errorf("k2: update with an unchanged TOAST column should inherit the inserted value: %q unchanged=%b", c.Values, c.Unchanged)
 	}
-	if c := got["k1"]; c.Op != sink.OpDelete {
+	if c := got["k1"]; c.Op != change.OpDelete {
 		t.Errorf("k1: a key change deletes the old key, got %v", c.Op)
 	}
-	if c := got["k9"]; c.Op != sink.OpUpsert || c.Values[3] != nil {
+	if c := got["k9"]; c.Op != change.OpUpsert || c.Values[3] != nil {
 		t.Errorf("k9: %v %q", c.Op, c.Values)
 	}
-	if c := got["k3"]; c.Op != sink.OpDelete || c.LSN != 0x10 {
+	if c := got["k3"]; c.Op != change.OpDelete || c.LSN != 0x10 {
 		t.Errorf("k3: %v lsn %s", c.Op, c.LSN)
 	}
 	// An empty string is a value, not NULL.
@@ -116,7 +116,7 @@ func TestDecoder_Rejects(t *testing.T) {
 	for name, m := range cases {
 		t.Run(name, func(t *testing.T) {
 			d := newTestDecoder(t)
-			_, err := d.change(m, sink.NewBatch(len(testTable.Columns), []int{0}), 1, testTime)
+			_, err := d.change(m, change.NewBatch(len(testTable.Columns), []int{0}), 1, testTime)
 			if err == nil {
 				t.Fatal("accepted a malformed message")
 			}
@@ -128,7 +128,7 @@ func TestDecoder_OtherRelationIsIgnored(t *testing.T) {
 	d := newTestDecoder(t)
 	m := msg('I', tuple('N', b("k"), b("a"), null, null, null))
 	binary.BigEndian.PutUint32(m[1:], 99)
-	ours, err := d.change(m, sink.NewBatch(len(testTable.Columns), []int{0}), 1, testTime)
+	ours, err := d.change(m, change.NewBatch(len(testTable.Columns), []int{0}), 1, testTime)
 	if ours || err != nil {
 		t.Fatalf("ours=%v err=%v", ours, err)
 	}
@@ -144,7 +144,7 @@ func TestDecoder_RelationWithoutSomeSyncedColumns(t *testing.T) {
 		Columns: []*pglogrepl.RelationMessageColumn{{Name: "id", DataType: 2950}, {Name: "name", DataType: 25}}}); err != nil {
 		t.Fatalf("a relation lacking synced columns stopped the stream: %v", err)
 	}
-	batch := sink.NewBatch(len(testTable.Columns), []int{0})
+	batch := change.NewBatch(len(testTable.Columns), []int{0})
 	if _, err := d.change(msg('I', tuple('N', b("k1"), b("Ann"))), batch, 1, testTime); err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func FuzzDecoder_Change(f *testing.F) {
 	f.Add(msg('D', tuple('K', b("k3"), null, null, null, null)))
 	f.Fuzz(func(t *testing.T, m []byte) {
 		d := newTestDecoder(&testing.T{})
-		batch := sink.NewBatch(len(testTable.Columns), []int{0})
+		batch := change.NewBatch(len(testTable.Columns), []int{0})
 		_, err := d.change(m, batch, 1, testTime)
 		if err != nil && errors.Is(err, errTuple) {
 			return

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/myusta/cdc/sink"
+	"github.com/myusta/cdc/change"
 )
 
 // TestLinger_DeductsTheWalsendersLead: a small batch lingers for
@@ -24,11 +24,11 @@ func TestLinger_DeductsTheWalsendersLead(t *testing.T) {
 		{"source clock stepped back", -time.Second, wait},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			r := &reader{s: &Stream{opts: Options{BatchMaxWait: wait, BatchMaxRows: 100, StatusInterval: 10 * time.Second}}, cur: sink.NewBatch(1, []int{0})}
+			r := &reader{s: &Stream{opts: Options{BatchMaxWait: wait, BatchMaxRows: 100, StatusInterval: 10 * time.Second}}, cur: change.NewBatch(1, []int{0})}
 			r.lastStatus = time.Now()
 			commit := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC) // the source's clock; cdc's may differ
 			r.txCommit = commit
-			r.cur.Add(sink.Change{Op: sink.OpUpsert, Values: [][]byte{[]byte("k1")}, CommitTime: commit})
+			r.cur.Add(change.Change{Op: change.OpUpsert, Values: [][]byte{[]byte("k1")}, CommitTime: commit})
 			r.added(commit.Add(c.lead))
 			if got := r.lingerFor(); got != c.lingerFor {
 				t.Fatalf("lingerFor = %s, want %s", got, c.lingerFor)
@@ -40,7 +40,7 @@ func TestLinger_DeductsTheWalsendersLead(t *testing.T) {
 				t.Fatalf("a blocked read would wake %s after the batch started, want %s", due.Sub(r.cur.Started), c.lingerFor)
 			}
 			// Later changes of the batch do not move its lead.
-			r.cur.Add(sink.Change{Op: sink.OpUpsert, Values: [][]byte{[]byte("k2")}, CommitTime: commit})
+			r.cur.Add(change.Change{Op: change.OpUpsert, Values: [][]byte{[]byte("k2")}, CommitTime: commit})
 			r.added(commit.Add(c.lead + time.Hour))
 			if got := r.lingerFor(); got != c.lingerFor {
 				t.Fatalf("after a second change lingerFor = %s, want %s", got, c.lingerFor)

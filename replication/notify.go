@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgxlisten"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/db"
 	"github.com/myusta/cdc/internal/ident"
 	"github.com/myusta/cdc/internal/retry"
@@ -26,13 +27,6 @@ import (
 	"github.com/myusta/cdc/migrations"
 	"github.com/myusta/cdc/sink"
 )
-
-// NotifySink is the sink as the notify source sees it.
-type NotifySink interface {
-	Repair(ctx context.Context, keys [][]byte, fetch sink.Fetch) (sink.RepairResult, error)
-	Apply(ctx context.Context, b *sink.Batch) error
-	LoadSnapshot(ctx context.Context, copyOuts []sink.CopyOut, cp sink.Checkpoint) (int64, error)
-}
 
 // NotifyOptions configure a Notify source.
 type NotifyOptions struct {
@@ -47,7 +41,7 @@ type NotifyOptions struct {
 	CatchUp func(ctx context.Context, missed time.Duration) error
 	// OnBatch, when set, is called after each batch of notified ids is
 	// applied (for metrics); Latency counts from the oldest notification.
-	OnBatch func(sink.BatchInfo)
+	OnBatch func(change.BatchInfo)
 	Logger  *slog.Logger
 }
 
@@ -72,7 +66,7 @@ type NotifyStats struct {
 type Notify struct {
 	opts  NotifyOptions
 	pool  *pgxpool.Pool // source
-	sink  NotifySink
+	sink  change.Sink
 	log   *slog.Logger
 	queue chan notice
 
@@ -122,7 +116,7 @@ func parseNotice(payload string) (notice, bool) {
 }
 
 // NewNotify returns a notify source reading through pool.
-func NewNotify(pool *pgxpool.Pool, s NotifySink, opts NotifyOptions) *Notify {
+func NewNotify(pool *pgxpool.Pool, s change.Sink, opts NotifyOptions) *Notify {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -323,7 +317,7 @@ func (n *Notify) apply(ctx context.Context) error {
 		n.Stats.Latency.Store(int64(latency))
 		n.Stats.Pending.Store(0)
 		if n.opts.OnBatch != nil {
-			n.opts.OnBatch(sink.BatchInfo{Received: len(ids), Upserts: res.Missing + res.Stale, Deletes: res.Extra,
+			n.opts.OnBatch(change.BatchInfo{Received: len(ids), Upserts: res.Missing + res.Stale, Deletes: res.Extra,
 				DeadLetters: res.Dead, Latency: latency, Took: time.Since(start)})
 		}
 		ids, oldest = ids[:0], time.Time{}
@@ -385,10 +379,10 @@ func (n *Notify) apply(ctx context.Context) error {
 }
 
 // applyIDs makes chat equal to the current source rows of ids.
-func (n *Notify) applyIDs(ctx context.Context, ids []string) (sink.RepairResult, error) {
+func (n *Notify) applyIDs(ctx context.Context, ids []string) (change.RepairResult, error) {
 	keys, err := n.keys(ctx, ids)
 	if err != nil {
-		return sink.RepairResult{}, err
+		return change.RepairResult{}, err
 	}
 	res, err := n.sink.Repair(ctx, keys, sink.PoolFetch(n.pool, n.opts.Table))
 	if err != nil {
@@ -421,7 +415,7 @@ func (n *Notify) keys(ctx context.Context, ids []string) ([][]byte, error) {
 
 func (n *Notify) truncate(ctx context.Context) error {
 	n.log.Warn("source table truncated; emptying the chat table")
-	b := sink.NewBatch(len(n.opts.Table.Columns), n.opts.Table.Key)
+	b := change.NewBatch(len(n.opts.Table.Columns), n.opts.Table.Key)
 	b.Truncate()
 	if err := n.sink.Apply(ctx, b); err != nil {
 		return err
@@ -434,5 +428,5 @@ func (n *Notify) truncate(ctx context.Context) error {
 // first start), with progress.
 func (n *Notify) CopyAll(ctx context.Context) error {
 	n.log.Info("chat table is empty: copying the source table")
-	return copyTable(ctx, n.pool, n.opts.Table, "", 1, n.sink, sink.Checkpoint{}, n.log)
+	return copyTable(ctx, n.pool, n.opts.Table, "", 1, n.sink, change.Checkpoint{}, n.log)
 }

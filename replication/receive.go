@@ -9,13 +9,12 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/myusta/cdc/sink"
+	"github.com/myusta/cdc/change"
 )
 
 // applied is the outcome of one batch handed to the sink.
 type applied struct {
-	b   *sink.Batch
+	b   *change.Batch
 	err error
 }
 
@@ -28,17 +27,17 @@ type reader struct {
 	conn     *pgconn.PgConn
 	dec      *decoder
 	applyCtx context.Context
-	work     chan *sink.Batch
+	work     chan *change.Batch
 	done     chan applied
 
-	cur, spare, inflight *sink.Batch
+	cur, spare, inflight *change.Batch
 	// openTx: the last batch handed on was Open, so the sink holds a chat
 	// transaction that the next batch must commit.
 	openTx bool
 
-	resume    sink.Checkpoint // stored checkpoint at session start
-	committed sink.Checkpoint // durable in chat
-	lastEnd   pglogrepl.LSN   // end of the last complete transaction received
+	resume    change.Checkpoint // stored checkpoint at session start
+	committed change.Checkpoint // durable in chat
+	lastEnd   pglogrepl.LSN     // end of the last complete transaction received
 
 	// The transaction being received.
 	inTx      bool
@@ -78,17 +77,17 @@ type reader struct {
 	lead time.Duration
 }
 
-func newReader(s *Stream, conn *pgconn.PgConn, cp sink.Checkpoint, applyCtx context.Context) *reader {
+func newReader(s *Stream, conn *pgconn.PgConn, cp change.Checkpoint, applyCtx context.Context) *reader {
 	ncols := len(s.opts.Table.Columns)
 	return &reader{
 		s:         s,
 		conn:      conn,
 		dec:       newDecoder(s.opts.Table, s.log),
 		applyCtx:  applyCtx,
-		work:      make(chan *sink.Batch, 1),
+		work:      make(chan *change.Batch, 1),
 		done:      make(chan applied, 1),
-		cur:       sink.NewBatch(ncols, s.opts.Table.Key),
-		spare:     sink.NewBatch(ncols, s.opts.Table.Key),
+		cur:       change.NewBatch(ncols, s.opts.Table.Key),
+		spare:     change.NewBatch(ncols, s.opts.Table.Key),
 		resume:    cp,
 		committed: cp,
 		lastEnd:   cp.LSN,
@@ -299,7 +298,7 @@ func (r *reader) dispatch(force bool) {
 		if r.lastEnd > r.committed.LSN {
 			// Only skipped or empty transactions since the last commit:
 			// nothing to write, the position simply moves.
-			r.committed = sink.Checkpoint{LSN: r.lastEnd}
+			r.committed = change.Checkpoint{LSN: r.lastEnd}
 			r.publishPosition()
 		}
 		return
@@ -309,13 +308,13 @@ func (r *reader) dispatch(force bool) {
 		// The batch ends on a boundary; it commits the chat transaction
 		// an earlier Open batch left open, if any (even with no change of
 		// its own: the transaction's last change filled the batch before).
-		r.cur.Checkpoint = sink.Checkpoint{LSN: r.lastEnd}
+		r.cur.Checkpoint = change.Checkpoint{LSN: r.lastEnd}
 	}
 	r.openTx = r.cur.Open
 	r.inflight = r.cur
 	r.cur = r.spare
 	if r.cur == nil {
-		r.cur = sink.NewBatch(len(r.s.opts.Table.Columns), r.s.opts.Table.Key)
+		r.cur = change.NewBatch(len(r.s.opts.Table.Columns), r.s.opts.Table.Key)
 	}
 	r.spare = nil
 	r.work <- r.inflight

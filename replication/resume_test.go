@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/pgtest"
 	"github.com/myusta/cdc/replication"
 	"github.com/myusta/cdc/sink"
@@ -24,7 +25,7 @@ type crashingSink struct {
 	open       atomic.Int32 // batches that ended inside a transaction
 }
 
-func (c *crashingSink) Apply(ctx context.Context, b *sink.Batch) error {
+func (c *crashingSink) Apply(ctx context.Context, b *change.Batch) error {
 	if err := c.Sink.Apply(ctx, b); err != nil {
 		return err
 	}
@@ -41,7 +42,7 @@ func TestStream_LargeTransactionAppliedWholeAfterACrash(t *testing.T) {
 	p := pgtest.NewPair(t, 2000)
 	p.TrackApplies(t)
 	var cs *crashingSink
-	r := startWith(t, p, func(s *sink.Sink) replication.Applier {
+	r := startWith(t, p, func(s *sink.Sink) change.Sink {
 		cs = &crashingSink{Sink: s, crashAfter: 4}
 		return cs
 	}, func(o *replication.Options) { o.BatchMaxRows = 100 })

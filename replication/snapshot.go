@@ -13,8 +13,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/schema"
-	"github.com/myusta/cdc/sink"
 )
 
 // progressEvery is how often the first copy reports progress.
@@ -28,17 +28,17 @@ const copyBuffer = 64 << 10
 // the copy runs, which keeps the snapshot alive; the returned checkpoint is
 // the slot's consistent point, stored in chat with the last copied rows, so
 // streaming resumes exactly where the copy ends.
-func (s *Stream) firstCopy(ctx context.Context, conn *pgconn.PgConn) (sink.Checkpoint, error) {
+func (s *Stream) firstCopy(ctx context.Context, conn *pgconn.PgConn) (change.Checkpoint, error) {
 	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, s.opts.Slot, "pgoutput",
 		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
 	if err != nil {
-		return sink.Checkpoint{}, fmt.Errorf("create slot %s: %w", s.opts.Slot, err)
+		return change.Checkpoint{}, fmt.Errorf("create slot %s: %w", s.opts.Slot, err)
 	}
 	lsn, err := pglogrepl.ParseLSN(res.ConsistentPoint)
 	if err != nil {
-		return sink.Checkpoint{}, fmt.Errorf("create slot %s: consistent point: %w", s.opts.Slot, err)
+		return change.Checkpoint{}, fmt.Errorf("create slot %s: consistent point: %w", s.opts.Slot, err)
 	}
-	cp := sink.Checkpoint{LSN: lsn}
+	cp := change.Checkpoint{LSN: lsn}
 	s.log.Info("created replication slot; copying the table under its snapshot", "consistent_lsn", lsn, "table", s.opts.Table.String())
 	if err := copyTable(ctx, s.pool, s.opts.Table, res.SnapshotName, s.opts.CopyWorkers, s.sink, cp, s.log); err != nil {
 		return cp, err
@@ -46,17 +46,12 @@ func (s *Stream) firstCopy(ctx context.Context, conn *pgconn.PgConn) (sink.Check
 	return cp, nil
 }
 
-// snapshotLoader is the chat side of a first copy.
-type snapshotLoader interface {
-	LoadSnapshot(ctx context.Context, copyOuts []sink.CopyOut, cp sink.Checkpoint) (int64, error)
-}
-
 // copyTable copies every source row into chat through the sink with COPY
 // (binary or text, the table's format): under the exported snapshot when one is given, else under a fresh
 // repeatable-read snapshot; in up to workers parts at once (see copyParts).
 // cp is stored with the rows (zero: none). Progress (rows, rows/s, ETA) is
 // logged every progressEvery.
-func copyTable(ctx context.Context, pool *pgxpool.Pool, t *schema.Table, snapshot string, workers int, sk snapshotLoader, cp sink.Checkpoint, log *slog.Logger) error {
+func copyTable(ctx context.Context, pool *pgxpool.Pool, t *schema.Table, snapshot string, workers int, sk change.Sink, cp change.Checkpoint, log *slog.Logger) error {
 	parts, err := copyParts(ctx, pool, t, snapshot, workers)
 	if err != nil {
 		return err
@@ -65,7 +60,7 @@ func copyTable(ctx context.Context, pool *pgxpool.Pool, t *schema.Table, snapsho
 	if err := pool.QueryRow(ctx, "SELECT GREATEST(reltuples, 0) FROM pg_class WHERE oid = $1::regclass", t.Ident()).Scan(&estimate); err != nil {
 		return fmt.Errorf("estimate rows: %w", err)
 	}
-	outs := make([]sink.CopyOut, len(parts))
+	outs := make([]change.CopyOut, len(parts))
 	pids := make([]uint32, len(parts))
 	for i, where := range parts {
 		src, err := pool.Acquire(ctx)
@@ -133,7 +128,7 @@ pg_relation_size($1::regclass) / current_setting('block_size')::int, has_table_p
 
 // copyOut writes the rows matching where (all when empty) on src under the
 // snapshot (a fresh one when empty).
-func copyOut(src *pgxpool.Conn, t *schema.Table, snapshot, where string) sink.CopyOut {
+func copyOut(src *pgxpool.Conn, t *schema.Table, snapshot, where string) change.CopyOut {
 	format := " (FORMAT binary)"
 	if t.Format == schema.Text {
 		format = ""

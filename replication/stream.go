@@ -13,25 +13,12 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/db"
 	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/internal/schema"
 	"github.com/myusta/cdc/sink"
 )
-
-// Applier is the sink as the stream sees it: it makes a batch durable
-// together with its checkpoint, reports the stored checkpoint, and loads the
-// first copy.
-type Applier interface {
-	Apply(ctx context.Context, b *sink.Batch) error
-	Checkpoint(ctx context.Context) (cp sink.Checkpoint, ok bool, err error)
-	LoadSnapshot(ctx context.Context, copyOuts []sink.CopyOut, cp sink.Checkpoint) (int64, error)
-	// Check prepares the statements the sink runs (see sink.Sink.Check).
-	Check(ctx context.Context) error
-	// Discard rolls back what an unfinished source transaction's batches
-	// wrote (see sink.Sink.Discard).
-	Discard()
-}
 
 // Options configure a Stream.
 type Options struct {
@@ -85,7 +72,7 @@ type Stats struct {
 type Stream struct {
 	opts Options
 	pool *pgxpool.Pool // source pool: slot inspection and the first copy
-	sink Applier
+	sink change.Sink
 	log  *slog.Logger
 
 	// Stats is updated as the stream runs.
@@ -126,7 +113,7 @@ func (s *Stream) Sync(ctx context.Context) error {
 
 // New returns a stream reading the source through pool and opts.SourceURL
 // and writing through applier.
-func New(pool *pgxpool.Pool, applier Applier, opts Options) *Stream {
+func New(pool *pgxpool.Pool, applier change.Sink, opts Options) *Stream {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -243,12 +230,12 @@ type slotInfo struct {
 
 // prepare inspects the slot and the stored checkpoint and returns where to
 // start streaming, creating the slot and copying the table when needed.
-func (s *Stream) prepare(ctx context.Context, conn *pgconn.PgConn) (sink.Checkpoint, error) {
+func (s *Stream) prepare(ctx context.Context, conn *pgconn.PgConn) (change.Checkpoint, error) {
 	if s.Stats.Refused.Load() != nil {
 		// The last session ended on a refused statement: make sure the
 		// statements work before dropping or creating any slot.
 		if err := s.sink.Check(ctx); err != nil {
-			return sink.Checkpoint{}, err
+			return change.Checkpoint{}, err
 		}
 	}
 	cp, haveCP, err := s.sink.Checkpoint(ctx)

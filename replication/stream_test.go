@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/pgtest"
 	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/migrations"
@@ -74,7 +75,7 @@ func start(t *testing.T, p *pgtest.Pair, tweak func(*replication.Options)) *runn
 }
 
 // startWith is start with the sink wrapped by wrap (nil = the sink itself).
-func startWith(t *testing.T, p *pgtest.Pair, wrap func(*sink.Sink) replication.Applier, tweak func(*replication.Options)) *running {
+func startWith(t *testing.T, p *pgtest.Pair, wrap func(*sink.Sink) change.Sink, tweak func(*replication.Options)) *running {
 	t.Helper()
 	ctx := context.Background()
 	cfg := p.Config(t)
@@ -91,7 +92,7 @@ func startWith(t *testing.T, p *pgtest.Pair, wrap func(*sink.Sink) replication.A
 	if tweak != nil {
 		tweak(&opts)
 	}
-	var a replication.Applier = sk
+	var a change.Sink = sk
 	if wrap != nil {
 		a = wrap(sk)
 	}

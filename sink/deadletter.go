@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/schema"
 )
 
@@ -33,7 +34,7 @@ var errorTypes = map[string]string{
 
 // deadLetter records a change the chat database would not take, in the
 // current transaction, so it commits together with the rest of the batch.
-func (s *Sink) deadLetter(ctx context.Context, pc *pgconn.PgConn, c *Change, cause error) error {
+func (s *Sink) deadLetter(ctx context.Context, pc *pgconn.PgConn, c *change.Change, cause error) error {
 	errType, msg, detail := "rejected", cause.Error(), ""
 	var pgErr *pgconn.PgError
 	switch {

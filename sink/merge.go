@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/schema"
 )
 
@@ -19,7 +20,7 @@ const snapshotTable = "cdc_snapshot"
 // equal to it, in the open transaction: changed and new rows are upserted,
 // rows the copy does not have are deleted. Rows chat refuses are isolated
 // and recorded in sync_errors. It returns the rows copied.
-func (s *Sink) merge(ctx context.Context, pc *pgconn.PgConn, copyOuts []CopyOut) (rows int64, err error) {
+func (s *Sink) merge(ctx context.Context, pc *pgconn.PgConn, copyOuts []change.CopyOut) (rows int64, err error) {
 	t := s.table
 	if err := execSimple(ctx, pc, fmt.Sprintf("CREATE TEMP TABLE %s (cdc_n bigint GENERATED ALWAYS AS IDENTITY, %s) ON COMMIT DROP",
 		snapshotTable, stageColumns(t))); err != nil {
@@ -125,7 +126,7 @@ func (s *Sink) mergeRange(ctx context.Context, pc *pgconn.PgConn, lo, hi int64, 
 }
 
 // stagedRow reads staged row n as a change, for its dead letter.
-func (s *Sink) stagedRow(ctx context.Context, pc *pgconn.PgConn, n int64) (*Change, error) {
+func (s *Sink) stagedRow(ctx context.Context, pc *pgconn.PgConn, n int64) (*change.Change, error) {
 	t := s.table
 	formats := make([]int16, len(t.Columns))
 	for i := range formats {
@@ -133,7 +134,7 @@ func (s *Sink) stagedRow(ctx context.Context, pc *pgconn.PgConn, n int64) (*Chan
 	}
 	rr := pc.ExecParams(ctx, fmt.Sprintf("SELECT %s FROM %s WHERE cdc_n = $1", stageNames(t), snapshotTable),
 		[][]byte{fmt.Appendf(nil, "%d", n)}, nil, nil, formats)
-	c := &Change{Op: OpUpsert}
+	c := &change.Change{Op: change.OpUpsert}
 	for rr.NextRow() {
 		for _, v := range rr.Values() {
 			c.Values = append(c.Values, append([]byte(nil), v...))
@@ -179,17 +180,17 @@ func (s *Sink) deleteExtra(ctx context.Context, pc *pgconn.PgConn) (dead int, er
 	for i := range formats {
 		formats[i] = t.Format.Code()
 	}
-	b := NewBatch(len(t.Columns), t.Key)
+	b := change.NewBatch(len(t.Columns), t.Key)
 	rr := pc.ExecParams(ctx, fmt.Sprintf("SELECT %s FROM %s u WHERE %s", strings.Join(keys, ", "), t.Ident(), missing), nil, nil, nil, formats)
 	for rr.NextRow() {
 		v := b.NewValues()
 		for i, x := range rr.Values() {
 			v[t.Key[i]] = b.Copy(x)
 		}
-		b.Add(Change{Op: OpDelete, Values: v})
+		b.Add(change.Change{Op: change.OpDelete, Values: v})
 	}
 	if _, err := rr.Close(); err != nil {
 		return 0, err
 	}
-	return s.isolate(ctx, pc, b.changes, all(len(b.changes)))
+	return s.isolate(ctx, pc, b.Changes(), all(len(b.Changes())))
 }

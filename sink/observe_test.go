@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/pgtest"
-	"github.com/myusta/cdc/sink"
 )
 
 // TestSink_OnBatchAndFailureCounts checks what the metrics hook sees of a
@@ -17,13 +17,13 @@ func TestSink_OnBatchAndFailureCounts(t *testing.T) {
 	ctx := context.Background()
 	p := pgtest.NewPair(t, 0)
 	pgtest.Exec(t, p.Chat, `ALTER TABLE users ADD CONSTRAINT no_poison CHECK (first_name <> 'poison')`)
-	var seen []sink.BatchInfo
-	s := newSink(t, p, func(b sink.BatchInfo) { seen = append(seen, b) })
+	var seen []change.BatchInfo
+	s := newSink(t, p, func(b change.BatchInfo) { seen = append(seen, b) })
 	tbl := s.Table()
 
-	b := sink.NewBatch(len(tbl.Columns), tbl.Key)
-	b.Add(user{id: uuidOf(1), first: "first"}.change(t, b, tbl, sink.OpUpsert))
-	b.Checkpoint = sink.Checkpoint{LSN: 0x50}
+	b := change.NewBatch(len(tbl.Columns), tbl.Key)
+	b.Add(user{id: uuidOf(1), first: "first"}.change(t, b, tbl, change.OpUpsert))
+	b.Checkpoint = change.Checkpoint{LSN: 0x50}
 	if err := s.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
@@ -34,15 +34,15 @@ WHERE datname = current_database() AND application_name = 'cdc' AND pid <> pg_ba
 		t.Fatalf("terminated %d writer connections (want 1): %v", killed, err)
 	}
 
-	b = sink.NewBatch(len(tbl.Columns), tbl.Key)
+	b = change.NewBatch(len(tbl.Columns), tbl.Key)
 	oldest := time.Now().Add(-300 * time.Millisecond)
 	for i, name := range []string{"a", "b", "poison", "c"} {
-		c := user{id: uuidOf(i + 2), first: name}.change(t, b, tbl, sink.OpUpsert)
+		c := user{id: uuidOf(i + 2), first: name}.change(t, b, tbl, change.OpUpsert)
 		c.CommitTime = oldest.Add(time.Duration(i) * 10 * time.Millisecond)
 		b.Add(c)
 	}
-	b.Add(user{id: uuidOf(1)}.change(t, b, tbl, sink.OpDelete))
-	b.Checkpoint = sink.Checkpoint{LSN: 0x60}
+	b.Add(user{id: uuidOf(1)}.change(t, b, tbl, change.OpDelete))
+	b.Checkpoint = change.Checkpoint{LSN: 0x60}
 	if err := s.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/schema"
 )
 
@@ -29,7 +30,7 @@ import (
 // rows in the way (NULL, or a unique placeholder for a text column that
 // may not be NULL) and tries once more. What is refused after that is a
 // dead letter.
-func (s *Sink) applyRepairs(ctx context.Context, pc *pgconn.PgConn, changes []Change, more func([]Change) ([]Change, error)) (dead int, err error) {
+func (s *Sink) applyRepairs(ctx context.Context, pc *pgconn.PgConn, changes []change.Change, more func([]change.Change) ([]change.Change, error)) (dead int, err error) {
 	if len(changes) == 0 {
 		return 0, nil
 	}
@@ -88,11 +89,11 @@ func (s *Sink) applyRepairs(ctx context.Context, pc *pgconn.PgConn, changes []Ch
 
 // blocked returns the upserts at idx that a unique or exclusion
 // constraint refused.
-func blocked(changes []Change, idx []int, why map[int]error) []Change {
-	var out []Change
+func blocked(changes []change.Change, idx []int, why map[int]error) []change.Change {
+	var out []change.Change
 	for _, i := range idx {
 		var pgErr *pgconn.PgError
-		if changes[i].Op == OpUpsert && errors.As(why[i], &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "23P01") {
+		if changes[i].Op == change.OpUpsert && errors.As(why[i], &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "23P01") {
 			out = append(out, changes[i])
 		}
 	}
@@ -103,7 +104,7 @@ func blocked(changes []Change, idx []int, why map[int]error) []Change {
 // changes, that hold a value of a unique column the upserts in changes
 // would write (compared case-insensitively too for text, as an index on
 // lower(col) would): the rows in their way.
-func (s *Sink) blockingKeys(ctx context.Context, pc *pgconn.PgConn, changes []Change) ([][]byte, error) {
+func (s *Sink) blockingKeys(ctx context.Context, pc *pgconn.PgConn, changes []change.Change) ([][]byte, error) {
 	cols, err := s.uniqueColumns(ctx, pc)
 	if err != nil || len(cols) == 0 || len(changes) == 0 {
 		return nil, err
@@ -170,7 +171,7 @@ func (s *Sink) blockingKeys(ctx context.Context, pc *pgconn.PgConn, changes []Ch
 
 // onePass writes each change at idx on its own, under a savepoint, and
 // returns those chat refused, with why, and whether any was written.
-func (s *Sink) onePass(ctx context.Context, pc *pgconn.PgConn, changes []Change, idx []int) (left []int, why map[int]error, progress bool, err error) {
+func (s *Sink) onePass(ctx context.Context, pc *pgconn.PgConn, changes []change.Change, idx []int) (left []int, why map[int]error, progress bool, err error) {
 	why = map[int]error{}
 	for from := 0; from < len(idx); {
 		to := min(from+replayChunk, len(idx))
@@ -208,7 +209,7 @@ func (s *Sink) onePass(ctx context.Context, pc *pgconn.PgConn, changes []Change,
 // of the way in the chat rows of the upserts at idx that a unique or
 // exclusion constraint refused, so that the rows can take their new
 // values. It reports whether it parked anything.
-func (s *Sink) park(ctx context.Context, pc *pgconn.PgConn, changes []Change, idx []int, why map[int]error) bool {
+func (s *Sink) park(ctx context.Context, pc *pgconn.PgConn, changes []change.Change, idx []int, why map[int]error) bool {
 	var keys [][]byte
 	for _, c := range blocked(changes, idx, why) {
 		keys = append(keys, s.table.KeyOf(c.Values))

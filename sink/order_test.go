@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/pgtest"
 	"github.com/myusta/cdc/internal/schema"
 	"github.com/myusta/cdc/sink"
@@ -14,9 +15,9 @@ import (
 
 // emailChange is an upsert of user id with email (and a first name) in a
 // source transaction ending at lsn.
-func emailChange(t *testing.T, b *sink.Batch, tbl *schema.Table, id int, email string, lsn pglogrepl.LSN) sink.Change {
+func emailChange(t *testing.T, b *change.Batch, tbl *schema.Table, id int, email string, lsn pglogrepl.LSN) change.Change {
 	t.Helper()
-	c := user{id: uuidOf(id), first: "n"}.change(t, b, tbl, sink.OpUpsert)
+	c := user{id: uuidOf(id), first: "n"}.change(t, b, tbl, change.OpUpsert)
 	c.Values[tbl.Index("email")] = b.Copy(encode(t, tbl.Columns[tbl.Index("email")], email))
 	c.LSN = lsn
 	return c
@@ -44,15 +45,15 @@ func TestSink_SwapIsAppliedInSourceOrder(t *testing.T) {
 	pgtest.Exec(t, p.Chat, "CREATE UNIQUE INDEX ON users (email)")
 	s := newSink(t, p)
 	tbl := s.Table()
-	b := sink.NewBatch(len(tbl.Columns), tbl.Key)
+	b := change.NewBatch(len(tbl.Columns), tbl.Key)
 	for i := 1; i <= 4; i++ {
 		b.Add(emailChange(t, b, tbl, i, uuidOf(i)+"@x", 0x100))
 	}
-	b.Checkpoint = sink.Checkpoint{LSN: 0x100}
+	b.Checkpoint = change.Checkpoint{LSN: 0x100}
 	if err := s.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	b = sink.NewBatch(len(tbl.Columns), tbl.Key)
+	b = change.NewBatch(len(tbl.Columns), tbl.Key)
 	// One transaction: 1 -> tmp, 2 -> 1's, 1 -> 2's.
 	b.Add(emailChange(t, b, tbl, 1, "tmp", 0x200))
 	b.Add(emailChange(t, b, tbl, 2, uuidOf(1)+"@x", 0x200))
@@ -61,7 +62,7 @@ func TestSink_SwapIsAppliedInSourceOrder(t *testing.T) {
 	b.Add(emailChange(t, b, tbl, 3, "tmp", 0x300))
 	b.Add(emailChange(t, b, tbl, 4, uuidOf(3)+"@x", 0x400))
 	b.Add(emailChange(t, b, tbl, 3, uuidOf(4)+"@x", 0x500))
-	b.Checkpoint = sink.Checkpoint{LSN: 0x500}
+	b.Checkpoint = change.Checkpoint{LSN: 0x500}
 	if err := s.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
@@ -129,13 +130,13 @@ func TestSink_OpenTransactionCommitsWithItsLastBatch(t *testing.T) {
 	tbl := s.Table()
 	open := func(from, to int, lsn pglogrepl.LSN, last bool) {
 		t.Helper()
-		b := sink.NewBatch(len(tbl.Columns), tbl.Key)
+		b := change.NewBatch(len(tbl.Columns), tbl.Key)
 		for i := from; i <= to; i++ {
-			b.Add(user{id: uuidOf(i), first: "n"}.change(t, b, tbl, sink.OpUpsert))
+			b.Add(user{id: uuidOf(i), first: "n"}.change(t, b, tbl, change.OpUpsert))
 		}
 		b.Open = !last
 		if last {
-			b.Checkpoint = sink.Checkpoint{LSN: lsn}
+			b.Checkpoint = change.Checkpoint{LSN: lsn}
 		}
 		if err := s.Apply(ctx, b); err != nil {
 			t.Fatal(err)

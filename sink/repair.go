@@ -10,17 +10,13 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/internal/schema"
 )
 
-// Fetch reads the current source rows of keys (binary key values), each as
-// binary values of the synced columns in order; keys without a row are left
-// out of the map.
-type Fetch func(ctx context.Context, keys [][]byte) (map[string][][]byte, error)
-
 // PoolFetch is the Fetch of table t read through pool (the source).
-func PoolFetch(pool *pgxpool.Pool, t *schema.Table) Fetch {
+func PoolFetch(pool *pgxpool.Pool, t *schema.Table) change.Fetch {
 	return func(ctx context.Context, keys [][]byte) (map[string][][]byte, error) {
 		conn, err := pool.Acquire(ctx)
 		if err != nil {
@@ -31,38 +27,21 @@ func PoolFetch(pool *pgxpool.Pool, t *schema.Table) Fetch {
 	}
 }
 
-// RepairResult counts what Repair found and did.
-type RepairResult struct {
-	Missing int // rows chat lacked: inserted
-	Stale   int // rows that differed: updated
-	Extra   int // rows the source does not have: deleted
-	Same    int // rows already equal (the stream had caught up)
-	Dead    int // repairs the chat database refused: in sync_errors
-}
-
-// Repairs is the number of rows written.
-func (r RepairResult) Repairs() int { return r.Missing + r.Stale + r.Extra - r.Dead }
-
-// Add sums two results.
-func (r RepairResult) Add(o RepairResult) RepairResult {
-	return RepairResult{r.Missing + o.Missing, r.Stale + o.Stale, r.Extra + o.Extra, r.Same + o.Same, r.Dead + o.Dead}
-}
-
 // Repair makes the chat rows of keys equal to the source rows that fetch
 // reads. In one chat transaction it takes the writer lock, then calls fetch,
 // so the source state it writes is newer than anything any writer (the
 // stream, another repair, another cdc process) has committed: a repair never
 // replaces a newer version and never brings back a deleted row. Changes the
 // stream applies afterwards are newer still.
-func (s *Sink) Repair(ctx context.Context, keys [][]byte, fetch Fetch) (RepairResult, error) {
+func (s *Sink) Repair(ctx context.Context, keys [][]byte, fetch change.Fetch) (change.RepairResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.waitIdle(ctx); err != nil {
-		return RepairResult{}, err
+		return change.RepairResult{}, err
 	}
-	var res RepairResult
+	var res change.RepairResult
 	err := retry.Do(ctx, s.opts.Retry, s.log, "repair rows", s.counted(func(ctx context.Context) error {
-		res = RepairResult{}
+		res = change.RepairResult{}
 		s.begin()
 		conn, err := s.writer(ctx)
 		if err != nil {
@@ -86,7 +65,7 @@ func (s *Sink) Repair(ctx context.Context, keys [][]byte, fetch Fetch) (RepairRe
 	return res, nil
 }
 
-func (s *Sink) repair(ctx context.Context, pc *pgconn.PgConn, keys [][]byte, fetch Fetch, res *RepairResult) error {
+func (s *Sink) repair(ctx context.Context, pc *pgconn.PgConn, keys [][]byte, fetch change.Fetch, res *change.RepairResult) error {
 	if err := s.beginLocked(ctx, pc); err != nil {
 		return err
 	}
@@ -107,7 +86,7 @@ func (s *Sink) repair(ctx context.Context, pc *pgconn.PgConn, keys [][]byte, fet
 	// Rows in the way of the repairs (holding a unique value a repair
 	// writes) are repaired too: re-read now, under the same lock, they are
 	// as new as the rest.
-	more := func(stuck []Change) ([]Change, error) {
+	more := func(stuck []change.Change) ([]change.Change, error) {
 		extra, err := s.blockingKeys(ctx, pc, stuck)
 		if err != nil || len(extra) == 0 {
 			return nil, err
@@ -124,9 +103,9 @@ func (s *Sink) repair(ctx context.Context, pc *pgconn.PgConn, keys [][]byte, fet
 		dead := res.Dead
 		*res = res.Add(c)
 		res.Dead = dead
-		return eb.changes, nil
+		return eb.Changes(), nil
 	}
-	if res.Dead, err = s.applyRepairs(ctx, pc, b.changes, more); err != nil {
+	if res.Dead, err = s.applyRepairs(ctx, pc, b.Changes(), more); err != nil {
 		return err
 	}
 	// Every key now equals its source row unless it was refused again:
@@ -167,9 +146,9 @@ func KindOf(key []byte, src, chat map[string][][]byte) string {
 // Plan compares the source and chat rows of keys (as ReadRows returns
 // them) and returns what differs, by kind, and the changes that make chat
 // equal to the source.
-func Plan(t *schema.Table, keys [][]byte, src, chat map[string][][]byte) (RepairResult, *Batch) {
-	var res RepairResult
-	b := NewBatch(len(t.Columns), t.Key)
+func Plan(t *schema.Table, keys [][]byte, src, chat map[string][][]byte) (change.RepairResult, *change.Batch) {
+	var res change.RepairResult
+	b := change.NewBatch(len(t.Columns), t.Key)
 	for _, k := range keys {
 		switch KindOf(k, src, chat) {
 		case KindMissing:
@@ -186,13 +165,13 @@ func Plan(t *schema.Table, keys [][]byte, src, chat map[string][][]byte) (Repair
 			for i, p := range parts {
 				v[t.Key[i]] = b.Copy(p)
 			}
-			b.Add(Change{Op: OpDelete, Values: v})
+			b.Add(change.Change{Op: change.OpDelete, Values: v})
 			continue
 		default:
 			res.Same++
 			continue
 		}
-		b.Add(Change{Op: OpUpsert, Values: src[string(k)]})
+		b.Add(change.Change{Op: change.OpUpsert, Values: src[string(k)]})
 	}
 	return res, b
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/myusta/cdc/change"
 )
 
 // replayChunk bounds the changes sent in one pipeline while replaying.
@@ -26,9 +27,9 @@ var errReplay = errors.New("replay in source order: unexpected result")
 // compacted write (final values only, all at once) trips over; a
 // self-referencing foreign key whose rows one transaction inserts
 // together, in any order.
-func (s *Sink) replay(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead int, err error) {
+func (s *Sink) replay(ctx context.Context, pc *pgconn.PgConn, b *change.Batch) (dead int, err error) {
 	start := time.Now()
-	txs := transactions(b)
+	txs := b.Transactions()
 	for _, tx := range txs {
 		if len(txs) > 1 {
 			if err := execSimple(ctx, pc, "SAVEPOINT cdc_tx"); err != nil {
@@ -49,44 +50,22 @@ func (s *Sink) replay(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead in
 				return 0, err
 			}
 		}
-		d, err := s.replayRows(ctx, pc, tx.log)
+		d, err := s.replayRows(ctx, pc, tx.Log())
 		if err != nil {
 			return 0, err
 		}
 		dead += d
 	}
-	s.log.Info("applied a batch in source order", "transactions", len(txs), "changes", len(b.log), "dead_letters", dead,
+	s.log.Info("applied a batch in source order", "transactions", len(txs), "changes", len(b.Log()), "dead_letters", dead,
 		"took_ms", time.Since(start).Milliseconds())
 	return dead, nil
-}
-
-// transactions splits b's log into one batch per source transaction (by
-// commit LSN), each compacted within itself. The batches share b's memory.
-func transactions(b *Batch) []*Batch {
-	var out []*Batch
-	var cur *Batch
-	for i := range b.log {
-		c := b.log[i]
-		if cur == nil || c.LSN != cur.log[len(cur.log)-1].LSN {
-			cur = NewBatch(b.ncols, b.keys)
-			out = append(out, cur)
-		}
-		if c.Op == OpTruncate {
-			cur.Truncate()
-			cur.log[len(cur.log)-1].LSN = c.LSN
-			continue
-		}
-		c.Values = append([][]byte(nil), c.Values...) // Add may fill them in
-		cur.Add(c)
-	}
-	return out
 }
 
 // replayRows applies log one change at a time, each under a savepoint, in
 // the open transaction; a change chat refuses even in that order is
 // recorded as a dead letter and the rest go on. Changes are sent in
 // pipelines; each refusal costs one more round trip.
-func (s *Sink) replayRows(ctx context.Context, pc *pgconn.PgConn, log []Change) (dead int, err error) {
+func (s *Sink) replayRows(ctx context.Context, pc *pgconn.PgConn, log []change.Change) (dead int, err error) {
 	for from := 0; from < len(log); {
 		to := min(from+replayChunk, len(log))
 		var batch pgconn.Batch
@@ -98,7 +77,7 @@ func (s *Sink) replayRows(ctx context.Context, pc *pgconn.PgConn, log []Change) 
 		results, err := pc.ExecBatch(ctx, &batch).ReadAll()
 		for j := 1; j < len(results); j += 3 {
 			c := &log[from+j/3]
-			if c.Op == OpUpsert && c.Unchanged != 0 && results[j].CommandTag.RowsAffected() == 0 {
+			if c.Op == change.OpUpsert && c.Unchanged != 0 && results[j].CommandTag.RowsAffected() == 0 {
 				dead++
 				if derr := s.deadLetter(ctx, pc, c, errMissingRow); derr != nil {
 					return 0, derr
@@ -131,17 +110,17 @@ func (s *Sink) replayRows(ctx context.Context, pc *pgconn.PgConn, log []Change) 
 }
 
 // queueOne queues the statement applying one change as it came.
-func (s *Sink) queueOne(batch *pgconn.Batch, c *Change) {
+func (s *Sink) queueOne(batch *pgconn.Batch, c *change.Change) {
 	switch {
-	case c.Op == OpTruncate:
+	case c.Op == change.OpTruncate:
 		batch.ExecParams(s.sql.truncate, nil, nil, nil, nil)
-	case c.Op == OpUpsert && c.Unchanged != 0:
+	case c.Op == change.OpUpsert && c.Unchanged != 0:
 		s.queuePartial(batch, c)
 	default:
-		one := []Change{*c}
-		p, f := s.enc.arrays(s.table, one, []int{0}, c.Op == OpDelete)
+		one := []change.Change{*c}
+		p, f := s.enc.arrays(s.table, one, []int{0}, c.Op == change.OpDelete)
 		stmt := s.stmts[stmtUpsert]
-		if c.Op == OpDelete {
+		if c.Op == change.OpDelete {
 			stmt = s.stmts[stmtDelete]
 		}
 		batch.ExecStatement(stmt, cloneParams(p), cloneFormats(f), nil)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/schema"
 )
 
@@ -73,7 +74,7 @@ func (o *openErrors) resolvable(t *schema.Table, n int, key func(i int) []byte) 
 }
 
 // resolvableChanges is resolvable over the keys of changes.
-func (s *Sink) resolvableChanges(changes []Change) *resolution {
+func (s *Sink) resolvableChanges(changes []change.Change) *resolution {
 	r := s.open.resolvable(s.table, len(changes), func(i int) []byte { return s.table.KeyOf(changes[i].Values) })
 	if r != nil {
 		s.resolving = append(s.resolving, r)

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/internal/schema"
 )
@@ -24,20 +25,7 @@ type Options struct {
 	Logger *slog.Logger
 	// OnBatch, when set, is called after each batch Apply commits (for
 	// metrics). It runs on the writer's goroutine and must not block.
-	OnBatch func(BatchInfo)
-}
-
-// BatchInfo describes one committed batch.
-type BatchInfo struct {
-	Received    int  // changes received for the batch, before compaction
-	Upserts     int  // upserts after compaction (refused ones included)
-	Deletes     int  // deletes after compaction
-	Truncate    bool // the table was emptied first
-	DeadLetters int  // changes refused and recorded in sync_errors
-	// Latency is from the source commit (notify mode: the notification) of
-	// the batch's oldest change to the chat commit; 0 when unknown.
-	Latency time.Duration
-	Took    time.Duration // time spent writing, retries included
+	OnBatch func(change.BatchInfo)
 }
 
 // Stats counts what the sink has written since it started.
@@ -171,7 +159,7 @@ func (s *Sink) waitIdle(ctx context.Context) error {
 // A change the chat database refuses is recorded in sync_errors while the
 // rest of the batch commits. Apply returns nil once the batch is written:
 // durable, unless b is Open.
-func (s *Sink) Apply(ctx context.Context, b *Batch) error {
+func (s *Sink) Apply(ctx context.Context, b *change.Batch) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	start := time.Now()
@@ -186,7 +174,7 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 		if err != nil {
 			return s.failed(continuing, err)
 		}
-		if attempt > 1 && b.Checkpoint != (Checkpoint{}) {
+		if attempt > 1 && b.Checkpoint != (change.Checkpoint{}) {
 			// A connection lost during COMMIT leaves its outcome unknown: the
 			// stored checkpoint tells whether that attempt committed.
 			cp, _, err := readCheckpoint(ctx, conn.Conn(), s.opts.Slot)
@@ -220,7 +208,7 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 		s.opts.OnBatch(info)
 	}
 	if s.log.Enabled(ctx, slog.LevelDebug) {
-		s.log.Debug("batch applied", "rows", len(b.changes), "received", b.Received, "lsn", b.Checkpoint.LSN,
+		s.log.Debug("batch applied", "rows", len(b.Changes()), "received", b.Received, "lsn", b.Checkpoint.LSN,
 			"apply_ms", time.Since(start).Milliseconds(), "age_ms", time.Since(b.Started).Milliseconds(),
 			"receive_delay_ms", b.ReceiveDelay.Milliseconds(), "send_delay_ms", b.SendDelay.Milliseconds())
 	}
@@ -228,17 +216,17 @@ func (s *Sink) Apply(ctx context.Context, b *Batch) error {
 }
 
 // count adds the committed batch b to Stats and describes it.
-func (s *Sink) count(b *Batch) BatchInfo {
-	info := BatchInfo{Received: b.Received, Truncate: b.truncate}
-	for i := range b.changes {
-		if b.changes[i].Op == OpDelete {
+func (s *Sink) count(b *change.Batch) change.BatchInfo {
+	info := change.BatchInfo{Received: b.Received, Truncate: b.Truncates()}
+	for i := range b.Changes() {
+		if b.Changes()[i].Op == change.OpDelete {
 			info.Deletes++
 		} else {
 			info.Upserts++
 		}
 	}
 	s.Stats.Batches.Add(1)
-	if b.truncate {
+	if b.Truncates() {
 		s.Stats.Truncates.Add(1)
 	}
 	s.Stats.Upserts.Add(int64(info.Upserts))
@@ -275,7 +263,7 @@ func (s *Sink) counted(op func(ctx context.Context) error) func(ctx context.Cont
 
 // Checkpoint reads this stream's stored position; ok is false when none is
 // stored (the first copy has not completed).
-func (s *Sink) Checkpoint(ctx context.Context) (cp Checkpoint, ok bool, err error) {
+func (s *Sink) Checkpoint(ctx context.Context) (cp change.Checkpoint, ok bool, err error) {
 	cp, ok, err = readCheckpoint(ctx, s.pool, s.opts.Slot)
 	if err != nil {
 		return cp, ok, fmt.Errorf("read checkpoint: %w", err)
@@ -296,11 +284,11 @@ type rowQuerier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-func readCheckpoint(ctx context.Context, q rowQuerier, slot string) (cp Checkpoint, ok bool, err error) {
+func readCheckpoint(ctx context.Context, q rowQuerier, slot string) (cp change.Checkpoint, ok bool, err error) {
 	err = q.QueryRow(ctx, `SELECT lsn::text, COALESCE(partial_xact_lsn, '0/0')::text, partial_changes
 FROM cdc_checkpoint WHERE slot_name = $1`, slot).Scan(&cp.LSN, &cp.PartialXact, &cp.PartialChanges)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Checkpoint{}, false, nil
+		return change.Checkpoint{}, false, nil
 	}
 	return cp, err == nil, err
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/pgtest"
 	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/internal/schema"
@@ -27,7 +28,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // newSink returns a sink for p's chat table; onBatch, if given, sees each
 // committed batch.
-func newSink(t *testing.T, p *pgtest.Pair, onBatch ...func(sink.BatchInfo)) *sink.Sink {
+func newSink(t *testing.T, p *pgtest.Pair, onBatch ...func(change.BatchInfo)) *sink.Sink {
 	t.Helper()
 	_, tbl := p.Tables(t, nil)
 	opts := sink.Options{
@@ -70,19 +71,19 @@ type user struct {
 	id, first, last, picture string
 }
 
-func (u user) change(t *testing.T, b *sink.Batch, tbl *schema.Table, op sink.Op) sink.Change {
+func (u user) change(t *testing.T, b *change.Batch, tbl *schema.Table, op change.Op) change.Change {
 	t.Helper()
 	v := b.NewValues()
 	set := map[string]any{"id": u.id, "first_name": u.first, "last_name": u.last, "profile_picture": u.picture,
 		"updated_at": time.Now(), "created_at": time.Now()}
 	for i, c := range tbl.Columns {
 		x, ok := set[c.Name]
-		if !ok || x == "" || (op == sink.OpDelete && c.Name != "id") {
+		if !ok || x == "" || (op == change.OpDelete && c.Name != "id") {
 			continue
 		}
 		v[i] = b.Copy(encode(t, c, x))
 	}
-	return sink.Change{Op: op, Values: v, LSN: pglogrepl.LSN(0x1000)}
+	return change.Change{Op: op, Values: v, LSN: pglogrepl.LSN(0x1000)}
 }
 
 func uuidOf(i int) string { return fmt.Sprintf("00000000-0000-0000-0000-%012d", i) }
@@ -101,21 +102,21 @@ func TestSink_ApplyUpsertsDeletesAndCheckpoint(t *testing.T) {
 	p := pgtest.NewPair(t, 0)
 	s := newSink(t, p)
 	tbl := s.Table()
-	b := sink.NewBatch(len(tbl.Columns), tbl.Key)
+	b := change.NewBatch(len(tbl.Columns), tbl.Key)
 	for i := 1; i <= 3; i++ {
-		b.Add(user{id: uuidOf(i), first: fmt.Sprintf("n%d", i), last: "Ünïcode ✓"}.change(t, b, tbl, sink.OpUpsert))
+		b.Add(user{id: uuidOf(i), first: fmt.Sprintf("n%d", i), last: "Ünïcode ✓"}.change(t, b, tbl, change.OpUpsert))
 	}
-	b.Checkpoint = sink.Checkpoint{LSN: 0x10}
+	b.Checkpoint = change.Checkpoint{LSN: 0x10}
 	if err := s.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
 	if n := count(t, p, "last_name = 'Ünïcode ✓'"); n != 3 {
 		t.Fatalf("%d rows inserted, want 3", n)
 	}
-	b = sink.NewBatch(len(tbl.Columns), tbl.Key)
-	b.Add(user{id: uuidOf(1), first: "renamed"}.change(t, b, tbl, sink.OpUpsert))
-	b.Add(user{id: uuidOf(2)}.change(t, b, tbl, sink.OpDelete))
-	b.Checkpoint = sink.Checkpoint{LSN: 0x20, PartialXact: 0x30, PartialChanges: 5}
+	b = change.NewBatch(len(tbl.Columns), tbl.Key)
+	b.Add(user{id: uuidOf(1), first: "renamed"}.change(t, b, tbl, change.OpUpsert))
+	b.Add(user{id: uuidOf(2)}.change(t, b, tbl, change.OpDelete))
+	b.Checkpoint = change.Checkpoint{LSN: 0x20, PartialXact: 0x30, PartialChanges: 5}
 	if err := s.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +127,7 @@ func TestSink_ApplyUpsertsDeletesAndCheckpoint(t *testing.T) {
 		t.Fatalf("%d rows after delete, want 2", n)
 	}
 	cp, ok, err := s.Checkpoint(ctx)
-	if err != nil || !ok || cp != (sink.Checkpoint{LSN: 0x20, PartialXact: 0x30, PartialChanges: 5}) {
+	if err != nil || !ok || cp != (change.Checkpoint{LSN: 0x20, PartialXact: 0x30, PartialChanges: 5}) {
 		t.Fatalf("checkpoint %+v ok=%v err=%v", cp, ok, err)
 	}
 	if got := s.Stats.Upserts.Load(); got != 4 {
@@ -140,15 +141,15 @@ func TestSink_PoisonRowGoesToSyncErrorsAndTheRestCommits(t *testing.T) {
 	pgtest.Exec(t, p.Chat, `ALTER TABLE users ADD CONSTRAINT no_poison CHECK (first_name <> 'poison')`)
 	s := newSink(t, p)
 	tbl := s.Table()
-	b := sink.NewBatch(len(tbl.Columns), tbl.Key)
+	b := change.NewBatch(len(tbl.Columns), tbl.Key)
 	for i := 1; i <= 100; i++ {
 		name := fmt.Sprintf("ok%d", i)
 		if i == 57 {
 			name = "poison"
 		}
-		b.Add(user{id: uuidOf(i), first: name}.change(t, b, tbl, sink.OpUpsert))
+		b.Add(user{id: uuidOf(i), first: name}.change(t, b, tbl, change.OpUpsert))
 	}
-	b.Checkpoint = sink.Checkpoint{LSN: 0x40}
+	b.Checkpoint = change.Checkpoint{LSN: 0x40}
 	if err := s.Apply(ctx, b); err != nil {
 		t.Fatalf("a poison row must not fail the batch: %v", err)
 	}
@@ -189,15 +190,15 @@ func TestSink_DeadLettersCountAttemptsAndResolveOnALaterWrite(t *testing.T) {
 	tbl := s.Table()
 	apply := func(lsn uint64, n int, names map[int]string) {
 		t.Helper()
-		b := sink.NewBatch(len(tbl.Columns), tbl.Key)
+		b := change.NewBatch(len(tbl.Columns), tbl.Key)
 		for i := 1; i <= n; i++ {
 			name := fmt.Sprintf("ok%d-%d", i, lsn)
 			if x, ok := names[i]; ok {
 				name = x
 			}
-			b.Add(user{id: uuidOf(i), first: name}.change(t, b, tbl, sink.OpUpsert))
+			b.Add(user{id: uuidOf(i), first: name}.change(t, b, tbl, change.OpUpsert))
 		}
-		b.Checkpoint = sink.Checkpoint{LSN: pglogrepl.LSN(lsn)}
+		b.Checkpoint = change.Checkpoint{LSN: pglogrepl.LSN(lsn)}
 		if err := s.Apply(ctx, b); err != nil {
 			t.Fatal(err)
 		}
@@ -226,11 +227,11 @@ COALESCE(max(attempts) FILTER (WHERE NOT resolved), 0) FROM sync_errors`).Scan(&
 	// and resolves it through the staged path (a batch of ≥ 1000 upserts).
 	s.Close()
 	s2 := newSink(t, p)
-	b := sink.NewBatch(len(tbl.Columns), tbl.Key)
+	b := change.NewBatch(len(tbl.Columns), tbl.Key)
 	for i := 1; i <= 1500; i++ {
-		b.Add(user{id: uuidOf(i), first: fmt.Sprintf("big%d", i)}.change(t, b, tbl, sink.OpUpsert))
+		b.Add(user{id: uuidOf(i), first: fmt.Sprintf("big%d", i)}.change(t, b, tbl, change.OpUpsert))
 	}
-	b.Checkpoint = sink.Checkpoint{LSN: 0x40}
+	b.Checkpoint = change.Checkpoint{LSN: 0x40}
 	if err := s2.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
@@ -247,8 +248,8 @@ func TestSink_PartialUpdateKeepsUnsentColumns(t *testing.T) {
 	p := pgtest.NewPair(t, 0)
 	s := newSink(t, p)
 	tbl := s.Table()
-	b := sink.NewBatch(len(tbl.Columns), tbl.Key)
-	b.Add(user{id: uuidOf(1), first: "a", picture: "kept-picture"}.change(t, b, tbl, sink.OpUpsert))
+	b := change.NewBatch(len(tbl.Columns), tbl.Key)
+	b.Add(user{id: uuidOf(1), first: "a", picture: "kept-picture"}.change(t, b, tbl, change.OpUpsert))
 	if err := s.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
@@ -258,14 +259,14 @@ func TestSink_PartialUpdateKeepsUnsentColumns(t *testing.T) {
 			pic = i
 		}
 	}
-	b = sink.NewBatch(len(tbl.Columns), tbl.Key)
-	c := user{id: uuidOf(1), first: "b"}.change(t, b, tbl, sink.OpUpsert)
+	b = change.NewBatch(len(tbl.Columns), tbl.Key)
+	c := user{id: uuidOf(1), first: "b"}.change(t, b, tbl, change.OpUpsert)
 	c.Unchanged = 1 << pic
 	b.Add(c)
-	missing := user{id: uuidOf(2), first: "ghost"}.change(t, b, tbl, sink.OpUpsert)
+	missing := user{id: uuidOf(2), first: "ghost"}.change(t, b, tbl, change.OpUpsert)
 	missing.Unchanged = 1 << pic
 	b.Add(missing)
-	b.Checkpoint = sink.Checkpoint{LSN: 0x50}
+	b.Checkpoint = change.Checkpoint{LSN: 0x50}
 	if err := s.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
@@ -287,9 +288,9 @@ func TestSink_ReconnectsAfterItsConnectionIsKilled(t *testing.T) {
 	s := newSink(t, p)
 	tbl := s.Table()
 	for round := 1; round <= 3; round++ {
-		b := sink.NewBatch(len(tbl.Columns), tbl.Key)
-		b.Add(user{id: uuidOf(round), first: "r"}.change(t, b, tbl, sink.OpUpsert))
-		b.Checkpoint = sink.Checkpoint{LSN: pglogrepl.LSN(round * 0x100)}
+		b := change.NewBatch(len(tbl.Columns), tbl.Key)
+		b.Add(user{id: uuidOf(round), first: "r"}.change(t, b, tbl, change.OpUpsert))
+		b.Checkpoint = change.Checkpoint{LSN: pglogrepl.LSN(round * 0x100)}
 		if err := s.Apply(ctx, b); err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}
@@ -308,9 +309,9 @@ WHERE datname = current_database() AND application_name = 'cdc' AND pid <> pg_ba
 // copyParts returns two CopyOuts that together write every source row
 // (split by id), each on its own source connection; fail, when set, makes
 // the second one fail after writing its first rows.
-func copyParts(t *testing.T, p *pgtest.Pair, fail bool) []sink.CopyOut {
+func copyParts(t *testing.T, p *pgtest.Pair, fail bool) []change.CopyOut {
 	t.Helper()
-	var outs []sink.CopyOut
+	var outs []change.CopyOut
 	for i, where := range []string{"id < '80000000-0000-0000-0000-000000000000'", "id >= '80000000-0000-0000-0000-000000000000'"} {
 		src, err := p.Source.Acquire(context.Background())
 		if err != nil {
@@ -341,7 +342,7 @@ func copyParts(t *testing.T, p *pgtest.Pair, fail bool) []sink.CopyOut {
 // written, that chat equals the source and that lsn is the checkpoint.
 func loadAll(t *testing.T, s *sink.Sink, p *pgtest.Pair, lsn pglogrepl.LSN, want int64) {
 	t.Helper()
-	rows, err := s.LoadSnapshot(context.Background(), copyParts(t, p, false), sink.Checkpoint{LSN: lsn})
+	rows, err := s.LoadSnapshot(context.Background(), copyParts(t, p, false), change.Checkpoint{LSN: lsn})
 	if err != nil || rows != want {
 		t.Fatalf("load: %d rows (want %d), err %v", rows, want, err)
 	}
@@ -368,7 +369,7 @@ func TestSink_LoadSnapshotMergesIntoAPopulatedTable(t *testing.T) {
 	pgtest.Exec(t, p.Chat, `INSERT INTO users (id, first_name, updated_at) VALUES
 ('00000000-0000-0000-0000-00000000dead', 'gone from source', now())`)
 	s := newSink(t, p)
-	if _, err := s.LoadSnapshot(ctx, copyParts(t, p, false), sink.Checkpoint{LSN: 0x60}); err != nil {
+	if _, err := s.LoadSnapshot(ctx, copyParts(t, p, false), change.Checkpoint{LSN: 0x60}); err != nil {
 		t.Fatal(err)
 	}
 	pgtest.Exec(t, p.Chat, `UPDATE users SET first_name = 'stale' WHERE email LIKE 'user1%'`)
@@ -383,7 +384,7 @@ func TestSink_LoadSnapshotInPartsIntoAnEmptyTable(t *testing.T) {
 	ctx := context.Background()
 	p := pgtest.NewPair(t, 3000)
 	s := newSink(t, p)
-	if _, err := s.LoadSnapshot(ctx, copyParts(t, p, true), sink.Checkpoint{LSN: 0x60}); err == nil || !strings.Contains(err.Error(), "source went away") {
+	if _, err := s.LoadSnapshot(ctx, copyParts(t, p, true), change.Checkpoint{LSN: 0x60}); err == nil || !strings.Contains(err.Error(), "source went away") {
 		t.Fatalf("a failing part must fail the load: %v", err)
 	}
 	if lsn := checkpointOf(t, p); lsn != 0 {
@@ -406,26 +407,26 @@ func TestSink_LargeBatchIsStaged(t *testing.T) {
 	pgtest.Exec(t, p.Chat, `ALTER TABLE users ADD CONSTRAINT no_poison CHECK (first_name <> 'poison')`)
 	s := newSink(t, p)
 	tbl := s.Table()
-	b := sink.NewBatch(len(tbl.Columns), tbl.Key)
+	b := change.NewBatch(len(tbl.Columns), tbl.Key)
 	for i := 1; i <= 3000; i++ {
-		b.Add(user{id: uuidOf(i), first: fmt.Sprintf("n%d", i)}.change(t, b, tbl, sink.OpUpsert))
+		b.Add(user{id: uuidOf(i), first: fmt.Sprintf("n%d", i)}.change(t, b, tbl, change.OpUpsert))
 	}
-	b.Checkpoint = sink.Checkpoint{LSN: 0x100}
+	b.Checkpoint = change.Checkpoint{LSN: 0x100}
 	if err := s.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	b = sink.NewBatch(len(tbl.Columns), tbl.Key)
+	b = change.NewBatch(len(tbl.Columns), tbl.Key)
 	for i := 1; i <= 2500; i++ {
 		name := fmt.Sprintf("again%d", i)
 		if i == 1234 {
 			name = "poison"
 		}
-		b.Add(user{id: uuidOf(i), first: name}.change(t, b, tbl, sink.OpUpsert))
+		b.Add(user{id: uuidOf(i), first: name}.change(t, b, tbl, change.OpUpsert))
 	}
 	for i := 2501; i <= 2600; i++ {
-		b.Add(user{id: uuidOf(i)}.change(t, b, tbl, sink.OpDelete))
+		b.Add(user{id: uuidOf(i)}.change(t, b, tbl, change.OpDelete))
 	}
-	b.Checkpoint = sink.Checkpoint{LSN: 0x200}
+	b.Checkpoint = change.Checkpoint{LSN: 0x200}
 	if err := s.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}

@@ -7,13 +7,9 @@ import (
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/myusta/cdc/change"
 	"golang.org/x/sync/errgroup"
 )
-
-// CopyOut writes source rows, in PostgreSQL COPY format (binary or text,
-// the table's format) with the synced columns in order, to w. It may be
-// called more than once: each call writes the same rows.
-type CopyOut func(ctx context.Context, w io.Writer) error
 
 // LoadSnapshot is the chat side of the first copy: the copyOuts together
 // write every source row (each a part of the table, under one snapshot).
@@ -30,7 +26,7 @@ type CopyOut func(ctx context.Context, w io.Writer) error
 // does not have are deleted, and cp (unless zero) is stored, so a crash
 // leaves either nothing or the whole merge with its checkpoint. Rows chat
 // refuses are isolated and recorded in sync_errors; the rest commits.
-func (s *Sink) LoadSnapshot(ctx context.Context, copyOuts []CopyOut, cp Checkpoint) (rows int64, err error) {
+func (s *Sink) LoadSnapshot(ctx context.Context, copyOuts []change.CopyOut, cp change.Checkpoint) (rows int64, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.waitIdle(ctx); err != nil {
@@ -87,7 +83,7 @@ func (s *Sink) LoadSnapshot(ctx context.Context, copyOuts []CopyOut, cp Checkpoi
 			return 0, err
 		}
 	}
-	if cp != (Checkpoint{}) {
+	if cp != (change.Checkpoint{}) {
 		if _, err := pc.ExecStatement(ctx, s.stmts[stmtCheckpoint], checkpointParams(s.opts.Slot, cp), nil, nil).Close(); err != nil {
 			return 0, fmt.Errorf("store checkpoint: %w", err)
 		}
@@ -102,7 +98,7 @@ func (s *Sink) LoadSnapshot(ctx context.Context, copyOuts []CopyOut, cp Checkpoi
 // pipes runs each copyOut into the chat COPY on a connection of its own,
 // all at once; each COPY commits when its part ends. The first failure
 // cancels the others.
-func (s *Sink) pipes(ctx context.Context, copyOuts []CopyOut, copySQL string) (int64, error) {
+func (s *Sink) pipes(ctx context.Context, copyOuts []change.CopyOut, copySQL string) (int64, error) {
 	var rows atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	for _, out := range copyOuts {
@@ -122,7 +118,7 @@ func (s *Sink) pipes(ctx context.Context, copyOuts []CopyOut, copySQL string) (i
 }
 
 // pipe runs copyOut into the chat COPY through an in-memory pipe.
-func (s *Sink) pipe(ctx context.Context, pc *pgconn.PgConn, copyOut CopyOut, copySQL string) (int64, error) {
+func (s *Sink) pipe(ctx context.Context, pc *pgconn.PgConn, copyOut change.CopyOut, copySQL string) (int64, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()

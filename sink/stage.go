@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/myusta/cdc/change"
 )
 
 // stageMinRows is the batch size from which upserts go through binary COPY
@@ -17,7 +18,7 @@ import (
 const stageMinRows = 1000
 
 // copyRows encodes the changes at idx as a PostgreSQL binary COPY stream.
-func (e *encoder) copyRows(changes []Change, idx []int, ncols int) []byte {
+func (e *encoder) copyRows(changes []change.Change, idx []int, ncols int) []byte {
 	e.buf = append(e.buf[:0], "PGCOPY\n\377\r\n\000"...)
 	e.buf = binary.BigEndian.AppendUint32(e.buf, 0) // flags
 	e.buf = binary.BigEndian.AppendUint32(e.buf, 0) // header extension
@@ -36,8 +37,8 @@ func (e *encoder) copyRows(changes []Change, idx []int, ncols int) []byte {
 }
 
 // stage copies the upserts at ups into the staging table.
-func (s *Sink) stage(ctx context.Context, pc *pgconn.PgConn, b *Batch, ups []int) error {
-	data := s.enc.copyRows(b.changes, ups, len(s.table.Columns))
+func (s *Sink) stage(ctx context.Context, pc *pgconn.PgConn, b *change.Batch, ups []int) error {
+	data := s.enc.copyRows(b.Changes(), ups, len(s.table.Columns))
 	_, err := pc.CopyFrom(ctx, bytes.NewReader(data), "COPY pg_temp."+stageTable+" FROM STDIN (FORMAT binary)")
 	return err
 }
@@ -46,7 +47,7 @@ func (s *Sink) stage(ctx context.Context, pc *pgconn.PgConn, b *Batch, ups []int
 // deletes first, then the upserts are copied into the staging table and
 // merged with one statement, and the checkpoint follows with the COMMIT in
 // the same round trip.
-func (s *Sink) writeStaged(ctx context.Context, pc *pgconn.PgConn, b *Batch, dels, ups []int) (err error) {
+func (s *Sink) writeStaged(ctx context.Context, pc *pgconn.PgConn, b *change.Batch, dels, ups []int) (err error) {
 	if err := s.beginLocked(ctx, pc); err != nil {
 		return err
 	}
@@ -63,8 +64,8 @@ func (s *Sink) writeStaged(ctx context.Context, pc *pgconn.PgConn, b *Batch, del
 	}
 	var batch pgconn.Batch
 	batch.ExecStatement(s.stmts[stmtUpsertStaged], nil, nil, nil)
-	queueResolve(&batch, s.resolvableChanges(b.changes))
-	if b.Checkpoint != (Checkpoint{}) {
+	queueResolve(&batch, s.resolvableChanges(b.Changes()))
+	if b.Checkpoint != (change.Checkpoint{}) {
 		batch.ExecStatement(s.stmts[stmtCheckpoint], checkpointParams(s.opts.Slot, b.Checkpoint), nil, nil)
 	}
 	batch.ExecParams("COMMIT", nil, nil, nil, nil)
@@ -73,15 +74,15 @@ func (s *Sink) writeStaged(ctx context.Context, pc *pgconn.PgConn, b *Batch, del
 }
 
 // truncateAndDelete runs b's truncate and the deletes at dels, if any.
-func (s *Sink) truncateAndDelete(ctx context.Context, pc *pgconn.PgConn, b *Batch, dels []int) error {
-	if !b.truncate && len(dels) == 0 {
+func (s *Sink) truncateAndDelete(ctx context.Context, pc *pgconn.PgConn, b *change.Batch, dels []int) error {
+	if !b.Truncates() && len(dels) == 0 {
 		return nil
 	}
 	var batch pgconn.Batch
-	if b.truncate {
+	if b.Truncates() {
 		batch.ExecParams(s.sql.truncate, nil, nil, nil, nil)
 	}
-	s.queueChanges(&batch, b.changes, dels, nil)
+	s.queueChanges(&batch, b.Changes(), dels, nil)
 	_, err := pc.ExecBatch(ctx, &batch).ReadAll()
 	return err
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/schema"
 )
 
@@ -26,7 +27,7 @@ type encoder struct {
 // arrays encodes, for each column, one binary array of that column's values
 // over the changes at idx; only the key columns, in key order, when keyOnly
 // is set.
-func (e *encoder) arrays(t *schema.Table, changes []Change, idx []int, keyOnly bool) (params [][]byte, formats []int16) {
+func (e *encoder) arrays(t *schema.Table, changes []change.Change, idx []int, keyOnly bool) (params [][]byte, formats []int16) {
 	e.buf = e.buf[:0]
 	e.params = e.params[:0]
 	e.formats = e.formats[:0]
@@ -51,7 +52,7 @@ func (e *encoder) arrays(t *schema.Table, changes []Change, idx []int, keyOnly b
 	return e.params, e.formats
 }
 
-func checkpointParams(slot string, cp Checkpoint) [][]byte {
+func checkpointParams(slot string, cp change.Checkpoint) [][]byte {
 	var partial []byte
 	if cp.PartialXact != 0 {
 		partial = []byte(cp.PartialXact.String())
@@ -61,10 +62,10 @@ func checkpointParams(slot string, cp Checkpoint) [][]byte {
 
 // split sorts the change indexes of b into deletes, full upserts and
 // partial upserts (some columns unchanged and not carried).
-func split(changes []Change) (dels, ups, partial []int) {
+func split(changes []change.Change) (dels, ups, partial []int) {
 	for i := range changes {
 		switch {
-		case changes[i].Op == OpDelete:
+		case changes[i].Op == change.OpDelete:
 			dels = append(dels, i)
 		case changes[i].Unchanged != 0:
 			partial = append(partial, i)
@@ -76,7 +77,7 @@ func split(changes []Change) (dels, ups, partial []int) {
 }
 
 // queueChanges adds the set-based statements for the changes at dels and ups.
-func (s *Sink) queueChanges(batch *pgconn.Batch, changes []Change, dels, ups []int) {
+func (s *Sink) queueChanges(batch *pgconn.Batch, changes []change.Change, dels, ups []int) {
 	if len(dels) > 0 {
 		p, f := s.enc.arrays(s.table, changes, dels, true)
 		batch.ExecStatement(s.stmts[stmtDelete], cloneParams(p), cloneFormats(f), nil)
@@ -107,7 +108,7 @@ func cloneFormats(f []int16) []int16 { return append([]int16(nil), f...) }
 // that ends the source transaction commits. Either way, when chat refuses
 // a row, the batch is applied again in source order (see replay), and only
 // a change refused in that order becomes a dead letter.
-func (s *Sink) write(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead int, err error) {
+func (s *Sink) write(ctx context.Context, pc *pgconn.PgConn, b *change.Batch) (dead int, err error) {
 	setBased := true
 	if !s.tx.open && !b.Open {
 		done, err := s.writeWhole(ctx, pc, b)
@@ -115,7 +116,7 @@ func (s *Sink) write(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead int
 			return 0, err
 		}
 		if err != nil {
-			s.log.Warn("chat database refused a change of the batch; applying the batch in source order", "rows", len(b.changes), "lsn", b.Checkpoint.LSN, "err", err)
+			s.log.Warn("chat database refused a change of the batch; applying the batch in source order", "rows", len(b.Changes()), "lsn", b.Checkpoint.LSN, "err", err)
 			setBased = false
 			s.resolving = nil // that attempt's resolutions were rolled back with it
 			s.open.begin()
@@ -133,7 +134,7 @@ func (s *Sink) write(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead int
 	if b.Open {
 		return dead, nil
 	}
-	if b.Checkpoint != (Checkpoint{}) {
+	if b.Checkpoint != (change.Checkpoint{}) {
 		if _, err := pc.ExecStatement(ctx, s.stmts[stmtCheckpoint], checkpointParams(s.opts.Slot, b.Checkpoint), nil, nil).Close(); err != nil {
 			return 0, err
 		}
@@ -148,8 +149,8 @@ func (s *Sink) write(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead int
 // writeWhole tries b as one chat transaction, set-based. done is false when
 // b needs the explicit transaction (some rows carry unchanged TOASTed
 // values, which are written one by one) or chat refused a row (err).
-func (s *Sink) writeWhole(ctx context.Context, pc *pgconn.PgConn, b *Batch) (done bool, err error) {
-	dels, ups, partial := split(b.changes)
+func (s *Sink) writeWhole(ctx context.Context, pc *pgconn.PgConn, b *change.Batch) (done bool, err error) {
+	dels, ups, partial := split(b.Changes())
 	switch {
 	case len(partial) > 0:
 		return false, nil
@@ -159,12 +160,12 @@ func (s *Sink) writeWhole(ctx context.Context, pc *pgconn.PgConn, b *Batch) (don
 	}
 	var batch pgconn.Batch
 	batch.ExecParams(s.sql.lock, nil, nil, nil, nil)
-	if b.truncate {
+	if b.Truncates() {
 		batch.ExecParams(s.sql.truncate, nil, nil, nil, nil)
 	}
-	s.queueChanges(&batch, b.changes, dels, ups)
-	queueResolve(&batch, s.resolvableChanges(b.changes))
-	if b.Checkpoint != (Checkpoint{}) {
+	s.queueChanges(&batch, b.Changes(), dels, ups)
+	queueResolve(&batch, s.resolvableChanges(b.Changes()))
+	if b.Checkpoint != (change.Checkpoint{}) {
 		batch.ExecStatement(s.stmts[stmtCheckpoint], checkpointParams(s.opts.Slot, b.Checkpoint), nil, nil)
 	}
 	_, err = pc.ExecBatch(ctx, &batch).ReadAll()
@@ -175,7 +176,7 @@ func (s *Sink) writeWhole(ctx context.Context, pc *pgconn.PgConn, b *Batch) (don
 // set-based first (unless setBased is false: chat already refused that),
 // then, if chat refuses a row, in source order. It resolves the open dead
 // letters of the keys it wrote.
-func (s *Sink) writeChunk(ctx context.Context, pc *pgconn.PgConn, b *Batch, setBased bool) (dead int, err error) {
+func (s *Sink) writeChunk(ctx context.Context, pc *pgconn.PgConn, b *change.Batch, setBased bool) (dead int, err error) {
 	if err := execSimple(ctx, pc, "SAVEPOINT cdc_chunk"); err != nil {
 		return 0, err
 	}
@@ -185,7 +186,7 @@ func (s *Sink) writeChunk(ctx context.Context, pc *pgconn.PgConn, b *Batch, setB
 			return 0, err
 		}
 		if err != nil {
-			s.log.Warn("chat database refused a change of the batch; applying the batch in source order", "rows", len(b.changes), "lsn", b.Checkpoint.LSN, "err", err)
+			s.log.Warn("chat database refused a change of the batch; applying the batch in source order", "rows", len(b.Changes()), "lsn", b.Checkpoint.LSN, "err", err)
 			if err := execSimple(ctx, pc, "ROLLBACK TO SAVEPOINT cdc_chunk"); err != nil {
 				return 0, err
 			}
@@ -198,7 +199,7 @@ func (s *Sink) writeChunk(ctx context.Context, pc *pgconn.PgConn, b *Batch, setB
 			return 0, err
 		}
 	}
-	if err := execResolve(ctx, pc, s.resolvableChanges(b.changes)); err != nil {
+	if err := execResolve(ctx, pc, s.resolvableChanges(b.Changes())); err != nil {
 		return 0, err
 	}
 	return dead, execSimple(ctx, pc, "RELEASE SAVEPOINT cdc_chunk")
@@ -208,8 +209,8 @@ func (s *Sink) writeChunk(ctx context.Context, pc *pgconn.PgConn, b *Batch, setB
 // the open transaction: the truncate, deletes (first, so the values they
 // free are free for the upserts), upserts (staged through COPY when many),
 // then the updates that omit unchanged TOASTed columns, one by one.
-func (s *Sink) setBased(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead int, err error) {
-	dels, ups, partial := split(b.changes)
+func (s *Sink) setBased(ctx context.Context, pc *pgconn.PgConn, b *change.Batch) (dead int, err error) {
+	dels, ups, partial := split(b.Changes())
 	if err := s.truncateAndDelete(ctx, pc, b, dels); err != nil {
 		return 0, err
 	}
@@ -224,7 +225,7 @@ func (s *Sink) setBased(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead 
 		batch.ExecStatement(s.stmts[stmtUpsertStaged], nil, nil, nil)
 		batch.ExecParams("TRUNCATE pg_temp."+stageTable, nil, nil, nil, nil)
 	case len(ups) > 0:
-		s.queueChanges(&batch, b.changes, nil, ups)
+		s.queueChanges(&batch, b.Changes(), nil, ups)
 	}
 	if len(ups) > 0 {
 		if _, err := pc.ExecBatch(ctx, &batch).ReadAll(); err != nil {
@@ -236,7 +237,7 @@ func (s *Sink) setBased(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead 
 	}
 	batch = pgconn.Batch{}
 	for _, i := range partial {
-		s.queuePartial(&batch, &b.changes[i])
+		s.queuePartial(&batch, &b.Changes()[i])
 	}
 	results, err := pc.ExecBatch(ctx, &batch).ReadAll()
 	if err != nil {
@@ -245,7 +246,7 @@ func (s *Sink) setBased(ctx context.Context, pc *pgconn.PgConn, b *Batch) (dead 
 	for j, i := range partial {
 		if results[j].CommandTag.RowsAffected() == 0 {
 			dead++
-			if err := s.deadLetter(ctx, pc, &b.changes[i], errMissingRow); err != nil {
+			if err := s.deadLetter(ctx, pc, &b.Changes()[i], errMissingRow); err != nil {
 				return 0, err
 			}
 		}
@@ -272,13 +273,13 @@ func execSimple(ctx context.Context, pc *pgconn.PgConn, sql string) error {
 // isolate applies the changes at idx inside a savepoint; when the chat
 // database rejects one, it rolls back and retries each half, down to single
 // changes, which become dead letters.
-func (s *Sink) isolate(ctx context.Context, pc *pgconn.PgConn, changes []Change, idx []int) (dead int, err error) {
+func (s *Sink) isolate(ctx context.Context, pc *pgconn.PgConn, changes []change.Change, idx []int) (dead int, err error) {
 	if len(idx) == 0 {
 		return 0, nil
 	}
 	var dels, ups []int
 	for _, i := range idx {
-		if changes[i].Op == OpDelete {
+		if changes[i].Op == change.OpDelete {
 			dels = append(dels, i)
 		} else {
 			ups = append(ups, i)
@@ -314,7 +315,7 @@ func (s *Sink) isolate(ctx context.Context, pc *pgconn.PgConn, changes []Change,
 // whose unchanged TOASTed values the stream did not send. If the chat row
 // does not exist, the full row cannot be built here: the change is recorded
 // (errMissingRow) and the reconciler copies the row from the source.
-func (s *Sink) queuePartial(batch *pgconn.Batch, c *Change) {
+func (s *Sink) queuePartial(batch *pgconn.Batch, c *change.Change) {
 	t := s.table
 	var set, where []string
 	var params [][]byte

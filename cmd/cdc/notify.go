@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/config"
 	"github.com/myusta/cdc/internal/schema"
 	"github.com/myusta/cdc/reconcile"
@@ -27,7 +28,7 @@ type notifySource struct{ *replication.Notify }
 //     that committed after they stamped updated_at), then a full compare,
 //     because deletes leave nothing in any window.
 func newNotifySource(cfg *config.Config, log *slog.Logger, pool *pgxpool.Pool, sk *sink.Sink, table *schema.Table,
-	rec func() *reconcile.Reconciler, onBatch func(sink.BatchInfo), onConnect func()) *notifySource {
+	rec func() *reconcile.Reconciler, onBatch func(change.BatchInfo), onConnect func()) *notifySource {
 	var n *replication.Notify
 	catchUp := func(ctx context.Context, missed time.Duration) error {
 		onConnect()

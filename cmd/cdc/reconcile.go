@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/config"
 	"github.com/myusta/cdc/reconcile"
 	"github.com/myusta/cdc/replication"
@@ -59,7 +60,7 @@ const schedulePace = 2
 
 // newReconciler builds the reconciler cdc run, cdc reconcile and cdc verify
 // share; sync may be nil.
-func newReconciler(cfg *config.Config, log *slog.Logger, src, chat reconcile.Side, repairer reconcile.Repairer, sync func(context.Context) error) *reconcile.Reconciler {
+func newReconciler(cfg *config.Config, log *slog.Logger, src, chat reconcile.Side, repairer change.Sink, sync func(context.Context) error) *reconcile.Reconciler {
 	return reconcile.New(src, chat, repairer, reconcile.Options{
 		Interval:     cfg.SyncInterval,
 		Multiplier:   cfg.WindowMultiplier,
@@ -71,7 +72,7 @@ func newReconciler(cfg *config.Config, log *slog.Logger, src, chat reconcile.Sid
 }
 
 // newSink returns the chat writer; onBatch (may be nil) sees each batch.
-func newSink(cfg *config.Config, log *slog.Logger, chat reconcile.Side, onBatch func(sink.BatchInfo)) *sink.Sink {
+func newSink(cfg *config.Config, log *slog.Logger, chat reconcile.Side, onBatch func(change.BatchInfo)) *sink.Sink {
 	return sink.New(chat.Pool, chat.Table, sink.Options{Slot: cfg.SlotName, Retry: writePolicy(cfg), Logger: log, OnBatch: onBatch})
 }
 

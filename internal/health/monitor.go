@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/reconcile"
 	"github.com/myusta/cdc/replication"
 	"github.com/myusta/cdc/sink"
@@ -132,7 +133,7 @@ func (m *Monitor) Attach(p Parts) {
 
 // ObserveBatch records a batch committed in chat. The sink and the notify
 // source call it (sink.Options.OnBatch, replication.NotifyOptions.OnBatch).
-func (m *Monitor) ObserveBatch(b sink.BatchInfo) {
+func (m *Monitor) ObserveBatch(b change.BatchInfo) {
 	m.upserts.Add(int64(b.Upserts))
 	m.deletes.Add(int64(b.Deletes))
 	if b.Truncate {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/reconcile"
 	"github.com/myusta/cdc/replication"
 	"github.com/myusta/cdc/sink"
@@ -39,7 +40,7 @@ func TestMonitor_Stats(t *testing.T) {
 	rec.LastRun.Store(time.Now().Add(-time.Minute).UnixNano())
 	rec.LastRunTook.Store(int64(90 * time.Millisecond))
 	rec.Missing.Store(2)
-	m.ObserveBatch(sink.BatchInfo{Received: 5, Upserts: 3, Deletes: 1, Latency: 20 * time.Millisecond, Took: 4 * time.Millisecond})
+	m.ObserveBatch(change.BatchInfo{Received: 5, Upserts: 3, Deletes: 1, Latency: 20 * time.Millisecond, Took: 4 * time.Millisecond})
 	sk.Failures.Store(1)
 	sk.DeadLetters.Store(1)
 	sk.Failing.Store(2)
@@ -82,7 +83,7 @@ func TestMonitor_ThroughputAndErrorWindow(t *testing.T) {
 	t0 := m.started
 	at := func(i int) time.Time { return t0.Add(time.Duration(i) * throughputEvery) }
 	for i := 1; i <= 40; i++ {
-		m.ObserveBatch(sink.BatchInfo{Received: 10, Upserts: 10})
+		m.ObserveBatch(change.BatchInfo{Received: 10, Upserts: 10})
 		if i == 35 {
 			sk.DeadLetters.Add(1)
 		}
@@ -164,7 +165,7 @@ func TestMonitor_NotifyMode(t *testing.T) {
 	}
 	n.CatchUps.Add(1)
 	n.Stats.Pending.Store(time.Now().Add(-2 * time.Second).UnixNano())
-	m.ObserveBatch(sink.BatchInfo{Received: 2, Upserts: 1, Deletes: 1, Latency: 5 * time.Millisecond})
+	m.ObserveBatch(change.BatchInfo{Received: 2, Upserts: 1, Deletes: 1, Latency: 5 * time.Millisecond})
 	st := m.Stats(time.Now())
 	if !st.IsRealTimeActive || st.LagSeconds < 2 || st.TotalSynced != 2 || st.HealthStatus.Status != Healthy {
 		t.Errorf("realtime %v lag %.1f total %d status %s (%+v)", st.IsRealTimeActive, st.LagSeconds, st.TotalSynced, st.HealthStatus.Status, st.HealthStatus.Checks)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/replication"
 	"github.com/myusta/cdc/sink"
 )
@@ -92,7 +93,7 @@ func TestServer_HealthzAndReadyz(t *testing.T) {
 func TestServer_StatsShape(t *testing.T) {
 	m := newTestMonitor("replication")
 	attachedStream(m)
-	m.ObserveBatch(sink.BatchInfo{Received: 1, Upserts: 1, Took: time.Millisecond})
+	m.ObserveBatch(change.BatchInfo{Received: 1, Upserts: 1, Took: time.Millisecond})
 	resp, body := fetch(t, serve(t, m)+"/stats")
 	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != 200 || ct != "application/json" {
 		t.Fatalf("/stats = %d %s", resp.StatusCode, ct)
@@ -144,7 +145,7 @@ func TestServer_Metrics(t *testing.T) {
 	m := newTestMonitor("replication")
 	stream, _ := attachedStream(m)
 	stream.Stats.Applied.Store(1 << 24)
-	m.ObserveBatch(sink.BatchInfo{Received: 4, Upserts: 3, Deletes: 1, Latency: 20 * time.Millisecond, Took: 2 * time.Millisecond})
+	m.ObserveBatch(change.BatchInfo{Received: 4, Upserts: 3, Deletes: 1, Latency: 20 * time.Millisecond, Took: 2 * time.Millisecond})
 	families, err := Scrape(context.Background(), serve(t, m))
 	if err != nil {
 		t.Fatal(err)

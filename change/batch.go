@@ -1,4 +1,4 @@
-package sink
+package change
 
 import (
 	"time"
@@ -250,4 +250,26 @@ func (c *chunks[T]) reset() {
 		c.list = c.list[:keepChunks]
 	}
 	c.cur = 0
+}
+
+// Transactions splits b's log into one batch per source transaction (by
+// commit LSN), each compacted within itself. The batches share b's memory.
+func (b *Batch) Transactions() []*Batch {
+	var out []*Batch
+	var cur *Batch
+	for i := range b.log {
+		c := b.log[i]
+		if cur == nil || c.LSN != cur.log[len(cur.log)-1].LSN {
+			cur = NewBatch(b.ncols, b.keys)
+			out = append(out, cur)
+		}
+		if c.Op == OpTruncate {
+			cur.Truncate()
+			cur.log[len(cur.log)-1].LSN = c.LSN
+			continue
+		}
+		c.Values = append([][]byte(nil), c.Values...) // Add may fill them in
+		cur.Add(c)
+	}
+	return out
 }
