@@ -211,13 +211,13 @@ func (d *daemon) runSync(ctx context.Context, cfg *config.Config, srcTable, chat
 	var source daemonSource
 	var rec *reconcile.Reconciler
 	var watch *replication.Watch
-	parts := health.Parts{Sink: &sk.Stats, SourcePool: d.srcPool, ChatPool: d.chatPool}
+	parts := health.Parts{Writes: writesReport{&sk.Stats}, SourcePool: d.srcPool, ChatPool: d.chatPool}
 	if cfg.Mode == config.ModeNotify {
 		log.Info("sync mode: notify (SYNC_MODE=notify): a trigger sends {op, id} on LISTEN/NOTIFY and cdc applies the current source rows; " +
 			"notifications missed while disconnected are made up for by a reconcile on every reconnect and by the scheduled reconciler")
 		n := newNotifySource(cfg, log, d.srcPool, sk, srcTable, func() *reconcile.Reconciler { return rec }, d.mon.ObserveBatch, func() { watch.Kick() })
 		source = n
-		parts.Notify = n.Notify
+		parts.Source = n
 	} else {
 		log.Info("sync mode: replication (SYNC_MODE=replication, pgoutput slot " + cfg.SlotName + "); set SYNC_MODE=notify where the source forbids logical replication")
 		slot := &replication.SlotWatcher{Pool: d.srcPool, Slot: cfg.SlotName, WarnBytes: cfg.SlotWALWarnBytes, Every: cfg.StatusInterval, Logger: log}
@@ -235,8 +235,9 @@ func (d *daemon) runSync(ctx context.Context, cfg *config.Config, srcTable, chat
 			OnStream:       func() { watch.Kick() },
 			Logger:         log,
 		})
-		source = &streamSource{Slot: slot, Stream: stream}
-		parts.Stream, parts.Slot = stream, slot
+		ss := &streamSource{Slot: slot, Stream: stream}
+		source = ss
+		parts.Source, parts.Slot = ss, slotReport{slot}
 	}
 	rec = newReconciler(cfg, log, src, chat, sk, source.Sync)
 	window := time.Duration(float64(cfg.SyncInterval) * cfg.WindowMultiplier)
@@ -257,7 +258,7 @@ func (d *daemon) runSync(ctx context.Context, cfg *config.Config, srcTable, chat
 			stop(&syncAgain{cfg: withSpec(cfg, spec), since: since, why: "following a change of the source table"})
 		},
 	})
-	parts.Reconciler, parts.Objects = &rec.Stats, &d.drift
+	parts.Reconciles, parts.Objects = reconcileReport{&rec.Stats}, &d.drift
 	d.mon.Attach(parts)
 	goRun(func(ctx context.Context) { reportProgress(ctx, log, source, progressEvery) })
 	goRun(watch.Run)

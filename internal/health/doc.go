@@ -3,8 +3,11 @@
 // with a recommendation), the /stats document, Prometheus metrics and the
 // HTTP server that serves them together with a small status page.
 //
-// A Monitor reads the daemon's parts (the stream's or listener's stats, the
-// sink's, the reconciler's, the slot watcher and the pools) when asked, and
+// A Monitor reads the daemon's parts when asked, each through a small
+// interface declared here (Source, Slot, Writes, Reconciles,
+// ObjectsReporter) that cmd/cdc implements over the part's counters, so
+// this package knows no source, sink or reconciler and has no mode
+// switch; it is
 // is told about each committed batch through ObserveBatch, which the sink
 // and the notify source call. It samples a few values every second
 // (connection changes, throughput every 10 s) and probes both databases

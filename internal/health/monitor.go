@@ -12,9 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/myusta/cdc/change"
-	"github.com/myusta/cdc/reconcile"
-	"github.com/myusta/cdc/replication"
-	"github.com/myusta/cdc/sink"
 )
 
 // Options configure a Monitor.
@@ -24,19 +21,72 @@ type Options struct {
 	Logger     *slog.Logger
 }
 
-// Parts are the running daemon's components the monitor reads. Those of
-// the other mode stay nil.
+// Parts are what the monitor reads of the running daemon, each through a
+// small interface that the part's owner implements; the monitor knows no
+// source, sink or reconciler, only what they report.
 type Parts struct {
-	Stream     *replication.Stream      // replication mode
-	Slot       *replication.SlotWatcher // replication mode
-	Notify     *replication.Notify      // notify mode
-	Sink       *sink.Stats
-	Reconciler *reconcile.Stats
+	Source     Source     // the replication stream or the notify listener
+	Slot       Slot       // nil when the source has no replication slot
+	Writes     Writes     // the sink
+	Reconciles Reconciles // the reconciler
+	Objects    ObjectsReporter
 	SourcePool *pgxpool.Pool
 	ChatPool   *pgxpool.Pool
-	// Objects reports what is wrong with cdc's objects on the source now
-	// and what was last found wrong (the watch's Drift).
-	Objects ObjectsReporter
+}
+
+// Source reports the change source's state.
+type Source interface{ SourceStatus() SourceStatus }
+
+// SourceStatus is the change source's state.
+type SourceStatus struct {
+	// Connected reports that the source delivers changes now (the stream
+	// streams; the listener listens and its first catch-up is done).
+	Connected  bool
+	Reconnects int64
+	// Refused is the error no retry fixes that stops the source, "" when
+	// there is none.
+	Refused string
+	// Pending is when the oldest change not yet in chat was committed on
+	// the source (or notified); zero when nothing is pending.
+	Pending time.Time
+	// Positions are the WAL positions of a replication source; nil for
+	// one without them.
+	Positions *Positions
+}
+
+// Positions are a replication source's WAL positions.
+type Positions struct {
+	Applied  uint64 // end of the last source transaction committed in chat
+	Received uint64 // WAL received from the slot
+	Position uint64 // WAL received and committed in chat (or skipped)
+}
+
+// Slot reports the replication slot as last read.
+type Slot interface{ SlotStatus() SlotStats }
+
+// Writes reports the sink's failures.
+type Writes interface{ WriteCounts() WriteCounts }
+
+// WriteCounts are the sink's failures since start.
+type WriteCounts struct {
+	Failures    int64 // failed chat write attempts (every retry)
+	DeadLetters int64 // changes refused and recorded in sync_errors
+	Failing     int64 // failed attempts of the write in progress
+}
+
+// Reconciles reports the reconciler's runs.
+type Reconciles interface{ ReconcileCounts() ReconcileCounts }
+
+// ReconcileCounts are the reconciler's runs since start.
+type ReconcileCounts struct {
+	Runs, FullRuns, Failures       int64
+	Checked, Missing, Stale, Extra int64
+	LastRun                        time.Time
+	LastRunTook                    time.Duration
+	// LastRepair is when a scheduled run last repaired rows (zero: never),
+	// LastRepairRows how many.
+	LastRepair     time.Time
+	LastRepairRows int64
 }
 
 // ObjectsReporter reports what is wrong with cdc's objects on the source
@@ -176,8 +226,9 @@ func (m *Monitor) sample(now time.Time) {
 	m.connection(p, now)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if r := p.Reconciler; r != nil {
-		runs, failures := r.Runs.Load(), r.Failures.Load()
+	if p.Reconciles != nil {
+		r := p.Reconciles.ReconcileCounts()
+		runs, failures := r.Runs, r.Failures
 		switch {
 		case failures > m.rec.failures:
 			m.rec.lastFailed = true
@@ -199,13 +250,8 @@ func (m *Monitor) sample(now time.Time) {
 // followed state.
 func (m *Monitor) connection(p *Parts, now time.Time) connState {
 	var connected bool
-	switch {
-	case p.Stream != nil:
-		connected = p.Stream.Stats.Streaming.Load()
-	case p.Notify != nil:
-		// Until the first catch-up (bulk copy or full compare) is done,
-		// chat is not following the source yet.
-		connected = p.Notify.Stats.Connected.Load() && p.Notify.CatchUps.Load() > 0
+	if p.Source != nil {
+		connected = p.Source.SourceStatus().Connected
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -220,11 +266,13 @@ func (m *Monitor) connection(p *Parts, now time.Time) connState {
 // errors (failed write attempts and dead letters) since start.
 func (m *Monitor) totals(p *Parts) (rows, errs int64) {
 	rows = m.upserts.Load() + m.deletes.Load()
-	if r := p.Reconciler; r != nil {
-		rows += r.Missing.Load() + r.Stale.Load() + r.Extra.Load()
+	if p.Reconciles != nil {
+		r := p.Reconciles.ReconcileCounts()
+		rows += r.Missing + r.Stale + r.Extra
 	}
-	if s := p.Sink; s != nil {
-		errs = s.Failures.Load() + s.DeadLetters.Load()
+	if p.Writes != nil {
+		w := p.Writes.WriteCounts()
+		errs = w.Failures + w.DeadLetters
 	}
 	return rows, errs
 }
@@ -263,37 +311,31 @@ func (m *Monitor) Stats(now time.Time) *Stats {
 	if !conn.connected {
 		st.disconnected = now.Sub(conn.since)
 	}
-	var pending int64
-	switch {
-	case p.Stream != nil:
-		s := &p.Stream.Stats
-		st.Stream.Reconnects = s.Reconnects.Load()
-		if r := s.Refused.Load(); r != nil {
-			st.Stream.Refused = *r
+	if p.Source != nil {
+		src := p.Source.SourceStatus()
+		st.Stream.Reconnects, st.Stream.Refused = src.Reconnects, src.Refused
+		if pos := src.Positions; pos != nil {
+			if st.lsn = pos.Applied; st.lsn != 0 {
+				str := pglogrepl.LSN(st.lsn).String()
+				st.AppliedLSN = &str
+			}
+			lag := int64(0)
+			if pos.Received > pos.Position {
+				lag = int64(pos.Received - pos.Position)
+			}
+			st.LagBytes = &lag
 		}
-		pending = s.Pending.Load()
-		if st.lsn = s.Applied.Load(); st.lsn != 0 {
-			str := pglogrepl.LSN(st.lsn).String()
-			st.AppliedLSN = &str
+		if !src.Pending.IsZero() {
+			st.IsSyncInProgress = true
+			st.LagSeconds = max(now.Sub(src.Pending).Seconds(), 0)
 		}
-		lag := int64(0)
-		if recv, pos := s.Received.Load(), s.Position.Load(); recv > pos {
-			lag = int64(recv - pos)
-		}
-		st.LagBytes = &lag
-	case p.Notify != nil:
-		st.Stream.Reconnects = p.Notify.Stats.Reconnects.Load()
-		pending = p.Notify.Stats.Pending.Load()
-	}
-	if pending != 0 {
-		st.IsSyncInProgress = true
-		st.LagSeconds = max(now.Sub(time.Unix(0, pending)).Seconds(), 0)
 	}
 	st.IsRealTimeActive = conn.connected
-	if s := p.Sink; s != nil {
-		st.Errors = s.Failures.Load() + s.DeadLetters.Load()
-		st.ConsecutiveFailures = s.Failing.Load()
-		st.DeadLetters.SinceStart = s.DeadLetters.Load()
+	if p.Writes != nil {
+		w := p.Writes.WriteCounts()
+		st.Errors = w.Failures + w.DeadLetters
+		st.ConsecutiveFailures = w.Failing
+		st.DeadLetters.SinceStart = w.DeadLetters
 	}
 	if p.Objects != nil {
 		var at time.Time
@@ -304,7 +346,8 @@ func (m *Monitor) Stats(now time.Time) *Stats {
 	}
 	m.reconcileStats(st, p)
 	if p.Slot != nil {
-		st.Slot = slotStats(p.Slot)
+		slot := p.Slot.SlotStatus()
+		st.Slot = &slot
 	}
 	for _, pool := range []struct {
 		name string
@@ -322,22 +365,22 @@ func (m *Monitor) Stats(now time.Time) *Stats {
 }
 
 func (m *Monitor) reconcileStats(st *Stats, p *Parts) {
-	r := p.Reconciler
-	if r == nil {
+	if p.Reconciles == nil {
 		return
 	}
+	r := p.Reconciles.ReconcileCounts()
 	rs := &st.Reconcile
-	rs.Runs, rs.FullRuns, rs.Failures = r.Runs.Load(), r.FullRuns.Load(), r.Failures.Load()
-	rs.RowsChecked = r.Checked.Load()
-	rs.Missing, rs.Stale, rs.Extra = r.Missing.Load(), r.Stale.Load(), r.Extra.Load()
+	rs.Runs, rs.FullRuns, rs.Failures = r.Runs, r.FullRuns, r.Failures
+	rs.RowsChecked = r.Checked
+	rs.Missing, rs.Stale, rs.Extra = r.Missing, r.Stale, r.Extra
 	rs.Repairs = rs.Missing + rs.Stale + rs.Extra
-	rs.LastRunMs = time.Duration(r.LastRunTook.Load()).Milliseconds()
-	if ns := r.LastRepair.Load(); ns != 0 {
-		t := time.Unix(0, ns)
-		rs.LastRepair, rs.LastRepairRows = &t, r.LastRepairRows.Load()
+	rs.LastRunMs = r.LastRunTook.Milliseconds()
+	if !r.LastRepair.IsZero() {
+		t := r.LastRepair
+		rs.LastRepair, rs.LastRepairRows = &t, r.LastRepairRows
 	}
-	if ns := r.LastRun.Load(); ns != 0 {
-		t := time.Unix(0, ns)
+	if !r.LastRun.IsZero() {
+		t := r.LastRun
 		rs.LastRun = &t
 	}
 	m.mu.Lock()
@@ -379,19 +422,4 @@ func (m *Monitor) finish(st *Stats, now time.Time, cur mark) {
 	m.mu.Unlock()
 	st.HealthStatus = evaluate(st, m.opts.Thresholds)
 	st.Ready, _ = ready(st.HealthStatus)
-}
-
-func slotStats(w *replication.SlotWatcher) *SlotStats {
-	h := w.Last()
-	s := &SlotStats{Name: w.Slot, Exists: h.Exists, Active: h.Active, WALStatus: h.WALStatus,
-		RetainedBytes: h.RetainedBytes, LagBytes: h.LagBytes}
-	if h.SafeWALBytes >= 0 && h.Exists {
-		safe := h.SafeWALBytes
-		s.SafeWALBytes = &safe
-	}
-	if !h.CheckedAt.IsZero() {
-		t := h.CheckedAt
-		s.CheckedAt = &t
-	}
-	return s
 }

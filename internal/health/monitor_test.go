@@ -9,9 +9,6 @@ import (
 	"time"
 
 	"github.com/myusta/cdc/change"
-	"github.com/myusta/cdc/reconcile"
-	"github.com/myusta/cdc/replication"
-	"github.com/myusta/cdc/sink"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -29,13 +26,13 @@ func TestMonitor_Stats(t *testing.T) {
 		t.Errorf("before Attach: stream check %+v, ready %v; want a starting warning, not ready", c, st.Ready)
 	}
 
-	stream := replication.New(nil, nil, replication.Options{})
-	sk, rec := &sink.Stats{}, &reconcile.Stats{}
-	m.Attach(Parts{Stream: stream, Sink: sk, Reconciler: rec})
-	stream.Stats.Streaming.Store(true)
-	stream.Stats.Applied.Store(0x16B3748)
-	stream.Stats.Position.Store(0x16B3748)
-	stream.Stats.Received.Store(0x16B3800)
+	stream := &fakeStream{}
+	sk, rec := &fakeWrites{}, &fakeReconciles{}
+	m.Attach(Parts{Source: stream, Writes: sk, Reconciles: rec})
+	stream.Streaming.Store(true)
+	stream.Applied.Store(0x16B3748)
+	stream.Position.Store(0x16B3748)
+	stream.Received.Store(0x16B3800)
 	rec.Runs.Store(1)
 	rec.LastRun.Store(time.Now().Add(-time.Minute).UnixNano())
 	rec.LastRunTook.Store(int64(90 * time.Millisecond))
@@ -44,7 +41,7 @@ func TestMonitor_Stats(t *testing.T) {
 	sk.Failures.Store(1)
 	sk.DeadLetters.Store(1)
 	sk.Failing.Store(2)
-	stream.Stats.Pending.Store(time.Now().Add(-3 * time.Second).UnixNano())
+	stream.Pending.Store(time.Now().Add(-3 * time.Second).UnixNano())
 
 	st = m.Stats(time.Now())
 	if st.TotalSynced != 6 || st.Errors != 2 || st.ConsecutiveFailures != 2 || st.DeadLetters.SinceStart != 1 {
@@ -63,7 +60,7 @@ func TestMonitor_Stats(t *testing.T) {
 		t.Errorf("applied %+v, reconcile %+v", st.Applied, st.Reconcile)
 	}
 
-	stream.Stats.Pending.Store(0)
+	stream.Pending.Store(0)
 	if st = m.Stats(time.Now()); st.IsSyncInProgress || st.LagSeconds != 0 {
 		t.Errorf("nothing pending: in progress %v, lag %.2fs; want false, 0", st.IsSyncInProgress, st.LagSeconds)
 	}
@@ -78,8 +75,8 @@ func TestMonitor_Stats(t *testing.T) {
 // the throughput series, its length limit and the error-rate window.
 func TestMonitor_ThroughputAndErrorWindow(t *testing.T) {
 	m := newTestMonitor("replication")
-	sk := &sink.Stats{}
-	m.Attach(Parts{Stream: replication.New(nil, nil, replication.Options{}), Sink: sk})
+	sk := &fakeWrites{}
+	m.Attach(Parts{Source: &fakeStream{}, Writes: sk})
 	t0 := m.started
 	at := func(i int) time.Time { return t0.Add(time.Duration(i) * throughputEvery) }
 	for i := 1; i <= 40; i++ {
@@ -119,16 +116,16 @@ func TestMonitor_ThroughputAndErrorWindow(t *testing.T) {
 // the reconciler's last outcome between samples.
 func TestMonitor_ConnectionAndReconcile(t *testing.T) {
 	m := newTestMonitor("replication")
-	stream := replication.New(nil, nil, replication.Options{})
-	rec := &reconcile.Stats{}
-	m.Attach(Parts{Stream: stream, Sink: &sink.Stats{}, Reconciler: rec})
+	stream := &fakeStream{}
+	rec := &fakeReconciles{}
+	m.Attach(Parts{Source: stream, Writes: &fakeWrites{}, Reconciles: rec})
 	t0 := time.Now()
 	if st := m.Stats(t0); st.Stream.EverConnected || st.HealthStatus.Checks[CheckStream].Status != Warn {
 		t.Errorf("never connected: %+v, %+v", st.Stream, st.HealthStatus.Checks[CheckStream])
 	}
-	stream.Stats.Streaming.Store(true)
+	stream.Streaming.Store(true)
 	m.sample(t0.Add(time.Second))
-	stream.Stats.Streaming.Store(false)
+	stream.Streaming.Store(false)
 	down := t0.Add(2 * time.Second)
 	m.sample(down)
 	st := m.Stats(down.Add(61 * time.Second))
@@ -157,14 +154,15 @@ func TestMonitor_ConnectionAndReconcile(t *testing.T) {
 // lag or slot (null in JSON).
 func TestMonitor_NotifyMode(t *testing.T) {
 	m := newTestMonitor("notify")
-	n := replication.NewNotify(nil, nil, replication.NotifyOptions{})
-	m.Attach(Parts{Notify: n, Sink: &sink.Stats{}})
-	n.Stats.Connected.Store(true)
+	n := &fakeStream{}
+	n.Notify.Store(true)
+	m.Attach(Parts{Source: n, Writes: &fakeWrites{}})
+	n.Connected.Store(true)
 	if st := m.Stats(time.Now()); st.IsRealTimeActive {
 		t.Error("listener counted as active before its first catch-up")
 	}
 	n.CatchUps.Add(1)
-	n.Stats.Pending.Store(time.Now().Add(-2 * time.Second).UnixNano())
+	n.Pending.Store(time.Now().Add(-2 * time.Second).UnixNano())
 	m.ObserveBatch(change.BatchInfo{Received: 2, Upserts: 1, Deletes: 1, Latency: 5 * time.Millisecond})
 	st := m.Stats(time.Now())
 	if !st.IsRealTimeActive || st.LagSeconds < 2 || st.TotalSynced != 2 || st.HealthStatus.Status != Healthy {

@@ -9,8 +9,6 @@ import (
 
 	"github.com/myusta/cdc/internal/db"
 	"github.com/myusta/cdc/internal/pgtest"
-	"github.com/myusta/cdc/replication"
-	"github.com/myusta/cdc/sink"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -32,7 +30,7 @@ func TestProbe_DeadLettersAndReachability(t *testing.T) {
 	defer dead.Close()
 
 	m := newTestMonitor("replication")
-	m.Attach(Parts{Stream: replication.New(nil, nil, replication.Options{}), Sink: &sink.Stats{}, SourcePool: dead, ChatPool: p.Chat})
+	m.Attach(Parts{Source: &fakeStream{}, Writes: &fakeWrites{}, SourcePool: dead, ChatPool: p.Chat})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go m.Run(ctx)

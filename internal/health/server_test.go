@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/myusta/cdc/change"
-	"github.com/myusta/cdc/replication"
-	"github.com/myusta/cdc/sink"
 )
 
 // serve runs an HTTP server for m on a free loopback port until the test
@@ -51,11 +49,11 @@ func fetch(t *testing.T, url string) (*http.Response, string) {
 }
 
 // attachedStream attaches a connected replication stream to m.
-func attachedStream(m *Monitor) (*replication.Stream, *sink.Stats) {
-	stream := replication.New(nil, nil, replication.Options{})
-	sk := &sink.Stats{}
-	m.Attach(Parts{Stream: stream, Sink: sk})
-	stream.Stats.Streaming.Store(true)
+func attachedStream(m *Monitor) (*fakeStream, *fakeWrites) {
+	stream := &fakeStream{}
+	sk := &fakeWrites{}
+	m.Attach(Parts{Source: stream, Writes: sk})
+	stream.Streaming.Store(true)
 	return stream, sk
 }
 
@@ -74,11 +72,11 @@ func TestServer_HealthzAndReadyz(t *testing.T) {
 	if resp, body := fetch(t, base+"/readyz"); resp.StatusCode != 200 || body != "ready\n" {
 		t.Errorf("/readyz streaming = %d %q, want 200", resp.StatusCode, body)
 	}
-	stream.Stats.Pending.Store(time.Now().Add(-time.Minute).UnixNano())
+	stream.Pending.Store(time.Now().Add(-time.Minute).UnixNano())
 	if resp, body := fetch(t, base+"/readyz"); resp.StatusCode != 503 || !strings.Contains(body, "lag: ") {
 		t.Errorf("/readyz lagging = %d %q, want 503 naming the lag", resp.StatusCode, body)
 	}
-	stream.Stats.Pending.Store(0)
+	stream.Pending.Store(0)
 	sk.Failing.Store(6)
 	if resp, body := fetch(t, base+"/readyz"); resp.StatusCode != 503 || !strings.Contains(body, CheckFailures) {
 		t.Errorf("/readyz failing writes = %d %q, want 503", resp.StatusCode, body)
@@ -144,7 +142,7 @@ func jsonKind(v any) string {
 func TestServer_Metrics(t *testing.T) {
 	m := newTestMonitor("replication")
 	stream, _ := attachedStream(m)
-	stream.Stats.Applied.Store(1 << 24)
+	stream.Applied.Store(1 << 24)
 	m.ObserveBatch(change.BatchInfo{Received: 4, Upserts: 3, Deletes: 1, Latency: 20 * time.Millisecond, Took: 2 * time.Millisecond})
 	families, err := Scrape(context.Background(), serve(t, m))
 	if err != nil {
