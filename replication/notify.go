@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -196,11 +195,9 @@ func (n *Notify) catchUpLoop(ctx context.Context) {
 		if first {
 			missed = 0
 		}
-		b := backoff.WithContext(n.opts.Retry.BackOff(), ctx)
-		err := backoff.RetryNotify(func() error { return n.opts.CatchUp(ctx, missed) }, b, func(err error, wait time.Duration) {
-			n.log.Error("catch-up after (re)connect failed; retrying (the scheduled reconciler covers the gap too)", "err", err, "retry_in", wait.Round(time.Millisecond).String())
-		})
-		if err != nil {
+		if err := retry.Keep(ctx, n.opts.Retry, n.log, "catch-up after (re)connect (the scheduled reconciler covers the gap too)", func(ctx context.Context) error {
+			return n.opts.CatchUp(ctx, missed)
+		}); err != nil {
 			return // ctx ended
 		}
 		n.CatchUps.Add(1)

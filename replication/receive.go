@@ -107,14 +107,17 @@ func (r *reader) wake() { _ = r.conn.Conn().SetReadDeadline(time.Now()) }
 // waits for the batch in flight, so the next session starts from an exact
 // checkpoint).
 func (r *reader) run(ctx context.Context) (err error) {
+	// The writer: one batch in flight at a time (work and done hold one).
+	exited := make(chan struct{})
 	go func() {
+		defer close(exited)
 		for b := range r.work {
 			err := r.s.sink.Apply(r.applyCtx, b)
 			r.done <- applied{b, err}
 			r.wake()
 		}
 	}()
-	defer close(r.work)
+	defer func() { close(r.work); <-exited }()
 	stop := context.AfterFunc(ctx, r.wake)
 	defer stop()
 	wake := r.wake

@@ -8,12 +8,12 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/myusta/cdc/internal/config"
 	"github.com/myusta/cdc/internal/db"
@@ -114,14 +114,16 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	defer lock.Release()
 	mon.Active()
 	ctx, stopActive := context.WithCancelCause(ctx)
-	defer stopActive(nil)
-	go func() {
+	var lost errgroup.Group
+	defer func() { stopActive(nil); _ = lost.Wait() }()
+	lost.Go(func() error {
 		select {
 		case <-lock.Lost():
 			stopActive(leader.ErrLost)
 		case <-ctx.Done():
 		}
-	}()
+		return nil
+	})
 	var repairSince time.Time
 	for {
 		err = d.runSync(ctx, cfg, src, chat, repairSince)
@@ -193,11 +195,15 @@ func (d *daemon) runSync(ctx context.Context, cfg *config.Config, srcTable, chat
 	if err := checkStatements(ctx, sk, src); err != nil {
 		return err
 	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	// Every goroutine of the sync is in g and has ended when runSync
+	// returns. Shutdown order: ctx ends → the source stops reading, commits
+	// the batch in hand and confirms it to the slot (source.Run returns) →
+	// the rest stop (stop, g.Wait) → the sink returns its connection
+	// (sk.Close) → runDaemon closes the pools.
+	var g errgroup.Group
+	defer func() { stop(nil); _ = g.Wait() }()
 	goRun := func(f func(context.Context)) {
-		wg.Add(1)
-		go func() { defer wg.Done(); f(ctx) }()
+		g.Go(func() error { f(ctx); return nil })
 	}
 
 	fill, err := d.recordColumns(ctx, cfg)
@@ -262,14 +268,10 @@ func (d *daemon) runSync(ctx context.Context, cfg *config.Config, srcTable, chat
 	d.mon.Attach(parts)
 	goRun(func(ctx context.Context) { reportProgress(ctx, log, source, progressEvery) })
 	goRun(watch.Run)
-	recDone := make(chan error, 1)
-	recCtx, stopRec := context.WithCancel(ctx)
-	defer stopRec()
-	go func() { recDone <- rec.Run(recCtx) }()
+	goRun(func(ctx context.Context) { _ = rec.Run(ctx) }) // it logs its own failures
 	err = source.Run(ctx)
-	stopRec() // the source ended (shutdown, a reload, or an error it cannot retry)
-	<-recDone
-	stop(nil)
+	stop(nil) // the source ended (shutdown, a reload, or an error it cannot retry)
+	_ = g.Wait()
 	var again *syncAgain
 	if errors.As(context.Cause(ctx), &again) {
 		log.Warn("starting the sync again: "+again.why, "sync_columns", strings.Join(again.cfg.Columns, ","), "table", again.cfg.SourceTable.String())

@@ -203,7 +203,13 @@ func (m *Monitor) ObserveBatch(b change.BatchInfo) {
 // Run samples the parts every second and probes the databases until ctx
 // ends.
 func (m *Monitor) Run(ctx context.Context) {
-	go m.probeLoop(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		m.probeLoop(ctx)
+	}()
 	t := time.NewTicker(sampleEvery)
 	defer t.Stop()
 	for {

@@ -133,3 +133,23 @@ func Do(ctx context.Context, p Policy, log *slog.Logger, what string, op func(ct
 		log.Log(ctx, level, what+" failed; retrying", "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "err", err)
 	})
 }
+
+// Keep runs op until it succeeds or ctx ends: transient failures are
+// retried as Do retries them; a permanent one is logged at ERROR and tried
+// again every p.Max, since its cause (a privilege, a dropped object) may
+// be put right meanwhile. It returns nil once op succeeded, else ctx's
+// error.
+func Keep(ctx context.Context, p Policy, log *slog.Logger, what string, op func(ctx context.Context) error) error {
+	for {
+		err := Do(ctx, p, log, what, op)
+		if err == nil || ctx.Err() != nil {
+			return ctx.Err()
+		}
+		log.Error(what+" failed on an error no retry fixes; trying again every RETRY_MAX_DELAY until its cause is fixed", "retry_in", p.Max.String(), "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(p.Max):
+		}
+	}
+}

@@ -423,3 +423,29 @@ func TestDo_GivesUpAfterAttempts(t *testing.T) {
 		t.Fatalf("Do: err %v after %d calls; want io.EOF after 4", err, calls.Load())
 	}
 }
+
+// TestKeep: a permanent failure is logged at ERROR and tried again every
+// Max until it succeeds; a cancelled context ends it.
+func TestKeep(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&buf, nil))
+	p := retry.Policy{Initial: time.Millisecond, Max: 10 * time.Millisecond, Multiplier: 2, Loud: 3}
+	var calls atomic.Int32
+	err := retry.Keep(context.Background(), p, log, "catch up", func(context.Context) error {
+		if calls.Add(1) < 3 {
+			return &pgconn.PgError{Code: "42501", Message: "permission denied"}
+		}
+		return nil
+	})
+	if err != nil || calls.Load() != 3 {
+		t.Fatalf("Keep = %v after %d calls, want nil after 3", err, calls.Load())
+	}
+	if n := bytes.Count(buf.Bytes(), []byte(`"level":"ERROR","msg":"catch up failed on an error no retry fixes`)); n != 2 {
+		t.Errorf("%d ERROR lines, want 2:\n%s", n, buf.String())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(30*time.Millisecond, cancel)
+	if err := retry.Keep(ctx, p, log, "never", func(context.Context) error { return errors.New("no") }); !errors.Is(err, context.Canceled) {
+		t.Errorf("Keep with a cancelled context = %v, want context.Canceled", err)
+	}
+}
