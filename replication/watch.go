@@ -35,7 +35,7 @@ type WatchOptions struct {
 	// Reload asks for the sync to start again with spec: the source table
 	// or a synced column was renamed, or a synced column dropped, and cdc
 	// follows it. Repair runs after the restart, from since.
-	Reload func(spec migrations.Spec, since time.Time)
+	Reload func(spec migrations.Spec, since time.Time, why string)
 	// Recorded reads chat's record of the synced columns (cdc_columns):
 	// when cdc migrate changed it, the watch follows the new SYNC_COLUMNS.
 	Recorded func(ctx context.Context) (map[string]migrations.SyncedColumn, error)
@@ -157,7 +157,7 @@ func (w *Watch) check(ctx context.Context) error {
 	if spec, why, err := w.migrated(ctx); err != nil || why != "" {
 		if why != "" {
 			w.log.Warn("cdc migrate changed the synced columns ("+why+"): following, the sync starts again with them", "sync_columns", syncColumns(spec))
-			w.opts.Reload(spec, w.gapSince)
+			w.opts.Reload(spec, w.gapSince, "following cdc migrate's change of SYNC_COLUMNS ("+why+")")
 		}
 		return err
 	}
@@ -194,7 +194,7 @@ func (w *Watch) check(ctx context.Context) error {
 	if d.follow {
 		w.log.Warn("following the change: the sync starts again with the source's new names; update the configuration to match (SOURCE_TABLE, SYNC_COLUMNS) so the next start agrees",
 			"table", d.spec.SourceTable.String(), "sync_columns", syncColumns(d.spec))
-		w.opts.Reload(d.spec, w.gapSince)
+		w.opts.Reload(d.spec, w.gapSince, "following a change of the source table")
 		return nil
 	}
 	w.repair(ctx)

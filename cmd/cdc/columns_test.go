@@ -50,7 +50,7 @@ func TestColumns_SyncColumnsChangedByMigrate(t *testing.T) {
 	}
 	stop := load(t, p, 100, 20)
 	c.waitOutput(t, "cdc migrate changed the synced columns (added phone)", 15*time.Second)
-	c.waitOutput(t, `"msg":"backfilled columns phone","rows":100`, 60*time.Second)
+	c.waitOutput(t, `"msg":"backfilled columns phone","rows":`, 60*time.Second)
 	stop()
 	for _, line := range strings.Split(c.out.String(), "\n") {
 		if strings.Contains(line, "backfill") {
@@ -89,7 +89,7 @@ func TestColumns_SyncColumnsChangedByMigrate(t *testing.T) {
 	}
 	c = startCDC(t, full, "run")
 	d.c = c
-	c.waitOutput(t, `"msg":"backfilled columns phone","rows":100`, 60*time.Second)
+	c.waitOutput(t, `"msg":"backfilled columns phone","rows":`, 60*time.Second)
 	d.src.Columns, d.chat.Columns = slices.Clone(pgtest.Columns), slices.Clone(pgtest.Columns)
 	d.waitEqual(t)
 	if code := c.stop(t, 40*time.Second); code != 0 {

@@ -260,8 +260,8 @@ func (d *daemon) runSync(ctx context.Context, cfg *config.Config, srcTable, chat
 			_, err := rec.Full(ctx, false) // deletes leave nothing in any window
 			return err
 		},
-		Reload: func(spec migrations.Spec, since time.Time) {
-			stop(&syncAgain{cfg: withSpec(cfg, spec), since: since, why: "following a change of the source table"})
+		Reload: func(spec migrations.Spec, since time.Time, why string) {
+			stop(&syncAgain{cfg: withSpec(cfg, spec), since: since, why: why})
 		},
 	})
 	parts.Reconciles, parts.Objects = reconcileReport{&rec.Stats}, &d.drift
