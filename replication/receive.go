@@ -56,8 +56,7 @@ type reader struct {
 	replyDue   bool
 
 	// Resting (socket.go): unread reports the bytes waiting in the socket
-	// (nil: resting is off); quiet raises the socket's low-water mark
-	// during a rest (nil: not a TCP socket); emptied says the last look
+	// (nil: resting is off); emptied says the last look
 	// found nothing to read, fill that the socket holds bytes to read;
 	// catchUpUntil holds the batch back after a rest until what came
 	// meanwhile is read (at most BATCH_MAX_WAIT, so a socket that never
@@ -65,7 +64,6 @@ type reader struct {
 	// when a rest began, since what the rest left unread may have arrived
 	// then.
 	unread       func() (int, error)
-	quiet        func(on bool) error
 	emptied      bool
 	fill         bool
 	catchUpUntil time.Time
@@ -95,7 +93,6 @@ func newReader(s *Stream, conn *pgconn.PgConn, cp change.Checkpoint, applyCtx co
 		reported:  0,
 		lastMsg:   time.Now(),
 		unread:    unreadBytes(conn.Conn()),
-		quiet:     quieter(conn.Conn()),
 	}
 }
 

@@ -2,7 +2,6 @@ package replication
 
 import (
 	"context"
-	"fmt"
 	"time"
 )
 
@@ -20,24 +19,11 @@ import (
 // socket as before, so a lone change is read at once; a backlog seldom
 // rests, since its socket is seldom empty.
 
-// The kernel wakes a process waiting on a socket for every segment that
-// arrives, and Go's netpoller waits on every socket all the time: during a
-// rest nobody reads, yet each transaction the walsender sends would still
-// wake one of cdc's threads. So during a rest the socket's receive
-// low-water mark (SO_RCVLOWAT) is raised, and TCP signals data only once
-// that much has queued (or the receive window runs short); the rest ends
-// by its own timer anyway. At 2,000 single-row transactions/s that cut
-// cdc's context switches from ~3,400 to ~2,700 a second and its syscalls
-// by a fifth (BENCHMARKS.md).
-
-// Both need Linux (SIOCINQ, and SO_RCVLOWAT that wakes no reader below
-// the mark): elsewhere unreadBytes and quieter return nil, and the reader
-// lingers without resting (socket_other.go).
-
-// quietBytes is the low-water mark during a rest: 16 KiB is ~25 ms of a
-// 2,000-transactions/s trickle, longer than any rest, so a resting reader
-// is not woken; a backlog exceeds it at once (and seldom rests).
-const quietBytes = 16 << 10
+// It needs Linux (SIOCINQ): elsewhere unreadBytes returns nil and the
+// reader lingers without resting (socket_other.go). A second trick, raising
+// the socket's receive low-water mark (SO_RCVLOWAT) during a rest, saved
+// context switches but moved neither latency nor CPU beyond this machine's
+// noise (BENCHMARKS.md, session 6, L), so it was removed.
 
 // longAgo is a read deadline that has passed: a receive returns what is
 // buffered above the socket and times out instead of reading it.
@@ -93,12 +79,6 @@ func (r *reader) rest(ctx context.Context, until time.Time) error {
 		return nil // the batch in flight was committed meanwhile: block on the socket
 	}
 	r.s.Stats.Rests.Add(1)
-	if r.quiet != nil {
-		if err := r.quiet(true); err != nil {
-			r.s.log.Debug("cannot raise the replication socket's low-water mark; resting without it", "err", err)
-			r.quiet = nil
-		}
-	}
 	start := time.Now()
 	if limit := start.Add(r.s.opts.BatchMaxWait); limit.Before(until) {
 		until = limit
@@ -111,13 +91,6 @@ func (r *reader) rest(ctx context.Context, until time.Time) error {
 		err = r.handle(a)
 	case <-t.C:
 	case <-ctx.Done():
-	}
-	if r.quiet != nil {
-		// Restoring it also signals what queued meanwhile; failing to
-		// would leave a blocked read deaf to a lone change.
-		if qerr := r.quiet(false); qerr != nil {
-			return fmt.Errorf("restore the replication socket's low-water mark: %w", qerr)
-		}
 	}
 	r.catchUpUntil = time.Now().Add(r.s.opts.BatchMaxWait)
 	if r.cur.Received == 0 && r.unread != nil {

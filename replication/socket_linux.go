@@ -44,35 +44,3 @@ func unreadBytes(c net.Conn) func() (int, error) {
 		return n, err
 	}
 }
-
-// quieter returns a function that raises (on) or restores (off) the
-// receive low-water mark of c's TCP socket, or nil when c has none (a Unix
-// socket, a pipe). The mark stays at most an eighth of the socket's
-// receive buffer: Linux grows the buffer, and clamps the TCP window to the
-// mark for good, when a mark needs more room than the buffer has.
-func quieter(c net.Conn) func(on bool) error {
-	raw, under := socketOf(c)
-	if raw == nil {
-		return nil
-	}
-	if _, ok := under.LocalAddr().(*net.TCPAddr); !ok {
-		return nil
-	}
-	return func(on bool) (err error) {
-		cerr := raw.Control(func(fd uintptr) {
-			mark := 1
-			if on {
-				var buf int
-				if buf, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF); err != nil {
-					return
-				}
-				mark = max(1, min(quietBytes, buf/8))
-			}
-			err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT, mark)
-		})
-		if cerr != nil {
-			return cerr
-		}
-		return err
-	}
-}

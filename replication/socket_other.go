@@ -7,7 +7,3 @@ import "net"
 // unreadBytes returns nil: only Linux reports a socket's unread bytes in a
 // way the reader relies on, so elsewhere it lingers without resting.
 func unreadBytes(net.Conn) func() (int, error) { return nil }
-
-// quieter returns nil: SO_RCVLOWAT keeps a waiting reader asleep only on
-// Linux.
-func quieter(net.Conn) func(on bool) error { return nil }

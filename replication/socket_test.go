@@ -7,8 +7,6 @@ import (
 	"net"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // tcpPair returns both ends of a loopback TCP connection, closed when the
@@ -74,84 +72,5 @@ func TestUnreadBytes(t *testing.T) {
 	defer b.Close()
 	if unreadBytes(a) != nil {
 		t.Error("net.Pipe has no socket: want nil, so the reader never rests")
-	}
-}
-
-// TestQuieter: with the low-water mark raised, bytes arriving do not wake
-// a reader waiting on the socket; restoring it does, at once. The TCP
-// window clamp is left as it was.
-func TestQuieter(t *testing.T) {
-	client, server := tcpPair(t)
-
-	quiet := quieter(client)
-	if quiet == nil {
-		t.Fatal("a TCP connection: quieter returned nil")
-	}
-	clamp := func() int {
-		var v int
-		raw, _ := client.(*net.TCPConn).SyscallConn()
-		_ = raw.Control(func(fd uintptr) { v, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP) })
-		return v
-	}
-	before := clamp()
-	if err := quiet(true); err != nil {
-		t.Fatal(err)
-	}
-	woke := make(chan time.Time, 1)
-	go func() {
-		_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
-		_, _ = client.Read(make([]byte, 16))
-		woke <- time.Now()
-	}()
-	time.Sleep(50 * time.Millisecond) // the reader is waiting on the socket
-	if _, err := server.Write([]byte("7 bytes")); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-woke:
-		t.Fatal("7 bytes woke the reader although the low-water mark was raised")
-	case <-time.After(300 * time.Millisecond):
-	}
-	lowered := time.Now()
-	if err := quiet(false); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case at := <-woke:
-		t.Logf("reader woke %s after the mark was restored", at.Sub(lowered))
-	case <-time.After(2 * time.Second):
-		t.Fatal("restoring the low-water mark did not wake the reader")
-	}
-	if after := clamp(); after != before {
-		t.Errorf("TCP window clamp %d before, %d after", before, after)
-	}
-
-	if quieter(tls.Client(client, &tls.Config{InsecureSkipVerify: true})) == nil {
-		t.Error("TLS over TCP: want the TCP socket's mark, got nil")
-	}
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	if quieter(a) != nil {
-		t.Error("net.Pipe has no socket: want nil")
-	}
-	dir := t.TempDir()
-	uln, err := net.Listen("unix", dir+"/s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer uln.Close()
-	go func() {
-		if c, err := uln.Accept(); err == nil {
-			defer c.Close()
-		}
-	}()
-	uc, err := net.Dial("unix", dir+"/s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer uc.Close()
-	if quieter(uc) != nil {
-		t.Error("a Unix socket: want nil (its mark changes what a read returns, not only wake-ups)")
 	}
 }
