@@ -33,3 +33,11 @@ func (r *reader) readDeadline(interval time.Duration) time.Time {
 	}
 	return d
 }
+
+// added runs after a change the walsender sent at sentAt is added: the
+// first change's lead (see lingerFor) is noted.
+func (r *reader) added(sentAt time.Time) {
+	if r.cur.Received == 1 {
+		r.lead = max(0, sentAt.Sub(r.txCommit))
+	}
+}

@@ -55,20 +55,6 @@ type reader struct {
 	lastMsg    time.Time
 	replyDue   bool
 
-	// Resting (socket.go): unread reports the bytes waiting in the socket
-	// (nil: resting is off); emptied says the last look
-	// found nothing to read, fill that the socket holds bytes to read;
-	// catchUpUntil holds the batch back after a rest until what came
-	// meanwhile is read (at most BATCH_MAX_WAIT, so a socket that never
-	// empties cannot hold it longer); arrivedBy backdates the next batch to
-	// when a rest began, since what the rest left unread may have arrived
-	// then.
-	unread       func() (int, error)
-	emptied      bool
-	fill         bool
-	catchUpUntil time.Time
-	arrivedBy    time.Time
-
 	// lead is how long the source's walsender held the current batch's
 	// first change after its commit (both times by the source's clock);
 	// the batch lingers that much less (lingerFor).
@@ -92,7 +78,6 @@ func newReader(s *Stream, conn *pgconn.PgConn, cp change.Checkpoint, applyCtx co
 		received:  cp.LSN,
 		reported:  0,
 		lastMsg:   time.Now(),
-		unread:    unreadBytes(conn.Conn()),
 	}
 }
 
@@ -141,9 +126,7 @@ func (r *reader) run(ctx context.Context) (err error) {
 		if ctx.Err() != nil {
 			return r.drain()
 		}
-		if !r.catchingUp() || r.cur.Received >= r.s.opts.BatchMaxRows {
-			r.dispatch(false)
-		}
+		r.dispatch(false)
 		for r.inflight != nil && r.cur.Received >= r.s.opts.BatchMaxRows {
 			// Backpressure: stop reading until the sink takes the next
 			// batch, but keep telling the server we are alive.
@@ -158,14 +141,7 @@ func (r *reader) run(ctx context.Context) (err error) {
 		if time.Since(r.lastMsg) > silence {
 			return fmt.Errorf("no message from the source in %s; the connection looks dead", silence.Round(time.Second))
 		}
-		if r.emptied {
-			if err := r.rest(ctx, r.readDeadline(interval)); err != nil {
-				return err
-			}
-			continue
-		}
-		deadline, peek := r.nextRead(interval)
-		_ = r.conn.Conn().SetReadDeadline(deadline)
+		_ = r.conn.Conn().SetReadDeadline(r.readDeadline(interval))
 		// A batch finishing or ctx ending after this point moves the
 		// deadline to now, so the receive below returns at once.
 		if len(r.done) > 0 || ctx.Err() != nil {
@@ -174,9 +150,6 @@ func (r *reader) run(ctx context.Context) (err error) {
 		msg, err := r.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if pgconn.Timeout(err) {
-				if peek {
-					r.look()
-				}
 				continue
 			}
 			return fmt.Errorf("receive: %w", err)
@@ -343,7 +316,7 @@ func (r *reader) drain() error {
 	if _, err := pglogrepl.SendStandbyCopyDone(context.Background(), r.conn); err != nil {
 		r.s.log.Warn("ending replication cleanly failed; the slot may confirm a little less than was applied", "err", err)
 	}
-	r.s.log.Info("stream stopped", "applied_lsn", r.committed.LSN, "confirmed_lsn", r.reported, "rests", r.s.Stats.Rests.Load())
+	r.s.log.Info("stream stopped", "applied_lsn", r.committed.LSN, "confirmed_lsn", r.reported)
 	return nil
 }
 

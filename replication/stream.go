@@ -58,9 +58,6 @@ type Stats struct {
 	// Pending is the source commit time (unix ns) of the oldest change
 	// received and not yet committed in chat; 0 when none is.
 	Pending atomic.Int64
-	// Rests counts the reader's sleeps while a batch lingered or was
-	// being written (see rest).
-	Rests atomic.Int64
 	// Refused is the error no retry fixes that ended the last session (a
 	// statement chat or the source refuses), nil once changes flow again.
 	Refused atomic.Pointer[string]

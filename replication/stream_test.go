@@ -237,29 +237,3 @@ func TestStream_SmallTransactionsShareAChatTransaction(t *testing.T) {
 		t.Fatalf("5 single-row transactions committed within %s were written in %d chat transactions; want 1", took.Round(time.Millisecond), batches)
 	}
 }
-
-// TestStream_RestsAtASteadyTrickle: at a steady stream of single-row
-// transactions the reader sleeps while a batch lingers or is written
-// instead of waking for each message, every change still arrives, and the
-// transactions share chat transactions.
-func TestStream_RestsAtASteadyTrickle(t *testing.T) {
-	p := pgtest.NewPair(t, 1000)
-	r := start(t, p, func(o *replication.Options) { o.BatchMaxWait = 20 * time.Millisecond })
-	p.WaitEqual(t, 30*time.Second)
-	before := r.sink.Stats.Batches.Load()
-	txs := 0
-	for began := time.Now(); time.Since(began) < 2*time.Second; txs++ {
-		pgtest.Exec(t, p.Source, `UPDATE users SET status = $2, updated_at = clock_timestamp() WHERE `+
-			`split_part(split_part(email, '-', 1), 'user', 2) = $1`, strconv.Itoa(1+txs%1000), "trickle "+strconv.Itoa(txs))
-	}
-	p.WaitEqual(t, 30*time.Second)
-	batches := r.sink.Stats.Batches.Load() - before
-	rests := r.stream.Stats.Rests.Load()
-	t.Logf("%d transactions in 2 s: %d chat transactions, %d rests", txs, batches, rests)
-	if rests == 0 {
-		t.Errorf("the reader never rested during %d transactions", txs)
-	}
-	if batches*3 > int64(txs) {
-		t.Errorf("%d single-row transactions were written in %d chat transactions; want them to share (at most a third)", txs, batches)
-	}
-}
