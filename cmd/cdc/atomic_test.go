@@ -16,15 +16,17 @@ import (
 // watcher is a chat reader that polls a count while cdc writes and
 // remembers every value it saw.
 type watcher struct {
-	stop chan struct{}
-	done chan struct{}
-	mu   sync.Mutex
-	seen map[int]int // value -> times seen
+	stop  chan struct{}
+	done  chan struct{}
+	mu    sync.Mutex
+	seen  map[int]int // value -> times seen
+	final func() int  // one more look, after the watcher stopped
 }
 
 func watchCount(t *testing.T, pool *pgxpool.Pool, query string) *watcher {
 	t.Helper()
-	w := &watcher{stop: make(chan struct{}), done: make(chan struct{}), seen: map[int]int{}}
+	w := &watcher{stop: make(chan struct{}), done: make(chan struct{}), seen: map[int]int{},
+		final: func() int { return count(t, pool, query) }}
 	go func() {
 		defer close(w.done)
 		for {
@@ -44,10 +46,12 @@ func watchCount(t *testing.T, pool *pgxpool.Pool, query string) *watcher {
 	return w
 }
 
-// values stops the watcher and returns what it saw, sorted.
+// values stops the watcher and returns what it saw, sorted, and what a
+// last look sees (the watcher may have stopped between two looks).
 func (w *watcher) values() []int {
 	close(w.stop)
 	<-w.done
+	w.seen[w.final()]++
 	var out []int
 	for v := range w.seen {
 		out = append(out, v)
