@@ -125,183 +125,222 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	nat := &native{chat: s.native, sourceDSN: s.sourceDSN, name: subName}
-	env := map[string]string{
+	b := &run{s: s, o: o, r: r, nat: &native{chat: s.native, sourceDSN: s.sourceDSN, name: subName}, env: map[string]string{
 		"SOURCE_DATABASE_URL": s.sourceDSN, "CHAT_DATABASE_URL": s.cdcDSN, "SLOT_NAME": slot,
 		"LOG_LEVEL": "debug", "HTTP_ADDR": "127.0.0.1:0", // debug: per-batch timings
 		"SYNC_COLUMNS": strings.Join(s.cfg.Columns, ","), "WIRE_FORMAT": o.Wire,
-	}
-	step := func(format string, a ...any) { fmt.Fprintf(o.Log, "bench: "+format+"\n", a...) }
-
-	// 1. Initial copy. Autovacuum of one copy's fresh table would run
-	// during the next measurement, so it is off on the chat tables here.
-	if err := autovacuum(ctx, s, false); err != nil {
+	}}
+	defer func() { _ = b.stopCDC() }()
+	if err := b.copyPhase(ctx); err != nil {
 		return nil, err
 	}
-	var proc *cdcProc
-	for rep := 0; rep < o.Reps; rep++ {
-		if err := checkpoint(ctx, s); err != nil {
-			return nil, err
-		}
-		d, err := pipeCopy(ctx, s)
-		if err != nil {
-			return nil, err
-		}
-		r.CopyPipe = append(r.CopyPipe, d)
-
-		if proc != nil {
-			if err := proc.stop(); err != nil {
-				return nil, err
-			}
-		}
-		if err := resetCDC(ctx, s); err != nil {
-			return nil, err
-		}
-		if err := checkpoint(ctx, s); err != nil {
-			return nil, err
-		}
-		if proc, err = startCDC(o.CDC, env, o.Log); err != nil {
-			return nil, err
-		}
-		done, err := proc.waitLog(ctx, "first copy done")
-		if err != nil {
-			return nil, err
-		}
-		r.CopyCDC = append(r.CopyCDC, time.Since(proc.started))
-		if m, err := proc.waitLog(ctx, "streaming changes"); err == nil {
-			r.Format, _ = m["format"].(string)
-		}
-		if secs, ok := done["seconds"].(float64); ok {
-			r.CopyCDCStartup = append(r.CopyCDCStartup, time.Since(proc.started)-time.Duration(secs*float64(time.Second)))
-		}
-		r.RSSCopy = max(r.RSSCopy, proc.peak())
-
-		if err := nat.drop(ctx); err != nil {
-			return nil, err
-		}
-		if _, err := s.native.Exec(ctx, "TRUNCATE users"); err != nil {
-			return nil, err
-		}
-		if err := checkpoint(ctx, s); err != nil {
-			return nil, err
-		}
-		start := time.Now()
-		if err := nat.create(ctx); err != nil {
-			return nil, err
-		}
-		if err := nat.waitReady(ctx); err != nil {
-			return nil, err
-		}
-		r.CopyNative = append(r.CopyNative, time.Since(start))
-		step("copy %d/%d: pipe %s, cdc %s, native %s", rep+1, o.Reps, r.CopyPipe[rep], r.CopyCDC[rep], r.CopyNative[rep])
-	}
-
-	if err := autovacuum(ctx, s, true); err != nil {
-		return nil, err
-	}
-
-	// 2. Backlog: every consumer stopped while it is written, then each
-	// catches up alone: the bare walsender (the floor), cdc, native.
 	ids, err := loadIDs(ctx, s.source)
 	if err != nil {
 		return nil, err
 	}
 	floor := &ceiling{dsn: s.sourceDSN, slot: "bench_ceiling"}
-	for rep := 0; rep < o.Reps; rep++ {
-		if proc != nil {
-			if err := proc.stop(); err != nil {
-				return nil, err
-			}
-			proc = nil
-		}
-		if err := nat.enable(ctx, false); err != nil {
-			return nil, err
-		}
-		if err := floor.create(ctx); err != nil {
-			return nil, err
-		}
-		marker := fmt.Sprintf("00000000-0000-0000-0000-%012d", rep+1)
-		n, err := makeBacklog(ctx, s.source, ids, o.BacklogClients, marker, uint64(rep))
-		if err != nil {
-			return nil, err
-		}
-		r.BacklogChanges = n
-		if err := checkpoint(ctx, s); err != nil {
-			return nil, err
-		}
-		d, err := floor.drain(ctx, marker)
-		if err != nil {
-			return nil, err
-		}
-		r.BacklogCeiling = append(r.BacklogCeiling, d)
-
-		if proc, err = startCDC(o.CDC, env, o.Log); err != nil {
-			return nil, err
-		}
-		if err := waitMarker(ctx, s.cdc, marker); err != nil {
-			return nil, err
-		}
-		r.BacklogCDC = append(r.BacklogCDC, time.Since(proc.started))
-		r.RSSBacklog = max(r.RSSBacklog, proc.peak())
-		if err := proc.stop(); err != nil {
-			return nil, err
-		}
-		proc = nil
-
-		start := time.Now()
-		if err := nat.enable(ctx, true); err != nil {
-			return nil, err
-		}
-		if err := waitMarker(ctx, s.native, marker); err != nil {
-			return nil, err
-		}
-		r.BacklogNat = append(r.BacklogNat, time.Since(start))
-		step("backlog %d/%d (%d changes): walsender alone %s, cdc %s, native %s", rep+1, o.Reps, n,
-			r.BacklogCeiling[rep], r.BacklogCDC[rep], r.BacklogNat[rep])
-	}
-
-	// 3. Steady latency, each consumer measured alone, in rounds.
-	if err := steadyRounds(ctx, s, o, r, env, nat, floor, ids); err != nil {
+	if err := b.backlogPhase(ctx, floor, ids); err != nil {
 		return nil, err
 	}
-
-	// cdc catches up on what native's steady phase wrote, then stops.
-	if proc, err = startCDC(o.CDC, env, o.Log); err != nil {
+	// Steady latency, each consumer measured alone, in rounds.
+	if err := steadyRounds(ctx, s, o, r, b.env, b.nat, floor, ids); err != nil {
 		return nil, err
 	}
-	marker := "00000000-0000-0000-0000-0000000fffff"
-	if err := insertMarker(ctx, s.source, marker); err != nil {
-		return nil, err
-	}
-	for _, p := range []*pgxpool.Pool{s.cdc, s.native} {
-		if err := waitMarker(ctx, p, marker); err != nil {
-			return nil, err
-		}
-	}
-
-	// Both sides must end equal to the source, row by row.
-	if err := proc.stop(); err != nil {
-		return nil, err
-	}
-	if err := equal(ctx, s, map[string]*pgxpool.Pool{"cdc": s.cdc, "native": s.native}); err != nil {
-		return nil, err
-	}
-	if err := nat.drop(ctx); err != nil {
+	if err := b.converge(ctx); err != nil {
 		return nil, err
 	}
 	if o.Core {
 		return r, nil
 	}
-	if err := conflictPhase(ctx, s, o, r, env, ids); err != nil {
+	if err := conflictPhase(ctx, s, o, r, b.env, ids); err != nil {
 		return nil, fmt.Errorf("conflict phase: %w", err)
 	}
-	if err := reconcilePhase(ctx, s, o, r, env); err != nil {
+	if err := reconcilePhase(ctx, s, o, r, b.env); err != nil {
 		return nil, fmt.Errorf("reconcile phase: %w", err)
 	}
-	if err := notifyPhase(ctx, s, ids, o, r, env); err != nil {
+	if err := notifyPhase(ctx, s, ids, o, r, b.env); err != nil {
 		return nil, fmt.Errorf("notify phase: %w", err)
 	}
 	return r, nil
+}
+
+// run is one benchmark run's state across its phases.
+type run struct {
+	s    *servers
+	o    Options
+	r    *Result
+	env  map[string]string // cdc's configuration
+	nat  *native
+	proc *cdcProc // the cdc process running, if any
+}
+
+func (b *run) step(format string, a ...any) { fmt.Fprintf(b.o.Log, "bench: "+format+"\n", a...) }
+
+// stopCDC stops the cdc process, if one runs.
+func (b *run) stopCDC() error {
+	if b.proc == nil {
+		return nil
+	}
+	err := b.proc.stop()
+	b.proc = nil
+	return err
+}
+
+// copyPhase times the initial copy: the COPY pipe, cdc and native, each
+// from an empty chat table, Reps times. cdc is left running. Autovacuum
+// of one copy's fresh table would run during the next measurement, so it
+// is off on the chat tables meanwhile.
+func (b *run) copyPhase(ctx context.Context) error {
+	s, r := b.s, b.r
+	if err := autovacuum(ctx, s, false); err != nil {
+		return err
+	}
+	for rep := 0; rep < b.o.Reps; rep++ {
+		if err := checkpoint(ctx, s); err != nil {
+			return err
+		}
+		d, err := pipeCopy(ctx, s)
+		if err != nil {
+			return err
+		}
+		r.CopyPipe = append(r.CopyPipe, d)
+		if err := b.copyCDC(ctx); err != nil {
+			return err
+		}
+		if err := b.nat.drop(ctx); err != nil {
+			return err
+		}
+		if _, err := s.native.Exec(ctx, "TRUNCATE users"); err != nil {
+			return err
+		}
+		if err := checkpoint(ctx, s); err != nil {
+			return err
+		}
+		start := time.Now()
+		if err := b.nat.create(ctx); err != nil {
+			return err
+		}
+		if err := b.nat.waitReady(ctx); err != nil {
+			return err
+		}
+		r.CopyNative = append(r.CopyNative, time.Since(start))
+		b.step("copy %d/%d: pipe %s, cdc %s, native %s", rep+1, b.o.Reps, r.CopyPipe[rep], r.CopyCDC[rep], r.CopyNative[rep])
+	}
+	return autovacuum(ctx, s, true)
+}
+
+// copyCDC times one first copy by a fresh cdc, which it leaves running.
+func (b *run) copyCDC(ctx context.Context) error {
+	if err := b.stopCDC(); err != nil {
+		return err
+	}
+	if err := resetCDC(ctx, b.s); err != nil {
+		return err
+	}
+	if err := checkpoint(ctx, b.s); err != nil {
+		return err
+	}
+	var err error
+	if b.proc, err = startCDC(b.o.CDC, b.env, b.o.Log); err != nil {
+		return err
+	}
+	done, err := b.proc.waitLog(ctx, "first copy done")
+	if err != nil {
+		return err
+	}
+	r := b.r
+	r.CopyCDC = append(r.CopyCDC, time.Since(b.proc.started))
+	if m, err := b.proc.waitLog(ctx, "streaming changes"); err == nil {
+		r.Format, _ = m["format"].(string)
+	}
+	if secs, ok := done["seconds"].(float64); ok {
+		r.CopyCDCStartup = append(r.CopyCDCStartup, time.Since(b.proc.started)-time.Duration(secs*float64(time.Second)))
+	}
+	r.RSSCopy = max(r.RSSCopy, b.proc.peak())
+	return nil
+}
+
+// backlogPhase times catching up on a backlog written while every
+// consumer is stopped: the bare walsender (the floor), cdc, native, each
+// alone, Reps times.
+func (b *run) backlogPhase(ctx context.Context, floor *ceiling, ids []string) error {
+	s, r := b.s, b.r
+	for rep := 0; rep < b.o.Reps; rep++ {
+		if err := b.stopCDC(); err != nil {
+			return err
+		}
+		if err := b.nat.enable(ctx, false); err != nil {
+			return err
+		}
+		if err := floor.create(ctx); err != nil {
+			return err
+		}
+		marker := fmt.Sprintf("00000000-0000-0000-0000-%012d", rep+1)
+		n, err := makeBacklog(ctx, s.source, ids, b.o.BacklogClients, marker, uint64(rep))
+		if err != nil {
+			return err
+		}
+		r.BacklogChanges = n
+		if err := checkpoint(ctx, s); err != nil {
+			return err
+		}
+		d, err := floor.drain(ctx, marker)
+		if err != nil {
+			return err
+		}
+		r.BacklogCeiling = append(r.BacklogCeiling, d)
+
+		if b.proc, err = startCDC(b.o.CDC, b.env, b.o.Log); err != nil {
+			return err
+		}
+		if err := waitMarker(ctx, s.cdc, marker); err != nil {
+			return err
+		}
+		r.BacklogCDC = append(r.BacklogCDC, time.Since(b.proc.started))
+		r.RSSBacklog = max(r.RSSBacklog, b.proc.peak())
+		if err := b.stopCDC(); err != nil {
+			return err
+		}
+
+		start := time.Now()
+		if err := b.nat.enable(ctx, true); err != nil {
+			return err
+		}
+		if err := waitMarker(ctx, s.native, marker); err != nil {
+			return err
+		}
+		r.BacklogNat = append(r.BacklogNat, time.Since(start))
+		b.step("backlog %d/%d (%d changes): walsender alone %s, cdc %s, native %s", rep+1, b.o.Reps, n,
+			r.BacklogCeiling[rep], r.BacklogCDC[rep], r.BacklogNat[rep])
+	}
+	return nil
+}
+
+// converge lets cdc catch up on what native's steady phase wrote, then
+// checks both sides equal the source row by row, and drops native's
+// subscription.
+func (b *run) converge(ctx context.Context) error {
+	s := b.s
+	var err error
+	if b.proc, err = startCDC(b.o.CDC, b.env, b.o.Log); err != nil {
+		return err
+	}
+	marker := "00000000-0000-0000-0000-0000000fffff"
+	if err := insertMarker(ctx, s.source, marker); err != nil {
+		return err
+	}
+	for _, p := range []*pgxpool.Pool{s.cdc, s.native} {
+		if err := waitMarker(ctx, p, marker); err != nil {
+			return err
+		}
+	}
+	if err := b.stopCDC(); err != nil {
+		return err
+	}
+	if err := equal(ctx, s, map[string]*pgxpool.Pool{"cdc": s.cdc, "native": s.native}); err != nil {
+		return err
+	}
+	return b.nat.drop(ctx)
 }
 
 // equal checks that each chat table equals the source, row by row.
