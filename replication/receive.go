@@ -387,38 +387,19 @@ func (r *reader) copyData(data []byte) error {
 
 // message handles one pgoutput message, which the walsender sent at sentAt.
 func (r *reader) message(m []byte, sentAt time.Time) error {
-	st := &r.s.Stats
 	switch m[0] {
 	case 'B':
 		var b pglogrepl.BeginMessage
 		if err := b.Decode(m[1:]); err != nil {
 			return fmt.Errorf("decode begin: %w", err)
 		}
-		r.inTx, r.txFinal, r.txCommit, r.txChanges = true, b.FinalLSN, b.CommitTime, 0
-		r.skipTx = b.FinalLSN < r.resume.LSN
-		r.skipN = 0
-		if b.FinalLSN == r.resume.PartialXact {
-			r.skipN = r.resume.PartialChanges
-			r.s.log.Info("resuming a transaction applied in part before the restart", "xact_lsn", b.FinalLSN, "changes_applied", r.skipN)
-		}
-		if r.skipTx {
-			r.skipped++
-		} else if r.skipped > 0 {
-			r.s.log.Info("skipped transactions already applied before the restart", "transactions", r.skipped, "checkpoint", r.resume.LSN)
-			r.skipped = 0
-		}
+		r.begin(&b)
 	case 'C':
 		var c pglogrepl.CommitMessage
 		if err := c.Decode(m[1:]); err != nil {
 			return fmt.Errorf("decode commit: %w", err)
 		}
-		r.inTx = false
-		if !r.skipTx {
-			r.lastEnd = max(r.lastEnd, c.TransactionEndLSN)
-			r.cur.LastCommit = c.CommitTime
-			r.cur.ReceiveDelay = max(r.cur.ReceiveDelay, time.Since(c.CommitTime))
-			r.cur.SendDelay = max(r.cur.SendDelay, sentAt.Sub(c.CommitTime))
-		}
+		r.commit(&c, sentAt)
 	case 'R':
 		var rel pglogrepl.RelationMessage
 		if err := rel.Decode(m[1:]); err != nil {
@@ -426,42 +407,9 @@ func (r *reader) message(m []byte, sentAt time.Time) error {
 		}
 		return r.dec.relation(&rel)
 	case 'I', 'U', 'D':
-		r.txChanges++
-		if r.skipTx || r.txChanges <= r.skipN {
-			return nil
-		}
-		ours, err := r.dec.change(m, r.cur, r.txFinal, r.txCommit)
-		if err != nil {
-			return fmt.Errorf("decode change at %s: %w", r.txFinal, err)
-		}
-		r.added(sentAt)
-		if ours {
-			switch m[0] {
-			case 'I':
-				st.Inserts.Add(1)
-			case 'U':
-				st.Updates.Add(1)
-			default:
-				st.Deletes.Add(1)
-			}
-		}
+		return r.change(m, sentAt)
 	case 'T':
-		r.txChanges++
-		if r.skipTx || r.txChanges <= r.skipN {
-			return nil
-		}
-		var t pglogrepl.TruncateMessage
-		if err := t.Decode(m[1:]); err != nil {
-			return fmt.Errorf("decode truncate: %w", err)
-		}
-		for _, id := range t.RelationIDs {
-			if _, ok := r.dec.rels[id]; ok {
-				r.s.log.Warn("source table truncated; emptying the chat table", "lsn", r.txFinal)
-				r.cur.Truncate()
-				r.added(sentAt)
-				st.Truncates.Add(1)
-			}
-		}
+		return r.truncate(m, sentAt)
 	case 'Y', 'O', 'M':
 		// Type, origin and logical messages carry nothing to apply.
 	default:

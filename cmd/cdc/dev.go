@@ -4,12 +4,14 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
-	"sync"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/myusta/cdc/internal/demo"
 	"github.com/myusta/cdc/internal/pglocal"
+	"golang.org/x/sync/errgroup"
 )
 
 // Database names of `cdc dev`, as in production.
@@ -71,38 +73,44 @@ func cmdDev(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer chatPool.Close()
-	if err := demo.CreateSchema(ctx, srcPool); err != nil {
+	if err := seedDemo(ctx, e.stdout, srcPool, *users); err != nil {
 		return err
-	}
-	var empty bool
-	if err := srcPool.QueryRow(ctx, "SELECT NOT EXISTS (SELECT 1 FROM public.users)").Scan(&empty); err != nil {
-		return fmt.Errorf("check demo data: %w", err)
-	}
-	if empty && *users > 0 {
-		fmt.Fprintf(e.stdout, "seeding %d demo users …\n", *users)
-		if err := demo.Seed(ctx, srcPool, *users); err != nil {
-			return err
-		}
 	}
 	if err := migrate(ctx, e.stdout, log, cfg, srcPool, chatPool, false); err != nil {
 		return err
 	}
 
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	if *load > 0 {
-		w, err := demo.NewWorkload(ctx, srcPool, 1)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(e.stdout, "making %d changes/s on the source; Ctrl-C stops everything\n", *load)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w.Run(ctx, *load, log.With("component", "demo-load"))
-		}()
-	} else {
+	if *load == 0 {
 		fmt.Fprintln(e.stdout, "change rows in the source (psql above) and watch them arrive; Ctrl-C stops everything")
+		return runDaemon(ctx, cfg, log)
 	}
-	return runDaemon(ctx, cfg, log)
+	w, err := demo.NewWorkload(ctx, srcPool, 1)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "making %d changes/s on the source; Ctrl-C stops everything\n", *load)
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	var g errgroup.Group
+	g.Go(func() error { w.Run(loadCtx, *load, log.With("component", "demo-load")); return nil })
+	err = runDaemon(ctx, cfg, log)
+	stopLoad() // also when cdc stopped on an error
+	_ = g.Wait()
+	return err
+}
+
+// seedDemo creates the reference users table on the source and, when it
+// is empty, fills it with users demo rows.
+func seedDemo(ctx context.Context, out io.Writer, pool *pgxpool.Pool, users int) error {
+	if err := demo.CreateSchema(ctx, pool); err != nil {
+		return err
+	}
+	var empty bool
+	if err := pool.QueryRow(ctx, "SELECT NOT EXISTS (SELECT 1 FROM public.users)").Scan(&empty); err != nil {
+		return fmt.Errorf("check demo data: %w", err)
+	}
+	if !empty || users == 0 {
+		return nil
+	}
+	fmt.Fprintf(out, "seeding %d demo users …\n", users)
+	return demo.Seed(ctx, pool, users)
 }
