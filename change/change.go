@@ -41,3 +41,16 @@ type Sink interface {
 	// wrote (its source transaction comes again from its start).
 	Discard()
 }
+
+// CheckError is a statement a database refused to prepare: a schema or
+// privilege problem no retry fixes.
+type CheckError struct {
+	What string // the statement's purpose
+	Err  error
+}
+
+// Error names the statement and the refusal.
+func (e *CheckError) Error() string { return e.What + ": " + e.Err.Error() }
+
+// Unwrap returns the database's error.
+func (e *CheckError) Unwrap() error { return e.Err }

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/myusta/cdc/change"
+	"github.com/myusta/cdc/internal/keyed"
 	"github.com/myusta/cdc/internal/pgtest"
 	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/internal/schema"
@@ -88,7 +89,7 @@ func TestVerifyAndFull_FindAndRepairDrift(t *testing.T) {
 		t.Fatalf("verify --full: %+v", rep)
 	}
 	for _, d := range rep.Drifted {
-		if len(d.ID) != 36 || (d.Kind != sink.KindMissing && d.Kind != sink.KindStale && d.Kind != sink.KindExtra) {
+		if len(d.ID) != 36 || (d.Kind != keyed.KindMissing && d.Kind != keyed.KindStale && d.Kind != keyed.KindExtra) {
 			t.Fatalf("drifted entry %+v", d)
 		}
 	}

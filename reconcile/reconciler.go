@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/myusta/cdc/change"
-	"github.com/myusta/cdc/sink"
+	"github.com/myusta/cdc/internal/keyed"
 )
 
 // Options configure a Reconciler.
@@ -211,7 +211,7 @@ func (r *Reconciler) finish(ctx context.Context, res Result, d differences, star
 		}
 		res.Repair.Same += same
 	}
-	fetch := sink.PoolFetch(r.src.Pool, r.src.Table)
+	fetch := keyed.PoolFetch(r.src.Pool, r.src.Table)
 	lastReport := time.Now()
 	for i := 0; i < len(keys); i += repairChunk {
 		if time.Since(lastReport) >= progressEvery {
@@ -258,10 +258,10 @@ func (r *Reconciler) record(res Result, dryRun bool) {
 
 // readBoth reads keys on both sides, outside any lock.
 func (r *Reconciler) readBoth(ctx context.Context, keys [][]byte) (src, chat map[string][][]byte, err error) {
-	if src, err = sink.PoolFetch(r.src.Pool, r.src.Table)(ctx, keys); err != nil {
+	if src, err = keyed.PoolFetch(r.src.Pool, r.src.Table)(ctx, keys); err != nil {
 		return nil, nil, err
 	}
-	chat, err = sink.PoolFetch(r.chat.Pool, r.chat.Table)(ctx, keys)
+	chat, err = keyed.PoolFetch(r.chat.Pool, r.chat.Table)(ctx, keys)
 	return src, chat, err
 }
 
@@ -276,7 +276,7 @@ func (r *Reconciler) kinds(ctx context.Context, keys [][]byte, fn func(key []byt
 			return fmt.Errorf("read differing rows again: %w", err)
 		}
 		for _, k := range chunk {
-			fn(k, sink.KindOf(k, src, chat))
+			fn(k, keyed.KindOf(k, src, chat))
 		}
 	}
 	return nil
@@ -305,6 +305,6 @@ func (r *Reconciler) classify(ctx context.Context, keys [][]byte) (change.Repair
 	if err != nil {
 		return change.RepairResult{}, err
 	}
-	res, _ := sink.Plan(r.chat.Table, keys, src, chat)
+	res, _ := keyed.Plan(r.chat.Table, keys, src, chat)
 	return res, nil
 }

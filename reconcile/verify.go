@@ -7,8 +7,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/myusta/cdc/internal/keyed"
 	"github.com/myusta/cdc/internal/schema"
-	"github.com/myusta/cdc/sink"
 )
 
 // Drifted is one row that differs.
@@ -132,15 +132,15 @@ func (r *Reconciler) recheck(ctx context.Context, keys [][]byte, rep *Report) er
 		switch kind {
 		case "":
 			return
-		case sink.KindMissing:
+		case keyed.KindMissing:
 			rep.Missing++
-		case sink.KindStale:
+		case keyed.KindStale:
 			rep.Stale++
-		case sink.KindExtra:
+		case keyed.KindExtra:
 			rep.Extra++
 		}
 		if len(rep.Drifted) < maxDrifted {
-			rep.Drifted = append(rep.Drifted, Drifted{ID: sink.FormatKey(r.src.Table, k), Kind: kind})
+			rep.Drifted = append(rep.Drifted, Drifted{ID: keyed.FormatKey(r.src.Table, k), Kind: kind})
 		}
 	})
 }

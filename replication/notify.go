@@ -21,10 +21,10 @@ import (
 	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/db"
 	"github.com/myusta/cdc/internal/ident"
+	"github.com/myusta/cdc/internal/keyed"
 	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/internal/schema"
 	"github.com/myusta/cdc/migrations"
-	"github.com/myusta/cdc/sink"
 )
 
 // NotifyOptions configure a Notify source.
@@ -87,7 +87,7 @@ type Notify struct {
 type notice struct {
 	Op    string          `json:"op"`
 	RawID json.RawMessage `json:"id,omitempty"`
-	ID    string          `json:"-"` // the key as text (see sink.FormatKey)
+	ID    string          `json:"-"` // the key as text (see keyed.FormatKey)
 	at    time.Time
 }
 
@@ -381,7 +381,7 @@ func (n *Notify) applyIDs(ctx context.Context, ids []string) (change.RepairResul
 	if err != nil {
 		return change.RepairResult{}, err
 	}
-	res, err := n.sink.Repair(ctx, keys, sink.PoolFetch(n.pool, n.opts.Table))
+	res, err := n.sink.Repair(ctx, keys, keyed.PoolFetch(n.pool, n.opts.Table))
 	if err != nil {
 		return res, err
 	}
@@ -401,7 +401,7 @@ func (n *Notify) keys(ctx context.Context, ids []string) ([][]byte, error) {
 		}
 		defer conn.Release()
 		var bad []string
-		keys, bad, err = sink.ParseKeys(ctx, conn.Conn().PgConn(), n.opts.Table, ids)
+		keys, bad, err = keyed.ParseKeys(ctx, conn.Conn().PgConn(), n.opts.Table, ids)
 		for _, id := range bad {
 			n.log.Warn("ignoring a notification whose id is not a valid key", "user_id", id, "key", ident.DisplayList(n.opts.Table.KeyNames()))
 		}

@@ -17,7 +17,6 @@ import (
 	"github.com/myusta/cdc/internal/db"
 	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/internal/schema"
-	"github.com/myusta/cdc/sink"
 )
 
 // Options configure a Stream.
@@ -315,7 +314,7 @@ func (s *Stream) dropSlot(ctx context.Context, conn *pgconn.PgConn) error {
 // refused reports whether err is a database refusing a statement (not a
 // row: those become dead letters), which no retry fixes.
 func refused(err error) bool {
-	var ce *sink.CheckError
+	var ce *change.CheckError
 	var pgErr *pgconn.PgError
 	if errors.As(err, &ce) {
 		return true

@@ -8,22 +8,14 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/myusta/cdc/change"
+	"github.com/myusta/cdc/internal/keyed"
 	"github.com/myusta/cdc/internal/schema"
 )
 
-// CheckError is a statement a database refused to prepare: a schema or
-// privilege problem no retry fixes.
-type CheckError struct {
-	What string // the statement's purpose
-	Err  error
-}
-
-func (e *CheckError) Error() string { return e.What + ": " + e.Err.Error() }
-func (e *CheckError) Unwrap() error { return e.Err }
-
 // Check prepares every statement the sink will run on chat, on its writer
 // connection, so that a table it cannot write fails at start rather than
-// with the first change. A refusal is a *CheckError.
+// with the first change. A refusal is a *change.CheckError.
 func (s *Sink) Check(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -35,7 +27,7 @@ func (s *Sink) Check(ctx context.Context) error {
 		return checkError("prepare the chat writer's statements", err)
 	}
 	pc := conn.Conn().PgConn()
-	sql, oids := readRowsSQL(s.table)
+	sql, oids := keyed.ReadRowsSQL(s.table)
 	if err := prepare(ctx, pc, "read chat rows", sql, oids); err != nil {
 		return err
 	}
@@ -60,7 +52,7 @@ func CheckSource(ctx context.Context, pool *pgxpool.Pool, t *schema.Table) error
 		return err
 	}
 	defer conn.Release()
-	sql, oids := readRowsSQL(t)
+	sql, oids := keyed.ReadRowsSQL(t)
 	return prepare(ctx, conn.Conn().PgConn(), "read source rows", sql, oids)
 }
 
@@ -72,17 +64,17 @@ func prepare(ctx context.Context, pc *pgconn.PgConn, what, sql string, oids []ui
 	return nil
 }
 
-// checkError marks err as a CheckError when the server refused the
+// checkError marks err as a change.CheckError when the server refused the
 // statement; connection problems stay as they are (retryable).
 func checkError(what string, err error) error {
 	var pgErr *pgconn.PgError
-	var ce *CheckError
+	var ce *change.CheckError
 	if errors.As(err, &ce) || !errors.As(err, &pgErr) {
 		return err
 	}
 	switch pgErr.Code[:2] {
 	case "42", "0A", "22", "23":
-		return &CheckError{What: what, Err: err}
+		return &change.CheckError{What: what, Err: err}
 	}
 	return err
 }

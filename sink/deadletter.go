@@ -2,17 +2,15 @@ package sink
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/myusta/cdc/change"
+	"github.com/myusta/cdc/internal/keyed"
 	"github.com/myusta/cdc/internal/schema"
 )
 
@@ -48,7 +46,7 @@ func (s *Sink) deadLetter(ctx context.Context, pc *pgconn.PgConn, c *change.Chan
 		errType = "missing_row"
 	}
 	k := s.table.KeyOf(c.Values)
-	key := FormatKey(s.table, k)
+	key := keyed.FormatKey(s.table, k)
 	payload, err := RowJSON(s.table, c.Values, c.Unchanged)
 	if err != nil {
 		return err
@@ -75,72 +73,6 @@ SELECT $1, $2, $3, NULLIF($4, ''), $5::jsonb, $6::pg_lsn WHERE NOT EXISTS (SELEC
 	return nil
 }
 
-// typeMap decodes binary values for people; pgtype.Map caches plans, so
-// it is guarded for use from several goroutines.
-var (
-	typeMapMu sync.Mutex
-	typeMap   = pgtype.NewMap()
-)
-
-// FormatValue renders the value v of column col of t for people: logs,
-// sync_errors.user_id and payloads.
-func FormatValue(t *schema.Table, col int, v []byte) string {
-	if v == nil {
-		return "NULL"
-	}
-	switch x := decodeValue(t, col, v).(type) {
-	case string:
-		return x
-	case [16]byte:
-		return fmt.Sprintf("%x-%x-%x-%x-%x", x[0:4], x[4:6], x[6:8], x[8:10], x[10:16])
-	case time.Time:
-		return x.Format(time.RFC3339Nano)
-	case []byte:
-		return `\x` + hex.EncodeToString(x)
-	default:
-		return fmt.Sprint(x)
-	}
-}
-
-// FormatKey renders a key of t (see schema.AppendKey) for people and for
-// sync_errors.user_id: the value, or a JSON array of the values of a key
-// of several columns.
-func FormatKey(t *schema.Table, key []byte) string {
-	parts, err := schema.SplitKey(key, len(t.Key))
-	if err != nil {
-		return `\x` + hex.EncodeToString(key)
-	}
-	texts := make([]string, len(parts))
-	for i, p := range parts {
-		texts[i] = FormatValue(t, t.Key[i], p)
-	}
-	return schema.KeyText(texts)
-}
-
-// decodeValue turns a value into a Go value for people: text as it is,
-// binary values of built-in types through pgtype; an enum's or a string
-// type's binary form is its text; anything else stays bytes.
-func decodeValue(t *schema.Table, col int, v []byte) any {
-	c := t.Columns[col]
-	if t.Format == schema.Text || c.Base.Kind == 'e' || c.Base.Category == 'S' {
-		return string(v)
-	}
-	typeMapMu.Lock()
-	defer typeMapMu.Unlock()
-	if c.Base.OID < firstUserOID {
-		if typ, ok := typeMap.TypeForOID(c.Base.OID); ok {
-			if x, err := typ.Codec.DecodeValue(typeMap, c.Base.OID, pgtype.BinaryFormatCode, v); err == nil {
-				return x
-			}
-		}
-	}
-	return v
-}
-
-// firstUserOID is PostgreSQL's FirstNormalObjectId: below it, type OIDs
-// are built in and the same on every cluster.
-const firstUserOID = 16384
-
 // RowJSON renders a row as a JSON object of column name to value, omitting
 // columns that were not carried.
 func RowJSON(t *schema.Table, values [][]byte, unchanged uint64) ([]byte, error) {
@@ -153,9 +85,9 @@ func RowJSON(t *schema.Table, values [][]byte, unchanged uint64) ([]byte, error)
 			m[c.Name] = nil
 			continue
 		}
-		switch x := decodeValue(t, i, values[i]).(type) {
+		switch x := keyed.DecodeValue(t, i, values[i]).(type) {
 		case [16]byte, []byte, time.Time:
-			m[c.Name] = FormatValue(t, i, values[i])
+			m[c.Name] = keyed.FormatValue(t, i, values[i])
 		default:
 			m[c.Name] = x
 		}

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/myusta/cdc/change"
+	"github.com/myusta/cdc/internal/keyed"
 	"github.com/myusta/cdc/internal/schema"
 )
 
@@ -97,7 +98,7 @@ func (s *Sink) mergeRange(ctx context.Context, pc *pgconn.PgConn, lo, hi int64, 
 	if err == nil {
 		return 0, execSimple(ctx, pc, "RELEASE SAVEPOINT cdc_merge")
 	}
-	if !rowRejected(err) {
+	if !keyed.RowRejected(err) {
 		return 0, err
 	}
 	if err := execSimple(ctx, pc, "ROLLBACK TO SAVEPOINT cdc_merge; RELEASE SAVEPOINT cdc_merge"); err != nil {
@@ -166,7 +167,7 @@ func (s *Sink) deleteExtra(ctx context.Context, pc *pgconn.PgConn) (dead int, er
 	if err == nil {
 		return 0, execSimple(ctx, pc, "RELEASE SAVEPOINT cdc_merge")
 	}
-	if !rowRejected(err) {
+	if !keyed.RowRejected(err) {
 		return 0, err
 	}
 	if err := execSimple(ctx, pc, "ROLLBACK TO SAVEPOINT cdc_merge; RELEASE SAVEPOINT cdc_merge"); err != nil {

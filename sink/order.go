@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/myusta/cdc/change"
+	"github.com/myusta/cdc/internal/keyed"
 	"github.com/myusta/cdc/internal/schema"
 )
 
@@ -44,7 +45,7 @@ func (s *Sink) applyRepairs(ctx context.Context, pc *pgconn.PgConn, changes []ch
 	if err == nil {
 		return 0, execSimple(ctx, pc, "RELEASE SAVEPOINT cdc_repair")
 	}
-	if !rowRejected(err) {
+	if !keyed.RowRejected(err) {
 		return 0, err
 	}
 	if err := execSimple(ctx, pc, "ROLLBACK TO SAVEPOINT cdc_repair; RELEASE SAVEPOINT cdc_repair"); err != nil {
@@ -123,7 +124,7 @@ func (s *Sink) blockingKeys(ctx context.Context, pc *pgconn.PgConn, changes []ch
 		if len(vals) == 0 {
 			continue
 		}
-		params = append(params, appendArray(nil, elemOID(t, c.index), vals))
+		params = append(params, keyed.AppendArray(nil, keyed.ElemOID(t, c.index), vals))
 		col := t.Columns[c.index]
 		arg := fmt.Sprintf("$%d", len(params))
 		oid := col.Base.ArrayOID
@@ -154,7 +155,7 @@ func (s *Sink) blockingKeys(ctx context.Context, pc *pgconn.PgConn, changes []ch
 		mine[string(t.KeyOf(changes[i].Values))] = true
 	}
 	rr := pc.ExecParams(ctx, fmt.Sprintf("SELECT %s FROM %s WHERE %s", strings.Join(keys, ", "), t.Ident(), strings.Join(conds, " OR ")),
-		params, oids, keyFormats(len(params)), formats)
+		params, oids, keyed.KeyFormats(len(params)), formats)
 	var out [][]byte
 	for rr.NextRow() {
 		parts := make([][]byte, len(t.Key))
@@ -189,8 +190,8 @@ func (s *Sink) onePass(ctx context.Context, pc *pgconn.PgConn, changes []change.
 			continue
 		}
 		failed := from + done
-		if !rowRejected(err) || len(results)%3 != 1 || failed >= to {
-			if rowRejected(err) {
+		if !keyed.RowRejected(err) || len(results)%3 != 1 || failed >= to {
+			if keyed.RowRejected(err) {
 				return nil, nil, false, fmt.Errorf("%w: %w", errReplay, err)
 			}
 			return nil, nil, false, err
@@ -234,16 +235,16 @@ func (s *Sink) park(ctx context.Context, pc *pgconn.PgConn, changes []change.Cha
 	if len(set) == 0 {
 		return false
 	}
-	params, err := keyParams(s.table, keys)
+	params, err := keyed.KeyParams(s.table, keys)
 	if err != nil {
 		return false
 	}
-	where, oids := keyMatch(s.table, "", 1)
+	where, oids := keyed.KeyMatch(s.table, "", 1)
 	sql := fmt.Sprintf("UPDATE %s SET %s WHERE %s", s.table.Ident(), strings.Join(set, ", "), where)
 	if err := execSimple(ctx, pc, "SAVEPOINT cdc_park"); err != nil {
 		return false
 	}
-	if _, err := pc.ExecParams(ctx, sql, params, oids, keyFormats(len(params)), nil).Close(); err != nil {
+	if _, err := pc.ExecParams(ctx, sql, params, oids, keyed.KeyFormats(len(params)), nil).Close(); err != nil {
 		_ = execSimple(ctx, pc, "ROLLBACK TO SAVEPOINT cdc_park; RELEASE SAVEPOINT cdc_park")
 		s.log.Warn("could not park the values blocking a repair", "err", err)
 		return false

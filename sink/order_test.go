@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/myusta/cdc/change"
+	"github.com/myusta/cdc/internal/keyed"
 	"github.com/myusta/cdc/internal/pgtest"
 	"github.com/myusta/cdc/internal/schema"
 	"github.com/myusta/cdc/sink"
@@ -97,7 +98,7 @@ UPDATE users SET email = NULL WHERE id = '`+a+`'; UPDATE users SET email = x WHE
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := s.Repair(ctx, keys, sink.PoolFetch(p.Source, src))
+	res, err := s.Repair(ctx, keys, keyed.PoolFetch(p.Source, src))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +118,7 @@ func parseKeys(t *testing.T, p *pgtest.Pair, s *sink.Sink, ids ...string) ([][]b
 		t.Fatal(err)
 	}
 	defer conn.Release()
-	return sink.ParseKeys(context.Background(), conn.Conn().PgConn(), s.Table(), ids)
+	return keyed.ParseKeys(context.Background(), conn.Conn().PgConn(), s.Table(), ids)
 }
 
 // TestSink_OpenTransactionCommitsWithItsLastBatch: batches of one source

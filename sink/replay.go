@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/myusta/cdc/change"
+	"github.com/myusta/cdc/internal/keyed"
 )
 
 // replayChunk bounds the changes sent in one pipeline while replaying.
@@ -43,7 +44,7 @@ func (s *Sink) replay(ctx context.Context, pc *pgconn.PgConn, b *change.Batch) (
 				}
 				continue
 			}
-			if !rowRejected(err) {
+			if !keyed.RowRejected(err) {
 				return 0, err
 			}
 			if err := execSimple(ctx, pc, "ROLLBACK TO SAVEPOINT cdc_tx; RELEASE SAVEPOINT cdc_tx"); err != nil {
@@ -91,8 +92,8 @@ func (s *Sink) replayRows(ctx context.Context, pc *pgconn.PgConn, log []change.C
 		// The statements before the failing one completed: it is the
 		// change after them, refused in source order.
 		failed := from + len(results)/3
-		if !rowRejected(err) || len(results)%3 != 1 || failed >= to {
-			if rowRejected(err) {
+		if !keyed.RowRejected(err) || len(results)%3 != 1 || failed >= to {
+			if keyed.RowRejected(err) {
 				return 0, fmt.Errorf("%w: %w", errReplay, err)
 			}
 			return 0, err

@@ -3,11 +3,11 @@ package sink
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/myusta/cdc/change"
+	"github.com/myusta/cdc/internal/keyed"
 	"github.com/myusta/cdc/internal/schema"
 )
 
@@ -65,10 +65,10 @@ func (o *openErrors) resolvable(t *schema.Table, n int, key func(i int) []byte) 
 			r = &resolution{}
 		}
 		r.keys = append(r.keys, k)
-		ids = append(ids, FormatKey(t, k))
+		ids = append(ids, keyed.FormatKey(t, k))
 	}
 	if r != nil {
-		r.param = textArray(ids)
+		r.param = keyed.TextArray(ids)
 	}
 	return r
 }
@@ -125,7 +125,7 @@ func (s *Sink) loadOpenErrors(ctx context.Context, pc *pgconn.PgConn) error {
 	if _, err := rr.Close(); err != nil {
 		return fmt.Errorf("read open dead letters: %w", err)
 	}
-	keys, bad, err := ParseKeys(ctx, pc, s.table, ids)
+	keys, bad, err := keyed.ParseKeys(ctx, pc, s.table, ids)
 	if err != nil {
 		return fmt.Errorf("read open dead letters: %w", err)
 	}
@@ -138,87 +138,4 @@ func (s *Sink) loadOpenErrors(ctx context.Context, pc *pgconn.PgConn) error {
 		s.open.keys[string(k)] = struct{}{}
 	}
 	return nil
-}
-
-// textArray renders a text[] literal.
-func textArray(ss []string) []byte {
-	out := []byte{'{'}
-	for i, s := range ss {
-		if i > 0 {
-			out = append(out, ',')
-		}
-		out = append(out, '"')
-		for j := 0; j < len(s); j++ {
-			if s[j] == '"' || s[j] == '\\' {
-				out = append(out, '\\')
-			}
-			out = append(out, s[j])
-		}
-		out = append(out, '"')
-	}
-	return append(out, '}')
-}
-
-// ParseKeys turns ids as text (a notification's id, sync_errors.user_id;
-// see FormatKey) into keys of t as its format has them, converting on the
-// server so that every key type works and each key takes the form the
-// stream and the repairs compare. Ids that are not valid keys are returned
-// in bad.
-func ParseKeys(ctx context.Context, pc *pgconn.PgConn, t *schema.Table, ids []string) (keys [][]byte, bad []string, err error) {
-	if len(ids) == 0 {
-		return nil, nil, nil
-	}
-	cols := make([][]string, len(t.Key))
-	var good []string
-	for _, id := range ids {
-		parts, err := schema.ParseKeyText(id, len(t.Key))
-		if err != nil {
-			bad = append(bad, id)
-			continue
-		}
-		good = append(good, id)
-		for i, p := range parts {
-			cols[i] = append(cols[i], p)
-		}
-	}
-	if len(good) == 0 {
-		return nil, bad, nil
-	}
-	args, sel := make([]string, len(t.Key)), make([]string, len(t.Key))
-	params := make([][]byte, len(t.Key))
-	formats := make([]int16, len(t.Key))
-	for i, k := range t.Key {
-		args[i] = fmt.Sprintf("$%d::text[]", i+1)
-		sel[i] = fmt.Sprintf("u.c%d::%s", i, t.Columns[k].Cast)
-		params[i] = textArray(cols[i])
-		formats[i] = t.Format.Code()
-	}
-	names := strings.Split(stageNames(t), ", ")[:len(t.Key)]
-	sql := fmt.Sprintf("SELECT %s FROM unnest(%s) AS u(%s)", strings.Join(sel, ", "), strings.Join(args, ", "), strings.Join(names, ", "))
-	rr := pc.ExecParams(ctx, sql, params, nil, nil, formats)
-	for rr.NextRow() {
-		vals := rr.Values()
-		parts := make([][]byte, len(vals))
-		for i, v := range vals {
-			parts[i] = append([]byte(nil), v...)
-		}
-		keys = append(keys, schema.JoinKey(parts))
-	}
-	_, err = rr.Close()
-	if err == nil || !rowRejected(err) {
-		return keys, bad, err
-	}
-	if len(good) == 1 {
-		return nil, append(bad, good...), nil
-	}
-	// One bad id spoils the conversion of all: take them one by one.
-	keys = keys[:0]
-	for _, id := range good {
-		k, b, err := ParseKeys(ctx, pc, t, []string{id})
-		if err != nil {
-			return nil, nil, err
-		}
-		keys, bad = append(keys, k...), append(bad, b...)
-	}
-	return keys, bad, nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/myusta/cdc/change"
+	"github.com/myusta/cdc/internal/keyed"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -64,7 +65,7 @@ func (s *Sink) LoadSnapshot(ctx context.Context, copyOuts []change.CopyOut, cp c
 		} else {
 			rows, err = s.pipe(ctx, pc, copyOuts[0], copySQL)
 		}
-		if err != nil && !rowRejected(err) {
+		if err != nil && !keyed.RowRejected(err) {
 			return 0, err
 		}
 		if err != nil {

@@ -5,8 +5,7 @@ import (
 	"hash/fnv"
 	"strings"
 
-	"github.com/jackc/pgx/v5/pgtype"
-
+	"github.com/myusta/cdc/internal/keyed"
 	"github.com/myusta/cdc/internal/schema"
 )
 
@@ -46,8 +45,8 @@ const (
 const stageTable = "cdc_stage"
 
 func buildSQL(t *schema.Table, slot string) statementSQL {
-	from, sel, oids := unnest(t, all(len(t.Columns)), 1)
-	del, delOIDs := keyMatch(t, "", 1)
+	from, sel, oids := keyed.Unnest(t, all(len(t.Columns)), 1)
+	del, delOIDs := keyed.KeyMatch(t, "", 1)
 	return statementSQL{
 		createStage: fmt.Sprintf("DROP TABLE IF EXISTS pg_temp.%s; CREATE TEMP TABLE %s (%s) ON COMMIT DELETE ROWS",
 			stageTable, stageTable, stageColumns(t)),
@@ -91,59 +90,6 @@ func quoteAll(names []string) []string {
 		out[i] = schema.Quote(n)
 	}
 	return out
-}
-
-// unnest returns "unnest($first, …) AS u(c0, …)" over the columns at cols,
-// the select list that reads them as the columns' types, and the
-// parameters' type OIDs.
-func unnest(t *schema.Table, cols []int, first int) (from string, sel []string, oids []uint32) {
-	args := make([]string, len(cols))
-	names := make([]string, len(cols))
-	for i, col := range cols {
-		c := t.Columns[col]
-		names[i] = fmt.Sprintf("c%d", i)
-		if t.Format == schema.Text {
-			args[i] = fmt.Sprintf("$%d::text[]", first+i)
-			sel = append(sel, fmt.Sprintf("u.c%d::%s", i, c.Cast))
-			oids = append(oids, pgtype.TextArrayOID)
-		} else {
-			args[i] = fmt.Sprintf("$%d", first+i)
-			sel = append(sel, "u."+names[i])
-			oids = append(oids, c.Base.ArrayOID)
-		}
-	}
-	return fmt.Sprintf("unnest(%s) AS u(%s)", strings.Join(args, ", "), strings.Join(names, ", ")), sel, oids
-}
-
-// keyMatch is the condition that a row of t (columns qualified by alias,
-// if any) has one of the keys passed as one array per key column from
-// $first, and the parameters' type OIDs.
-func keyMatch(t *schema.Table, alias string, first int) (string, []uint32) {
-	prefix := ""
-	if alias != "" {
-		prefix = alias + "."
-	}
-	if len(t.Key) == 1 {
-		c := t.Columns[t.Key[0]]
-		if t.Format == schema.Text {
-			return fmt.Sprintf("%s%s = ANY($%d::text[]::%s[])", prefix, schema.Quote(c.Name), first, c.Cast), []uint32{pgtype.TextArrayOID}
-		}
-		return fmt.Sprintf("%s%s = ANY($%d)", prefix, schema.Quote(c.Name), first), []uint32{c.Base.ArrayOID}
-	}
-	from, sel, oids := unnest(t, t.Key, first)
-	cols := make([]string, len(t.Key))
-	for i, name := range t.KeyNames() {
-		cols[i] = prefix + schema.Quote(name)
-	}
-	return fmt.Sprintf("(%s) IN (SELECT %s FROM %s)", strings.Join(cols, ", "), strings.Join(sel, ", "), from), oids
-}
-
-// elemOID is the element type of column col's array parameters.
-func elemOID(t *schema.Table, col int) uint32 {
-	if t.Format == schema.Text {
-		return pgtype.TextOID
-	}
-	return t.Columns[col].Base.OID
 }
 
 // stageColumns declares a staging table's columns c0, c1, …: text in text

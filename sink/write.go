@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/myusta/cdc/change"
+	"github.com/myusta/cdc/internal/keyed"
 	"github.com/myusta/cdc/internal/schema"
 )
 
@@ -42,7 +43,7 @@ func (e *encoder) arrays(t *schema.Table, changes []change.Change, idx []int, ke
 		for j, i := range idx {
 			vals[j] = changes[i].Values[col]
 		}
-		e.buf = appendArray(e.buf, elemOID(t, col), vals)
+		e.buf = keyed.AppendArray(e.buf, keyed.ElemOID(t, col), vals)
 	}
 	offsets = append(offsets, len(e.buf))
 	for i := 0; i+1 < len(offsets); i++ {
@@ -112,7 +113,7 @@ func (s *Sink) write(ctx context.Context, pc *pgconn.PgConn, b *change.Batch) (d
 	setBased := true
 	if !s.tx.open && !b.Open {
 		done, err := s.writeWhole(ctx, pc, b)
-		if done || (err != nil && !rowRejected(err)) {
+		if done || (err != nil && !keyed.RowRejected(err)) {
 			return 0, err
 		}
 		if err != nil {
@@ -182,7 +183,7 @@ func (s *Sink) writeChunk(ctx context.Context, pc *pgconn.PgConn, b *change.Batc
 	}
 	if setBased {
 		dead, err = s.setBased(ctx, pc, b)
-		if err != nil && !rowRejected(err) {
+		if err != nil && !keyed.RowRejected(err) {
 			return 0, err
 		}
 		if err != nil {
@@ -254,17 +255,6 @@ func (s *Sink) setBased(ctx context.Context, pc *pgconn.PgConn, b *change.Batch)
 	return dead, nil
 }
 
-// rowRejected reports whether err is the chat database refusing a value
-// (data exception or integrity violation) rather than a fault of the
-// connection or of the schema as a whole.
-func rowRejected(err error) bool {
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || len(pgErr.Code) != 5 {
-		return false
-	}
-	return pgErr.Code[:2] == "22" || pgErr.Code[:2] == "23" || pgErr.Code == "54000"
-}
-
 func execSimple(ctx context.Context, pc *pgconn.PgConn, sql string) error {
 	_, err := pc.Exec(ctx, sql).ReadAll()
 	return err
@@ -293,7 +283,7 @@ func (s *Sink) isolate(ctx context.Context, pc *pgconn.PgConn, changes []change.
 	if err == nil {
 		return 0, nil
 	}
-	if !rowRejected(err) {
+	if !keyed.RowRejected(err) {
 		return 0, err
 	}
 	if err := execSimple(ctx, pc, "ROLLBACK TO SAVEPOINT cdc_isolate; RELEASE SAVEPOINT cdc_isolate"); err != nil {

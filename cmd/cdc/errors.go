@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/myusta/cdc/internal/ident"
+	"github.com/myusta/cdc/internal/keyed"
 	"github.com/myusta/cdc/reconcile"
 	"github.com/myusta/cdc/sink"
 )
@@ -120,7 +121,7 @@ func retryErrors(ctx context.Context, e *env, sk *sink.Sink, src reconcile.Side,
 	if err != nil {
 		return fmt.Errorf("connect to chat database: %w", err)
 	}
-	keys, bad, err := sink.ParseKeys(ctx, conn.Conn().PgConn(), sk.Table(), users)
+	keys, bad, err := keyed.ParseKeys(ctx, conn.Conn().PgConn(), sk.Table(), users)
 	conn.Release()
 	if err != nil {
 		return fmt.Errorf("read ids: %w", err)
@@ -128,7 +129,7 @@ func retryErrors(ctx context.Context, e *env, sk *sink.Sink, src reconcile.Side,
 	for _, b := range bad {
 		fmt.Fprintf(e.stdout, "skipping user_id %q: not a valid key (%s); use cdc errors resolve --id\n", b, ident.DisplayList(sk.Table().KeyNames()))
 	}
-	res, err := sk.Repair(ctx, keys, sink.PoolFetch(src.Pool, src.Table))
+	res, err := sk.Repair(ctx, keys, keyed.PoolFetch(src.Pool, src.Table))
 	if err != nil {
 		return err
 	}

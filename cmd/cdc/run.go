@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/config"
 	"github.com/myusta/cdc/internal/db"
 	"github.com/myusta/cdc/internal/health"
@@ -213,7 +214,7 @@ func checkStatements(ctx context.Context, sk *sink.Sink, src reconcile.Side) err
 	if err == nil {
 		err = sink.CheckSource(ctx, src.Pool, src.Table)
 	}
-	var ce *sink.CheckError
+	var ce *change.CheckError
 	if errors.As(err, &ce) {
 		return &replication.PreflightError{Cause: "cdc cannot " + err.Error(), Fix: "check the tables' columns, types and privileges (cdc migrate creates a chat table that fits the source)"}
 	}
