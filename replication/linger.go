@@ -26,7 +26,7 @@ func (r *reader) lingerFor() time.Duration {
 // update, or when the lingering batch is due.
 func (r *reader) readDeadline(interval time.Duration) time.Time {
 	d := r.lastStatus.Add(interval)
-	if r.inflight == nil && !r.inTx && r.cur.Received > 0 {
+	if r.inflight == nil && !r.tx.open && r.cur.Received > 0 {
 		if due := r.cur.Started.Add(r.lingerFor()); due.Before(d) {
 			d = due
 		}
@@ -38,6 +38,6 @@ func (r *reader) readDeadline(interval time.Duration) time.Time {
 // first change's lead (see lingerFor) is noted.
 func (r *reader) added(sentAt time.Time) {
 	if r.cur.Received == 1 {
-		r.lead = max(0, sentAt.Sub(r.txCommit))
+		r.lead = max(0, sentAt.Sub(r.tx.commit))
 	}
 }

@@ -27,7 +27,7 @@ func TestLinger_DeductsTheWalsendersLead(t *testing.T) {
 			r := &reader{s: &Stream{opts: Options{BatchMaxWait: wait, BatchMaxRows: 100, StatusInterval: 10 * time.Second}}, cur: change.NewBatch(1, []int{0})}
 			r.lastStatus = time.Now()
 			commit := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC) // the source's clock; cdc's may differ
-			r.txCommit = commit
+			r.tx.commit = commit
 			r.cur.Add(change.Change{Op: change.OpUpsert, Values: [][]byte{[]byte("k1")}, CommitTime: commit})
 			r.added(commit.Add(c.lead))
 			if got := r.lingerFor(); got != c.lingerFor {

@@ -10,14 +10,14 @@ import (
 // begin starts a source transaction: skipped whole when the checkpoint
 // is past it, in part when an earlier version applied it in part.
 func (r *reader) begin(b *pglogrepl.BeginMessage) {
-	r.inTx, r.txFinal, r.txCommit, r.txChanges = true, b.FinalLSN, b.CommitTime, 0
-	r.skipTx = b.FinalLSN < r.resume.LSN
-	r.skipN = 0
+	r.tx.open, r.tx.final, r.tx.commit, r.tx.changes = true, b.FinalLSN, b.CommitTime, 0
+	r.tx.skip = b.FinalLSN < r.resume.LSN
+	r.tx.skipN = 0
 	if b.FinalLSN == r.resume.PartialXact {
-		r.skipN = r.resume.PartialChanges
-		r.s.log.Info("resuming a transaction applied in part before the restart", "xact_lsn", b.FinalLSN, "changes_applied", r.skipN)
+		r.tx.skipN = r.resume.PartialChanges
+		r.s.log.Info("resuming a transaction applied in part before the restart", "xact_lsn", b.FinalLSN, "changes_applied", r.tx.skipN)
 	}
-	if r.skipTx {
+	if r.tx.skip {
 		r.skipped++
 	} else if r.skipped > 0 {
 		r.s.log.Info("skipped transactions already applied before the restart", "transactions", r.skipped, "checkpoint", r.resume.LSN)
@@ -27,8 +27,8 @@ func (r *reader) begin(b *pglogrepl.BeginMessage) {
 
 // commit ends a source transaction: the batch reaches its end.
 func (r *reader) commit(c *pglogrepl.CommitMessage, sentAt time.Time) {
-	r.inTx = false
-	if r.skipTx {
+	r.tx.open = false
+	if r.tx.skip {
 		return
 	}
 	r.lastEnd = max(r.lastEnd, c.TransactionEndLSN)
@@ -40,8 +40,8 @@ func (r *reader) commit(c *pglogrepl.CommitMessage, sentAt time.Time) {
 // skipping counts a change of the current transaction and reports
 // whether it was applied before the restart.
 func (r *reader) skipping() bool {
-	r.txChanges++
-	return r.skipTx || r.txChanges <= r.skipN
+	r.tx.changes++
+	return r.tx.skip || r.tx.changes <= r.tx.skipN
 }
 
 // change adds an insert, update or delete to the batch.
@@ -49,9 +49,9 @@ func (r *reader) change(m []byte, sentAt time.Time) error {
 	if r.skipping() {
 		return nil
 	}
-	ours, err := r.dec.change(m, r.cur, r.txFinal, r.txCommit)
+	ours, err := r.dec.change(m, r.cur, r.tx.final, r.tx.commit)
 	if err != nil {
-		return fmt.Errorf("decode change at %s: %w", r.txFinal, err)
+		return fmt.Errorf("decode change at %s: %w", r.tx.final, err)
 	}
 	r.added(sentAt)
 	if !ours {
@@ -80,7 +80,7 @@ func (r *reader) truncate(m []byte, sentAt time.Time) error {
 	}
 	for _, id := range t.RelationIDs {
 		if _, ok := r.dec.rels[id]; ok {
-			r.s.log.Warn("source table truncated; emptying the chat table", "lsn", r.txFinal)
+			r.s.log.Warn("source table truncated; emptying the chat table", "lsn", r.tx.final)
 			r.cur.Truncate()
 			r.added(sentAt)
 			r.s.Stats.Truncates.Add(1)

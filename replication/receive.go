@@ -12,6 +12,16 @@ import (
 	"github.com/myusta/cdc/change"
 )
 
+// sourceTx is the source transaction being received.
+type sourceTx struct {
+	open    bool
+	final   pglogrepl.LSN // its commit record's LSN, which names it
+	commit  time.Time
+	changes int64 // change messages seen in it so far
+	skip    bool  // applied before the restart
+	skipN   int64 // its first skipN changes were applied before the restart
+}
+
 // applied is the outcome of one batch handed to the sink.
 type applied struct {
 	b   *change.Batch
@@ -39,14 +49,8 @@ type reader struct {
 	committed change.Checkpoint // durable in chat
 	lastEnd   pglogrepl.LSN     // end of the last complete transaction received
 
-	// The transaction being received.
-	inTx      bool
-	txFinal   pglogrepl.LSN // its commit record's LSN, which names it
-	txCommit  time.Time
-	txChanges int64 // change messages seen in it so far
-	skipTx    bool  // applied before the restart
-	skipN     int64 // its first skipN changes were applied before the restart
-	skipped   int   // transactions skipped as already applied
+	tx      sourceTx // the transaction being received
+	skipped int      // transactions skipped as already applied
 
 	received   pglogrepl.LSN // highest WAL position seen
 	idleLSN    pglogrepl.LSN // keepalive WAL end seen while nothing was in flight
@@ -246,7 +250,7 @@ func (r *reader) publishPending() {
 
 // idle reports that nothing received is waiting to be committed.
 func (r *reader) idle() bool {
-	return r.inflight == nil && r.cur.Received == 0 && !r.inTx && r.lastEnd <= r.committed.LSN
+	return r.inflight == nil && r.cur.Received == 0 && !r.tx.open && r.lastEnd <= r.committed.LSN
 }
 
 // dispatch hands the current batch to the sink when the sink is free and
@@ -262,7 +266,7 @@ func (r *reader) dispatch(force bool) {
 		return
 	}
 	switch {
-	case r.inTx:
+	case r.tx.open:
 		if force || r.cur.Received < r.s.opts.BatchMaxRows {
 			return
 		}
