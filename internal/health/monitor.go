@@ -317,25 +317,7 @@ func (m *Monitor) Stats(now time.Time) *Stats {
 	if !conn.connected {
 		st.disconnected = now.Sub(conn.since)
 	}
-	if p.Source != nil {
-		src := p.Source.SourceStatus()
-		st.Stream.Reconnects, st.Stream.Refused = src.Reconnects, src.Refused
-		if pos := src.Positions; pos != nil {
-			if st.lsn = pos.Applied; st.lsn != 0 {
-				str := pglogrepl.LSN(st.lsn).String()
-				st.AppliedLSN = &str
-			}
-			lag := int64(0)
-			if pos.Received > pos.Position {
-				lag = int64(pos.Received - pos.Position)
-			}
-			st.LagBytes = &lag
-		}
-		if !src.Pending.IsZero() {
-			st.IsSyncInProgress = true
-			st.LagSeconds = max(now.Sub(src.Pending).Seconds(), 0)
-		}
-	}
+	sourceStats(st, p, now)
 	st.IsRealTimeActive = conn.connected
 	if p.Writes != nil {
 		w := p.Writes.WriteCounts()
@@ -343,18 +325,57 @@ func (m *Monitor) Stats(now time.Time) *Stats {
 		st.ConsecutiveFailures = w.Failing
 		st.DeadLetters.SinceStart = w.DeadLetters
 	}
-	if p.Objects != nil {
-		var at time.Time
-		st.Stream.SourceObjects, st.Stream.SourceObjectsLast, at = p.Objects.Report()
-		if !at.IsZero() {
-			st.Stream.SourceObjectsLastAt = &at
-		}
-	}
+	objectsStats(st, p)
 	m.reconcileStats(st, p)
 	if p.Slot != nil {
 		slot := p.Slot.SlotStatus()
 		st.Slot = &slot
 	}
+	poolStats(st, p)
+	rows, errs := m.totals(p)
+	st.TotalSynced = rows
+	m.finish(st, now, mark{at: now, rows: rows, errors: errs})
+	return st
+}
+
+// sourceStats fills in what the change source reports.
+func sourceStats(st *Stats, p *Parts, now time.Time) {
+	if p.Source == nil {
+		return
+	}
+	src := p.Source.SourceStatus()
+	st.Stream.Reconnects, st.Stream.Refused = src.Reconnects, src.Refused
+	if pos := src.Positions; pos != nil {
+		if st.lsn = pos.Applied; st.lsn != 0 {
+			str := pglogrepl.LSN(st.lsn).String()
+			st.AppliedLSN = &str
+		}
+		lag := int64(0)
+		if pos.Received > pos.Position {
+			lag = int64(pos.Received - pos.Position)
+		}
+		st.LagBytes = &lag
+	}
+	if !src.Pending.IsZero() {
+		st.IsSyncInProgress = true
+		st.LagSeconds = max(now.Sub(src.Pending).Seconds(), 0)
+	}
+}
+
+// objectsStats fills in what the watch of cdc's objects reports.
+func objectsStats(st *Stats, p *Parts) {
+	if p.Objects == nil {
+		return
+	}
+	var at time.Time
+	st.Stream.SourceObjects, st.Stream.SourceObjectsLast, at = p.Objects.Report()
+	if !at.IsZero() {
+		st.Stream.SourceObjectsLastAt = &at
+	}
+}
+
+// poolStats fills in the connection pools' statistics.
+func poolStats(st *Stats, p *Parts) {
 	for _, pool := range []struct {
 		name string
 		pool *pgxpool.Pool
@@ -364,10 +385,6 @@ func (m *Monitor) Stats(now time.Time) *Stats {
 			st.Pools = append(st.Pools, PoolStats{Name: pool.name, Acquired: s.AcquiredConns(), Idle: s.IdleConns(), Total: s.TotalConns(), Max: s.MaxConns()})
 		}
 	}
-	rows, errs := m.totals(p)
-	st.TotalSynced = rows
-	m.finish(st, now, mark{at: now, rows: rows, errors: errs})
-	return st
 }
 
 func (m *Monitor) reconcileStats(st *Stats, p *Parts) {
