@@ -55,7 +55,9 @@ func (r *Reconciler) Verify(ctx context.Context, full bool) (Report, error) {
 		}
 		if rep.Difference != 0 {
 			// Re-count once: the difference may be changes in flight.
-			time.Sleep(settle)
+			if err := r.settle(ctx, fmt.Sprintf("row counts differ (source %d, chat %d)", rep.SourceRows, rep.ChatRows)); err != nil {
+				return rep, err
+			}
 			if err := r.sync(ctx); err != nil {
 				return rep, err
 			}
@@ -81,7 +83,9 @@ func (r *Reconciler) Verify(ctx context.Context, full bool) (Report, error) {
 	}
 	rep.SourceRows, rep.ChatRows, rep.Difference = srcRows, chatRows, chatRows-srcRows
 	if !d.empty() {
-		time.Sleep(settle)
+		if err := r.settle(ctx, fmt.Sprintf("%d rows differ", len(d.keys()))); err != nil {
+			return rep, err
+		}
 		if err := r.sync(ctx); err != nil {
 			return rep, err
 		}
@@ -92,6 +96,18 @@ func (r *Reconciler) Verify(ctx context.Context, full bool) (Report, error) {
 	rep.Consistent = rep.Missing+rep.Stale+rep.Extra == 0
 	rep.TookMS = time.Since(start).Milliseconds()
 	return rep, nil
+}
+
+// settle waits before a second look, saying why: what differs may be
+// changes still in flight, and only what persists is drift.
+func (r *Reconciler) settle(ctx context.Context, what string) error {
+	r.log.Info(what+": looking again in "+settle.String()+", since they may be changes still in flight; only what still differs then is drift", "wait", settle)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(settle):
+		return nil
+	}
 }
 
 // counts fills the rows updated in the last hour by the source's clock

@@ -109,6 +109,11 @@ func (r *reader) run(ctx context.Context) (err error) {
 	wake := r.wake
 	r.s.wake.Store(&wake)
 	defer r.s.wake.Store(nil)
+	// Until a batch commits, what chat has applied is the stored
+	// checkpoint (an idle start reports it, not 0).
+	if cp := uint64(r.committed.LSN); cp > r.s.Stats.Applied.Load() {
+		r.s.Stats.Applied.Store(cp)
+	}
 	r.publishPosition()
 	defer func() {
 		if r.inflight != nil {

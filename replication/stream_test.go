@@ -237,3 +237,30 @@ func TestStream_SmallTransactionsShareAChatTransaction(t *testing.T) {
 		t.Fatalf("5 single-row transactions committed within %s were written in %d chat transactions; want 1", took.Round(time.Millisecond), batches)
 	}
 }
+
+// TestStream_IdleRestartReportsTheCheckpoint: a stream started on a stored
+// checkpoint with nothing new to apply reports that checkpoint as applied,
+// not 0.
+func TestStream_IdleRestartReportsTheCheckpoint(t *testing.T) {
+	p := pgtest.NewPair(t, 100)
+	r := start(t, p, nil)
+	p.WaitEqual(t, 30*time.Second)
+	pgtest.Exec(t, p.Source, "UPDATE users SET status = 'before restart', updated_at = now()")
+	p.WaitEqual(t, 30*time.Second)
+	r.stop(t)
+	r = start(t, p, nil)
+	deadline := time.Now().Add(30 * time.Second)
+	for !r.stream.Stats.Streaming.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("the restarted stream did not stream")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cp, ok, err := r.sink.Checkpoint(context.Background())
+	if err != nil || !ok {
+		t.Fatalf("checkpoint: %v %v", ok, err)
+	}
+	if got := pglogrepl.LSN(r.stream.Stats.Applied.Load()); got != cp.LSN || got == 0 {
+		t.Errorf("applied %s after an idle restart, want the checkpoint %s", got, cp.LSN)
+	}
+}

@@ -50,7 +50,7 @@ func cmdErrors(ctx context.Context, e *env, args []string) error {
 	case "list":
 		all = fs.Bool("all", false, "include resolved dead letters")
 		limit = fs.Int("limit", 50, "most rows shown (newest first)")
-		asJSON = fs.Bool("json", false, "print JSON lines, with payloads")
+		asJSON = fs.Bool("json", false, "print one JSON array, with payloads ([] when none)")
 	case "retry", "resolve":
 		all = fs.Bool("all", false, "every unresolved dead letter")
 		id = fs.Int64("id", 0, "the dead letter with this id")
@@ -198,13 +198,13 @@ func listErrors(ctx context.Context, e *env, pool *pgxpool.Pool, all bool, limit
 		return fmt.Errorf("count sync_errors: %w", err)
 	}
 	if asJSON {
-		enc := json.NewEncoder(e.stdout)
-		for _, d := range list {
-			if err := enc.Encode(d); err != nil {
-				return err
-			}
+		// One JSON document, [] when there is nothing.
+		if list == nil {
+			list = []deadLetter{}
 		}
-		return nil
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(list)
 	}
 	fmt.Fprintf(e.stdout, "%d unresolved dead letters\n", open)
 	if len(list) == 0 {

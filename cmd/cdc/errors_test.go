@@ -23,6 +23,9 @@ func TestErrors_ListRetryResolve(t *testing.T) {
 	pgtest.Exec(t, p.Chat, `ALTER TABLE users ADD CONSTRAINT no_poison CHECK (first_name NOT LIKE 'poison%')`)
 	c := startCDC(t, env, "run")
 	c.waitOutput(t, "streaming changes", 30*time.Second)
+	if code, out := runCDC(t, env, "errors", "list", "--json"); code != 0 || len(jsonArray[deadLetter](t, out)) != 0 || !strings.Contains(out, "[]") {
+		t.Fatalf("errors list --json with none: exit %d, want []\n%s", code, out)
+	}
 	pgtest.Exec(t, p.Source, `INSERT INTO users (id, first_name, updated_at) VALUES
   ('00000000-0000-0000-0000-0000000000e1', 'poison one', now()),
   ('00000000-0000-0000-0000-0000000000e2', 'poison two', now()),
@@ -82,14 +85,7 @@ func TestErrors_ListRetryResolve(t *testing.T) {
 		t.Fatalf("errors list --all --json: exit %d\n%s", code, out)
 	}
 	var resolved int
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		if !strings.HasPrefix(line, "{") {
-			continue
-		}
-		var d deadLetter
-		if err := json.Unmarshal([]byte(line), &d); err != nil {
-			t.Fatalf("%q: %v", line, err)
-		}
+	for _, d := range jsonArray[deadLetter](t, out) {
 		if d.Resolved && d.ResolvedAt != nil {
 			resolved++
 		}
@@ -97,4 +93,22 @@ func TestErrors_ListRetryResolve(t *testing.T) {
 	if resolved != 2 {
 		t.Fatalf("%d resolved dead letters listed, want 2:\n%s", resolved, out)
 	}
+}
+
+// jsonArray decodes the JSON array a command printed (log lines around it
+// are skipped).
+func jsonArray[T any](t *testing.T, out string) []T {
+	t.Helper()
+	i := strings.Index(out, "[\n")
+	if i < 0 {
+		i = strings.Index(out, "[]")
+	}
+	if i < 0 || (i > 0 && out[i-1] != '\n') {
+		t.Fatalf("no JSON array in the output:\n%s", out)
+	}
+	var list []T
+	if err := json.NewDecoder(strings.NewReader(out[i:])).Decode(&list); err != nil {
+		t.Fatalf("decode the JSON array: %v\n%s", err, out)
+	}
+	return list
 }

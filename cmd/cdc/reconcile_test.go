@@ -36,8 +36,17 @@ func TestVerifyAndReconcile_CLI(t *testing.T) {
 	if code != exitDrift {
 		t.Fatalf("verify with drift: exit %d, want %d\n%s", code, exitDrift, out)
 	}
+	// stdout holds the report; log lines (stderr, here in the same
+	// buffer) say that verify looked again.
+	if !strings.Contains(out, "rows differ: looking again in 2s, since they may be changes still in flight") {
+		t.Errorf("verify does not say why it waits:\n%s", out)
+	}
 	var rep reconcile.Report
-	if err := json.Unmarshal([]byte(out[:strings.LastIndex(out, "}")+1]), &rep); err != nil {
+	i := strings.Index(out, "{\n")
+	if i < 0 {
+		t.Fatalf("verify --json printed no report:\n%s", out)
+	}
+	if err := json.NewDecoder(strings.NewReader(out[i:])).Decode(&rep); err != nil {
 		t.Fatalf("verify --json: %v\n%s", err, out)
 	}
 	if rep.Missing != 2 || rep.Stale != 2 || rep.Extra != 2 || rep.Difference != 0 || rep.Consistent {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/lmittmann/tint"
 	"github.com/mattn/go-isatty"
@@ -33,9 +34,25 @@ func New(w io.Writer, level slog.Leveler, format string) *slog.Logger {
 		}
 		h = tint.NewTextHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly + ".000", NoColor: noColor})
 	} else {
-		h = slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})
+		h = slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: readable})
 	}
 	return slog.New(h)
+}
+
+// readable writes values in JSON as people (and the text format) read
+// them: durations as Go duration strings ("871ms", not 871000000) and
+// WAL positions in PostgreSQL's X/Y form ("0/2C33C20", not 46348320), as
+// /stats and the text log show them.
+func readable(_ []string, a slog.Attr) slog.Attr {
+	switch v := a.Value; v.Kind() {
+	case slog.KindDuration:
+		a.Value = slog.StringValue(v.Duration().String())
+	case slog.KindAny:
+		if lsn, ok := v.Any().(pglogrepl.LSN); ok {
+			a.Value = slog.StringValue(lsn.String())
+		}
+	}
+	return a
 }
 
 var (

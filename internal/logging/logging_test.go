@@ -11,7 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/myusta/cdc/internal/logging"
@@ -321,5 +323,20 @@ func TestNew_LevelerIsDynamic(t *testing.T) {
 				t.Errorf("LevelVar changes not honoured:\n%s", out)
 			}
 		})
+	}
+}
+
+// TestNew_JSONValuesAsPeopleReadThem: durations are Go duration strings
+// and WAL positions PostgreSQL's X/Y form, in JSON as in text.
+func TestNew_JSONValuesAsPeopleReadThem(t *testing.T) {
+	var buf bytes.Buffer
+	logging.New(&buf, slog.LevelInfo, "json").With("component", "stream").
+		Info("m", "retry_in", 871*time.Millisecond, "applied_lsn", pglogrepl.LSN(0x2C33C20), "n", 3)
+	var rec map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
+		t.Fatal(err)
+	}
+	if rec["retry_in"] != "871ms" || rec["applied_lsn"] != "0/2C33C20" || rec["n"] != float64(3) {
+		t.Errorf("line %s: want retry_in 871ms, applied_lsn 0/2C33C20, n 3", buf.String())
 	}
 }

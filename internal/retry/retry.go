@@ -29,8 +29,9 @@ type Policy struct {
 }
 
 // BackOff returns a fresh exponential backoff that never stops by itself:
-// after the delay reaches Max it keeps probing every Max.
-func (p Policy) BackOff() *backoff.ExponentialBackOff {
+// after the delay reaches Max it keeps probing every Max. Delays carry
+// ±20 % jitter, but never exceed Max (RETRY_MAX_DELAY means what it says).
+func (p Policy) BackOff() backoff.BackOff {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = p.Initial
 	b.MaxInterval = p.Max
@@ -38,7 +39,21 @@ func (p Policy) BackOff() *backoff.ExponentialBackOff {
 	b.RandomizationFactor = 0.2
 	b.MaxElapsedTime = 0
 	b.Reset()
-	return b
+	return capped{b, p.Max}
+}
+
+// capped is a backoff whose delays never exceed max.
+type capped struct {
+	*backoff.ExponentialBackOff
+	max time.Duration
+}
+
+func (c capped) NextBackOff() time.Duration {
+	d := c.ExponentialBackOff.NextBackOff()
+	if d == backoff.Stop || c.max <= 0 {
+		return d
+	}
+	return min(d, c.max)
 }
 
 // Transient reports whether err is worth retrying: a lost or refused
