@@ -37,8 +37,13 @@ type deadLetter struct {
 // cmdErrors is `cdc errors list | retry | resolve`: the dead letters in
 // sync_errors, changes the chat database refused.
 func cmdErrors(ctx context.Context, e *env, args []string) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+		commandHelp(e.stdout, "errors", nil)
+		fmt.Fprintln(e.stdout, "\nsubcommands: list, retry, resolve (cdc errors <subcommand> -h for each one's flags)")
+		return nil
+	}
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return usageError("cdc errors needs a subcommand: list, retry or resolve")
+		return usageError("cdc errors needs a subcommand: list, retry or resolve (run 'cdc errors -h')")
 	}
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("errors "+sub, flag.ContinueOnError)

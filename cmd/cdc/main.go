@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"sort"
 	"strings"
 	"syscall"
 
@@ -44,15 +43,22 @@ type command struct {
 	run     func(ctx context.Context, e *env, args []string) error
 }
 
-var commands = map[string]command{
-	"run":       {"stream changes from the source to the chat database (the daemon)", cmdRun},
-	"migrate":   {"create cdc's tables in chat, the chat table if absent, and the source publication", cmdMigrate},
-	"dev":       {"start a throw-away local PostgreSQL with demo data and run the daemon against it", cmdDev},
-	"reconcile": {"compare a window (--since, --from/--to) or the whole table (--full) and repair chat", cmdReconcile},
-	"verify":    {"prove chat equals the source (--full: every row); exit 3 on drift", cmdVerify},
-	"errors":    {"list, retry (re-read the source row) or resolve the changes chat refused (sync_errors)", cmdErrors},
-	"teardown":  {"remove cdc from the source: its slot, publication and notify trigger (asks first)", cmdTeardown},
-	"status":    {"show the health and progress of the running cdc (at HTTP_ADDR); exit 1 unless HEALTHY", cmdStatus},
+// commands are cdc's subcommands (set in init: their help refers back
+// to this table).
+var commands map[string]command
+
+func init() {
+	commands = map[string]command{
+		"run":       {"stream changes from the source to the chat database (the daemon)", cmdRun},
+		"migrate":   {"create cdc's tables in chat, the chat table if absent, and the source publication", cmdMigrate},
+		"dev":       {"start a throw-away local PostgreSQL with demo data and run the daemon against it", cmdDev},
+		"reconcile": {"compare a window (--since, --from/--to) or the whole table (--full) and repair chat", cmdReconcile},
+		"verify":    {"prove chat equals the source (--full: every row); exit 3 on drift", cmdVerify},
+		"errors":    {"list, retry (re-read the source row) or resolve the changes chat refused (sync_errors)", cmdErrors},
+		"teardown":  {"remove cdc from the source: its slot, publication and notify trigger (asks first)", cmdTeardown},
+		"status":    {"show the health and progress of the running cdc (at HTTP_ADDR); exit 1 unless HEALTHY", cmdStatus},
+		"version":   {"print cdc's version and the revision it was built from", cmdVersion},
+	}
 }
 
 // env is what a subcommand may touch of the outside world.
@@ -64,17 +70,30 @@ type env struct {
 
 // Main runs the subcommand in args and returns the process exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
 		usage(stderr)
-		if len(args) == 0 {
-			return exitUsage
-		}
+		return exitUsage
+	}
+	switch args[0] {
+	case "-h", "--help":
+		usage(stdout)
 		return exitOK
+	case "--version":
+		args = []string{"version"}
+	case "help":
+		switch {
+		case len(args) == 1:
+			usage(stdout)
+			return exitOK
+		case args[1] == "config":
+			configHelp(stdout)
+			return exitOK
+		}
+		args = []string{args[1], "-h"} // cdc help CMD is cdc CMD -h
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
-		fmt.Fprintf(stderr, "cdc: unknown command %q\n", args[0])
-		usage(stderr)
+		fmt.Fprintf(stderr, "cdc: unknown command %q: run 'cdc help' for the list\n", args[0])
 		return exitUsage
 	}
 	src, err := config.EnvSource(".env")
@@ -92,15 +111,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: cdc <command> [flags]\n\ncommands:")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
+	for _, n := range commandNames() {
 		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(w, "\nEvery setting is an environment variable (or .env entry) and a flag; see cdc <command> -h.")
+	fmt.Fprintln(w, "\nRun 'cdc help <command>' (or cdc <command> -h) for a command's flags and examples, and")
+	fmt.Fprintln(w, "'cdc help config' for every configuration variable (environment, .env or flag).")
 }
 
 // exitError carries a specific exit code.
@@ -137,16 +152,22 @@ func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", " 
 // setup parses a subcommand's flags (every configuration variable has one)
 // and returns the validated configuration and a logger.
 func (e *env) setup(fs *flag.FlagSet, args []string) (*config.Config, *slog.Logger, error) {
-	fs.SetOutput(e.stderr)
+	// The command's own flags, before the configuration adds its own: its
+	// help lists these, and points to cdc help config for the rest.
+	own := flag.NewFlagSet(fs.Name(), flag.ContinueOnError)
+	fs.VisitAll(func(f *flag.Flag) { own.Var(f.Value, f.Name, f.Usage) })
+	fs.SetOutput(io.Discard) // help and errors are printed here, once
+	fs.Usage = func() {}
 	loader := config.NewLoader(e.src, fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			commandHelp(e.stdout, fs.Name(), own)
 			return nil, nil, err
 		}
-		return nil, nil, usageError("%v", err)
+		return nil, nil, usageError("%v (run 'cdc %s -h')", err, fs.Name())
 	}
 	if fs.NArg() > 0 {
-		return nil, nil, usageError("unexpected argument %q", fs.Arg(0))
+		return nil, nil, usageError("unexpected argument %q (run 'cdc %s -h')", fs.Arg(0), fs.Name())
 	}
 	cfg, err := loader.Load()
 	if err != nil {
