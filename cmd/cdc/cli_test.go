@@ -49,6 +49,10 @@ func TestCLI_HelpVersionAndUsageErrors(t *testing.T) {
 	if code, _, errOut := cli("nope"); code != exitUsage || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, "cdc help") {
 		t.Errorf("cdc nope: exit %d, stderr %q", code, errOut)
 	}
+	code, _, errOut = cli("verify", "--sync-mode", "x", "--max-retries", "-3")
+	if code != exitUsage || strings.Count(errOut, "\n") != 2 || !strings.Contains(errOut, "cdc: SYNC_MODE:") || !strings.Contains(errOut, "cdc: MAX_RETRIES:") {
+		t.Errorf("two bad values: exit %d, stderr %q; want both, one line each, exit 2", code, errOut)
+	}
 	for _, args := range [][]string{{"version"}, {"--version"}} {
 		if code, out, _ := cli(args...); code != 0 || !strings.HasPrefix(out, "cdc ") || !strings.Contains(out, "go1.") {
 			t.Errorf("cdc %v: exit %d, %q", args, code, out)

@@ -103,7 +103,14 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	err = cmd.run(ctx, &env{stdin: os.Stdin, stdout: stdout, stderr: stderr, src: src}, args[1:])
 	code := exitCode(err)
-	if err != nil && !errors.Is(err, flag.ErrHelp) {
+	var all config.Errors
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+	case errors.As(err, &all):
+		for _, e := range all { // every configuration problem, one line each
+			fmt.Fprintln(stderr, "cdc:", oneLine(e))
+		}
+	default:
 		fmt.Fprintln(stderr, "cdc:", oneLine(err))
 	}
 	return code
@@ -173,5 +180,9 @@ func (e *env) setup(fs *flag.FlagSet, args []string) (*config.Config, *slog.Logg
 	if err != nil {
 		return nil, nil, err
 	}
-	return cfg, logging.New(e.stderr, cfg.LogLevel, cfg.LogFormat), nil
+	log := logging.New(e.stderr, cfg.LogLevel, cfg.LogFormat)
+	for _, w := range cfg.Warnings {
+		log.Warn(w)
+	}
+	return cfg, log, nil
 }

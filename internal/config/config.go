@@ -26,6 +26,10 @@ const (
 
 // Config is the validated configuration of one cdc process.
 type Config struct {
+	// Warnings are names set that look meant for cdc but are none of its
+	// variables (typos), for the caller to log.
+	Warnings []string
+
 	SourceURL string // SOURCE_DATABASE_URL
 	ChatURL   string // CHAT_DATABASE_URL
 	Mode      string // SYNC_MODE
@@ -90,6 +94,38 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Var + ": " + e.Msg }
 
+// Errors is every configuration problem found at once, one per variable.
+type Errors []*Error
+
+// Error is one line per problem.
+func (e Errors) Error() string {
+	lines := make([]string, len(e))
+	for i, x := range e {
+		lines[i] = x.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Unwrap lets errors.As find each *Error.
+func (e Errors) Unwrap() []error {
+	out := make([]error, len(e))
+	for i, x := range e {
+		out[i] = x
+	}
+	return out
+}
+
+// join is nil, the one error, or all of them.
+func join(errs Errors) error {
+	switch len(errs) {
+	case 0:
+		return nil
+	case 1:
+		return errs[0]
+	}
+	return errs
+}
+
 func newError(name, msg string) *Error {
 	return &Error{Var: name, Msg: msg, Flag: "--" + Var{Name: name}.FlagName()}
 }
@@ -98,6 +134,10 @@ func newError(name, msg string) *Error {
 // value of a variable and whether it is set.
 type Source struct {
 	Lookup func(name string) (string, bool)
+	// Names lists the names the source holds that may be meant for cdc
+	// (every .env key; environment variables shaped like cdc's), for
+	// the warning about unknown ones; nil: none.
+	Names func() (dotenv, environ []string)
 }
 
 // EnvSource reads the process environment and, below it, the .env file in
@@ -120,6 +160,14 @@ func EnvSource(dotenvPath string) (Source, error) {
 		}
 		v, ok := fileVals[name]
 		return v, ok
+	}, Names: func() (dotenv, environ []string) {
+		for k := range fileVals {
+			dotenv = append(dotenv, k)
+		}
+		for _, kv := range os.Environ() {
+			environ = append(environ, strings.SplitN(kv, "=", 2)[0])
+		}
+		return dotenv, environ
 	}}, nil
 }
 
@@ -164,6 +212,7 @@ func (l *Loader) Load() (*Config, error) {
 		l.fs.Visit(func(f *flag.Flag) { l.set[f.Name] = true })
 	}
 	cfg := &Config{}
+	var errs Errors
 	for _, v := range Vars {
 		// An empty value means "not set", as compose files pass unset
 		// variables through as empty strings.
@@ -175,12 +224,16 @@ func (l *Loader) Load() (*Config, error) {
 			raw = *p
 		}
 		if err := v.parse(cfg, strings.TrimSpace(raw)); err != nil {
-			return nil, newError(v.Name, err.Error())
+			errs = append(errs, newError(v.Name, err.Error()))
 		}
+	}
+	if len(errs) > 0 {
+		return nil, join(errs) // every one at once
 	}
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
+	cfg.Warnings = l.unknownNames()
 	return cfg, nil
 }
 
@@ -213,13 +266,14 @@ func (c *Config) check() error {
 
 // RequireDatabases reports a missing SOURCE_DATABASE_URL or CHAT_DATABASE_URL.
 func (c *Config) RequireDatabases() error {
+	var errs Errors
 	if c.SourceURL == "" {
-		return newError("SOURCE_DATABASE_URL", "is required: a postgres:// URL or key=value DSN of the backend database (myusta_backend)")
+		errs = append(errs, newError("SOURCE_DATABASE_URL", "is required: a postgres:// URL or key=value DSN of the backend database (myusta_backend)"))
 	}
 	if c.ChatURL == "" {
-		return newError("CHAT_DATABASE_URL", "is required: a postgres:// URL or key=value DSN of the chat database (myusta_chatapp)")
+		errs = append(errs, newError("CHAT_DATABASE_URL", "is required: a postgres:// URL or key=value DSN of the chat database (myusta_chatapp)"))
 	}
-	return nil
+	return join(errs)
 }
 
 func contains(list []string, s string) bool {

@@ -664,3 +664,71 @@ func TestConfig_RequireDatabases(t *testing.T) {
 		})
 	}
 }
+
+// TestLoad_EveryErrorAtOnce: several bad values are all reported, one per
+// variable, and both missing DSNs are named together.
+func TestLoad_EveryErrorAtOnce(t *testing.T) {
+	_, err := config.Load(config.MapSource(map[string]string{"SYNC_MODE": "x", "SLOT_WAL_WARN_MB": "1GB", "MAX_RETRIES": "-3"}))
+	var all config.Errors
+	if !errors.As(err, &all) || len(all) != 3 {
+		t.Fatalf("Load = %v, want the three errors at once", err)
+	}
+	for i, name := range []string{"SYNC_MODE", "MAX_RETRIES", "SLOT_WAL_WARN_MB"} {
+		found := false
+		for _, e := range all {
+			found = found || e.Var == name
+		}
+		if !found {
+			t.Errorf("error %d: %s not reported in %v", i, name, err)
+		}
+	}
+	cfg := mustLoad(t, map[string]string{})
+	if err := cfg.RequireDatabases(); !errors.As(err, &all) || len(all) != 2 {
+		t.Errorf("RequireDatabases with neither DSN = %v, want both named", err)
+	}
+}
+
+// TestLoad_DSNErrorNamesThePart: a DSN the driver refuses is described by
+// the part that is wrong, without quoting any of it.
+func TestLoad_DSNErrorNamesThePart(t *testing.T) {
+	for _, tc := range []struct{ dsn, want string }{
+		{"mysql://u:pw@host/db", "the scheme is not PostgreSQL's"},
+		{"postgres://u:pw@host:99x/db", "the port is not a number"},
+		{"postgres://u:p%zzw@host/db", "a % escape is invalid"},
+		{"postgres://u:pw@host/db?sslmode=sometimes", "the parameter sslmode is not one of"},
+		{"host=x port=abc", "the port is not a number"},
+	} {
+		_, err := config.Load(config.MapSource(map[string]string{"SOURCE_DATABASE_URL": tc.dsn}))
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "pw") {
+			t.Errorf("%s: %v, want %q and no part of the DSN", tc.dsn, err, tc.want)
+		}
+	}
+}
+
+// TestLoad_WarnsAboutUnknownNames: an unknown .env key is a warning with
+// the closest variable; an environment variable two edits from one too;
+// unrelated environment variables and compose's own .env keys are not.
+func TestLoad_WarnsAboutUnknownNames(t *testing.T) {
+	vals := map[string]string{"SYNC_INTERVALL_MINUTES": "5", "CHAT_DATABSE_URL": "x", "HOME": "/root", "SOURCE_ADMIN_PASSWORD": "p"}
+	src := config.MapSource(vals)
+	src.Names = func() (dotenv, environ []string) {
+		return []string{"SYNC_INTERVALL_MINUTES", "SOURCE_ADMIN_PASSWORD", "WHATEVER"}, []string{"CHAT_DATABSE_URL", "HOME", "PATH"}
+	}
+	cfg, err := config.Load(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(cfg.Warnings, "\n")
+	for _, want := range []string{
+		".env sets SYNC_INTERVALL_MINUTES, which is not a cdc variable: did you mean SYNC_INTERVAL_MINUTES?",
+		".env sets WHATEVER, which is not a cdc variable",
+		"the environment sets CHAT_DATABSE_URL, which is not a cdc variable: did you mean CHAT_DATABASE_URL?",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("warnings lack %q:\n%s", want, got)
+		}
+	}
+	if len(cfg.Warnings) != 3 || strings.Contains(got, "HOME") || strings.Contains(got, "ADMIN") {
+		t.Errorf("warnings:\n%s\nwant exactly those three", got)
+	}
+}

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -256,9 +258,61 @@ func checkDSN(s string) error {
 	if _, err := pgconn.ParseConfig(s); err != nil {
 		// The parser's message can quote the input, password included, when
 		// it is malformed: say only what is accepted.
-		return errors.New("is not a valid PostgreSQL DSN: use postgres://user:pass@host:5432/db?sslmode=… or host=… user=… dbname=…")
+		return errors.New("is not a valid PostgreSQL DSN: " + dsnProblem(s) + "; use postgres://user:pass@host:5432/db?sslmode=… or host=… user=… dbname=…")
 	}
 	return nil
+}
+
+// dsnProblem names the part of a DSN the driver refused, quoting nothing
+// of it (any value may be the password).
+func dsnProblem(s string) string {
+	if i := strings.Index(s, "://"); i >= 0 {
+		if scheme := s[:i]; scheme != "postgres" && scheme != "postgresql" {
+			return "the scheme is not PostgreSQL's (postgres:// or postgresql://)"
+		}
+		u, err := url.Parse(s)
+		var esc url.EscapeError
+		switch {
+		case errors.As(err, &esc):
+			return "a % escape is invalid (a % not followed by two hex digits, often in the password: write @ : / # % ? there as %40 %3A %2F %23 %25 %3F)"
+		case err != nil && strings.Contains(err.Error(), "port"):
+			return "the port is not a number from 1 to 65535"
+		case err != nil:
+			return "it cannot be read as a URL (percent-encode @ : / # % ? in the user and password)"
+		}
+		for _, h := range strings.Split(u.Host, ",") {
+			if _, port, err := net.SplitHostPort(h); err == nil && !validPort(port) {
+				return "the port is not a number from 1 to 65535"
+			}
+		}
+		return paramProblem(u.Query())
+	}
+	params := url.Values{}
+	for _, f := range strings.Fields(s) {
+		if k, v, ok := strings.Cut(f, "="); ok {
+			params.Set(k, strings.Trim(v, "'"))
+		} else {
+			return "an entry is not key=value"
+		}
+	}
+	if p := params.Get("port"); p != "" && !validPort(p) {
+		return "the port is not a number from 1 to 65535"
+	}
+	return paramProblem(params)
+}
+
+// paramProblem names a connection parameter with a value the driver
+// refuses, or says the DSN is otherwise malformed.
+func paramProblem(q url.Values) string {
+	if m := q.Get("sslmode"); m != "" && !slices.Contains([]string{"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}, m) {
+		return "the parameter sslmode is not one of disable, allow, prefer, require, verify-ca, verify-full"
+	}
+	if t := q.Get("connect_timeout"); t != "" {
+		if _, err := strconv.Atoi(t); err != nil {
+			return "the parameter connect_timeout is not a number of seconds"
+		}
+	}
+	return "a parameter or its value is not one the driver accepts"
 }
 
 func validPort(p string) bool {
