@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/myusta/cdc/internal/demo"
@@ -46,7 +48,7 @@ func cmdDev(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	fmt.Fprintf(e.stdout, "starting PostgreSQL in %s …\n", root)
-	srv, err := pglocal.Start(ctx, pglocal.Options{Dir: root, Port: *port})
+	srv, err := startDevServer(ctx, root, *port)
 	if err != nil {
 		return err
 	}
@@ -61,7 +63,8 @@ func cmdDev(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	cfg.SourceURL, cfg.ChatURL = srv.DSN(devSourceDB), srv.DSN(devChatDB)
-	fmt.Fprintf(e.stdout, "source: psql '%s'\nchat:   psql '%s'\n", cfg.SourceURL, cfg.ChatURL)
+	fmt.Fprintf(e.stdout, "source: psql '%s'\nchat:   psql '%s'\nfor the other commands (cdc verify, cdc errors list, …) in another shell:\n  export SOURCE_DATABASE_URL='%s' CHAT_DATABASE_URL='%s'\n",
+		cfg.SourceURL, cfg.ChatURL, cfg.SourceURL, cfg.ChatURL)
 
 	srcPool, err := openPool(ctx, log, "SOURCE_DATABASE_URL", cfg.SourceURL, 4, writePolicy(cfg))
 	if err != nil {
@@ -113,4 +116,29 @@ func seedDemo(ctx context.Context, out io.Writer, pool *pgxpool.Pool, users int)
 	}
 	fmt.Fprintf(out, "seeding %d demo users …\n", users)
 	return demo.Seed(ctx, pool, users)
+}
+
+// devPortFile remembers, in the data directory, the port cdc dev's
+// PostgreSQL last listened on, so the psql and export lines it printed
+// keep working across restarts.
+const devPortFile = "cdc-dev.port"
+
+// startDevServer starts cdc dev's PostgreSQL on port, or (0) on the port
+// it used last time when that is still free, else on a free one.
+func startDevServer(ctx context.Context, root string, port int) (*pglocal.Server, error) {
+	if port == 0 {
+		if b, err := os.ReadFile(filepath.Join(root, devPortFile)); err == nil {
+			if last, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				if srv, err := pglocal.Start(ctx, pglocal.Options{Dir: root, Port: last}); err == nil {
+					return srv, nil
+				}
+			}
+		}
+	}
+	srv, err := pglocal.Start(ctx, pglocal.Options{Dir: root, Port: port})
+	if err != nil {
+		return nil, err
+	}
+	_ = os.WriteFile(filepath.Join(root, devPortFile), []byte(strconv.Itoa(srv.Port())+"\n"), 0o644)
+	return srv, nil
 }

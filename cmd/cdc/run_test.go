@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -257,11 +258,19 @@ func TestDev_RunsTheEmbeddedDefault(t *testing.T) {
 	if strings.Contains(out, `"updates":0,`) {
 		t.Errorf("no updates were synced under --load:\n%s", out)
 	}
-	// The data directory is reused: a second start finds the data.
+	exports := regexp.MustCompile(`export SOURCE_DATABASE_URL='[^']+' CHAT_DATABASE_URL='[^']+'`).FindString(out)
+	if exports == "" {
+		t.Errorf("cdc dev prints no export line for the other commands:\n%s", out)
+	}
+	// The data directory is reused: a second start finds the data, on the
+	// same port, so the printed psql and export lines keep working.
 	c = startCDC(t, map[string]string{"LOG_FORMAT": "json", "HTTP_ADDR": "127.0.0.1:0"}, "dev", "--dir", filepath.Join(dir, "pg"), "--users", "500")
 	c.waitOutput(t, "streaming changes", 60*time.Second)
 	_ = c.cmd.Process.Signal(os.Interrupt)
 	if code := c.wait(t, 60*time.Second); code != 0 || strings.Contains(c.out.String(), "seeding") {
 		t.Fatalf("second cdc dev: exit %d, output:\n%s", code, c.out.String())
+	}
+	if !strings.Contains(c.out.String(), exports) {
+		t.Errorf("second cdc dev moved: want %q again:\n%s", exports, c.out.String())
 	}
 }
