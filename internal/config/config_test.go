@@ -116,6 +116,7 @@ func TestLoad_RejectsBadValues(t *testing.T) {
 		{"source dsn malformed kv", map[string]string{"SOURCE_DATABASE_URL": "host=x port=abc"}, "SOURCE_DATABASE_URL", "postgres://user:pass@host:5432/db"},
 		{"chat dsn malformed", map[string]string{"CHAT_DATABASE_URL": "postgres://u@host:99x/db"}, "CHAT_DATABASE_URL", "not a valid PostgreSQL DSN"},
 		{"sync mode", map[string]string{"SYNC_MODE": "x"}, "SYNC_MODE", "use replication or notify"},
+		{"example password", map[string]string{"CHAT_DATABASE_URL": "host=h user=u password='change-me'"}, "CHAT_DATABASE_URL", "example password change-me"},
 		{"source run role not an identifier", map[string]string{"SOURCE_RUN_ROLE": "Cdc-Reader"}, "SOURCE_RUN_ROLE", "unexpected"},
 		{"chat run role with a quote", map[string]string{"CHAT_RUN_ROLE": `x"; DROP TABLE users; --`}, "CHAT_RUN_ROLE", "unexpected"},
 		{"slot WAL warning with a unit", map[string]string{"SLOT_WAL_WARN_MB": "1GB"}, "SLOT_WAL_WARN_MB", "megabytes from 1"},

@@ -29,29 +29,31 @@ func TestReadme_ListsEveryVariable(t *testing.T) {
 	}
 }
 
-var update = flag.Bool("update", false, "rewrite .env.example from the variables")
+var update = flag.Bool("update", false, "rewrite .env.example and cdc.env.example from the variables")
 
-// TestEnvExample_ListsEveryVariable keeps .env.example equal to what
-// EnvExample renders from the variables (go test ./internal/config -update
-// rewrites it).
+// TestEnvExample_ListsEveryVariable keeps cdc.env.example (every cdc
+// variable) and .env.example (compose's passwords) equal to what
+// EnvExample and ComposeEnvExample render (go test ./internal/config
+// -update rewrites them).
 func TestEnvExample_ListsEveryVariable(t *testing.T) {
-	const path = "../../.env.example"
 	want := config.EnvExample()
-	if *update {
-		if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
+	for path, text := range map[string]string{"../../cdc.env.example": want, "../../.env.example": config.ComposeEnvExample()} {
+		if *update {
+			if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := os.ReadFile(path)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	got, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(got) != want {
-		t.Fatalf(".env.example is out of date: run go test ./internal/config -run TestEnvExample -update")
+		if string(got) != text {
+			t.Fatalf("%s is out of date: run go test ./internal/config -run TestEnvExample -update", path)
+		}
 	}
 	for _, v := range config.Vars {
 		if !strings.Contains(want, "#"+v.Name+"=") {
-			t.Errorf(".env.example lacks %s", v.Name)
+			t.Errorf("cdc.env.example lacks %s", v.Name)
 		}
 	}
 }

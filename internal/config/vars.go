@@ -255,7 +255,11 @@ func checkDSN(s string) error {
 	if s == "" {
 		return nil // required-ness is checked by the commands that connect
 	}
-	if _, err := pgconn.ParseConfig(s); err != nil {
+	cfg, err := pgconn.ParseConfig(s)
+	if err == nil && cfg.Password == "change-me" {
+		return errors.New("has the example password change-me: set a real one (in .env with docker compose)")
+	}
+	if err != nil {
 		// The parser's message can quote the input, password included, when
 		// it is malformed: say only what is accepted.
 		return errors.New("is not a valid PostgreSQL DSN: " + dsnProblem(s) + "; use postgres://user:pass@host:5432/db?sslmode=… or host=… user=… dbname=…")

@@ -130,8 +130,15 @@ func TestCompose_EnvironmentMatchesTheCode(t *testing.T) {
 	}
 	for _, name := range []string{"cdc-migrate", "cdc"} {
 		s := c.Services[name]
-		if s.EnvFile == nil {
-			t.Errorf("%s does not read .env", name)
+		// cdc's settings, not compose's passwords: those reach the
+		// containers only inside the DSNs.
+		if s.EnvFile != "cdc.env" {
+			t.Errorf("%s env_file %v, want cdc.env (not .env, which holds the admin passwords)", name, s.EnvFile)
+		}
+		for k, v := range s.Environment {
+			if strings.Contains(v, "PASSWORD}") && !regexp.MustCompile(`password='\$\{[A-Z_]+\}'`).MatchString(v) {
+				t.Errorf("%s %s pastes a password where its characters matter; want a quoted key=value password", name, k)
+			}
 		}
 		for k := range s.Environment {
 			if !known[k] {
@@ -140,7 +147,7 @@ func TestCompose_EnvironmentMatchesTheCode(t *testing.T) {
 		}
 	}
 	run := c.Services["cdc"].Environment
-	if !strings.Contains(run["SOURCE_DATABASE_URL"], "//cdc_source:") || !strings.Contains(run["CHAT_DATABASE_URL"], "//cdc_chat:") {
+	if !strings.Contains(run["SOURCE_DATABASE_URL"], "user=cdc_source ") || !strings.Contains(run["CHAT_DATABASE_URL"], "user=cdc_chat ") {
 		t.Error("cdc run does not log in as the least-privileged roles cdc_source and cdc_chat")
 	}
 	mig := c.Services["cdc-migrate"].Environment
