@@ -61,7 +61,7 @@ func (s *Sink) Backfill(ctx context.Context, src *pgxpool.Pool, srcTable *schema
 			return err
 		})
 		if err != nil {
-			return res, err
+			return res, fmt.Errorf("backfill columns: %w", err)
 		}
 		res.Read += n
 		res.Updated += updated
@@ -76,7 +76,9 @@ func (s *Sink) Backfill(ctx context.Context, src *pgxpool.Pool, srcTable *schema
 }
 
 // exclusive runs fn in a chat transaction on the writer connection holding
-// the writer lock, retried as writes are, and commits it.
+// the writer lock (after any open transaction is done), retried as writes
+// are, and commits it: how repairs and backfills write. What fn resolves
+// of the open dead letters is settled once it commits.
 func (s *Sink) exclusive(ctx context.Context, what string, fn func(ctx context.Context, conn *pgxpool.Conn) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -84,6 +86,7 @@ func (s *Sink) exclusive(ctx context.Context, what string, fn func(ctx context.C
 		return err
 	}
 	err := retry.Do(ctx, s.opts.Retry, s.log, what, s.counted(func(ctx context.Context) error {
+		s.begin()
 		conn, err := s.writer(ctx)
 		if err != nil {
 			return err
@@ -104,10 +107,10 @@ func (s *Sink) exclusive(ctx context.Context, what string, fn func(ctx context.C
 		}
 		return err
 	}))
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
+	if err == nil {
+		s.committed() // the dead letters the transaction settled
 	}
-	return nil
+	return err
 }
 
 // backfillQueries are a backfill's statements.

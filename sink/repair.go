@@ -5,10 +5,10 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/keyed"
-	"github.com/myusta/cdc/internal/retry"
 )
 
 // Repair makes the chat rows of keys equal to the source rows that fetch
@@ -18,41 +18,20 @@ import (
 // replaces a newer version and never brings back a deleted row. Changes the
 // stream applies afterwards are newer still.
 func (s *Sink) Repair(ctx context.Context, keys [][]byte, fetch change.Fetch) (change.RepairResult, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.waitIdle(ctx); err != nil {
-		return change.RepairResult{}, err
-	}
 	var res change.RepairResult
-	err := retry.Do(ctx, s.opts.Retry, s.log, "repair rows", s.counted(func(ctx context.Context) error {
+	err := s.exclusive(ctx, "repair rows", func(ctx context.Context, conn *pgxpool.Conn) error {
 		res = change.RepairResult{}
-		s.begin()
-		conn, err := s.writer(ctx)
-		if err != nil {
-			return err
-		}
-		pc := conn.Conn().PgConn()
-		if err := s.repair(ctx, pc, keys, fetch, &res); err != nil {
-			if !pc.IsClosed() && pc.TxStatus() != 'I' {
-				_ = execSimple(context.WithoutCancel(ctx), pc, "ROLLBACK")
-			}
-			s.dropBroken()
-			return err
-		}
-		return nil
-	}))
+		return s.repair(ctx, conn.Conn().PgConn(), keys, fetch, &res)
+	})
 	if err != nil {
 		return res, fmt.Errorf("repair: %w", err)
 	}
-	s.committed()
 	s.Stats.DeadLetters.Add(int64(res.Dead))
 	return res, nil
 }
 
+// repair writes the repairs of keys in the writer's locked transaction.
 func (s *Sink) repair(ctx context.Context, pc *pgconn.PgConn, keys [][]byte, fetch change.Fetch, res *change.RepairResult) error {
-	if err := s.beginLocked(ctx, pc); err != nil {
-		return err
-	}
 	// Shows in pg_stat_activity, and lets a trigger tell repairs apart.
 	if err := execSimple(ctx, pc, "SET LOCAL application_name = 'cdc-repair'"); err != nil {
 		return err
@@ -98,8 +77,5 @@ func (s *Sink) repair(ctx context.Context, pc *pgconn.PgConn, keys [][]byte, fet
 	if r != nil {
 		s.resolving = append(s.resolving, r)
 	}
-	if err := execResolve(ctx, pc, r); err != nil {
-		return err
-	}
-	return execSimple(ctx, pc, "COMMIT")
+	return execResolve(ctx, pc, r)
 }
