@@ -17,6 +17,7 @@ import (
 	"github.com/myusta/cdc/internal/db"
 	"github.com/myusta/cdc/internal/retry"
 	"github.com/myusta/cdc/internal/schema"
+	"github.com/myusta/cdc/migrations"
 )
 
 // Options configure a Stream.
@@ -298,7 +299,7 @@ func (s *Stream) recreated(ctx context.Context, err error) bool {
 	}
 	s.log.Error("publication "+s.opts.Publication+" was dropped and created again while changes were made: the slot cannot decode those changes (PostgreSQL before 18 stops on them), so cdc drops the slot, creates it again and copies the table, which repairs chat",
 		"err", err)
-	if _, derr := s.pool.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", s.opts.Slot); derr != nil {
+	if _, derr := migrations.DropSlot(ctx, s.pool, s.opts.Slot); derr != nil {
 		s.log.Warn("dropping the slot failed; trying again", "err", derr)
 	}
 	return true

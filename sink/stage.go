@@ -12,9 +12,9 @@ import (
 // stageMinRows is the batch size from which upserts go through binary COPY
 // into a temporary table instead of array parameters. COPY costs two more
 // round trips but the server parses it faster: on a 1M-row table, 10k-row
-// batches of updates applied at ~60k rows/s through keyed.Unnest() and ~75k rows/s
+// batches of updates applied at ~60k rows/s through unnest() and ~75k rows/s
 // through COPY + staging (see BENCHMARKS.md); one-row batches are faster
-// through the single round trip of keyed.Unnest().
+// through the single round trip of unnest().
 const stageMinRows = 1000
 
 // copyRows encodes the changes at idx as a PostgreSQL binary COPY stream.

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/myusta/cdc/internal/health"
 	"github.com/myusta/cdc/internal/pgtest"
 	"github.com/myusta/cdc/internal/tablediff"
@@ -201,22 +199,8 @@ func TestWatch_NotifyTrigger(t *testing.T) {
 func TestWatch_CannotRestore(t *testing.T) {
 	ctx := context.Background()
 	srv := pgtest.Server(t)
-	admin, err := pgx.Connect(ctx, srv.DSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(ctx)
 	role := "cdc_watch_src"
-	if _, err := admin.Exec(ctx, "CREATE ROLE "+role+" LOGIN REPLICATION NOSUPERUSER"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), srv.DSN("postgres"))
-		if err == nil {
-			_, _ = c.Exec(context.Background(), "DROP ROLE IF EXISTS "+role)
-			c.Close(context.Background())
-		}
-	})
+	createRole(t, srv, role, "LOGIN REPLICATION NOSUPERUSER")
 	p := pgtest.NewBarePair(t, srv, 1000)
 	pub := p.Config(t).PublicationName
 	adminEnv := with(p.Env(), "SOURCE_RUN_ROLE", role, "SYNC_INTERVAL_MINUTES", "60", "LOG_LEVEL", "info", "STANDBY_STATUS_INTERVAL", "1s")

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/myusta/cdc/internal/pglocal"
 	"github.com/myusta/cdc/internal/pgtest"
 )
 
@@ -33,16 +34,8 @@ func TestRun_AsLeastPrivilegedRoles(t *testing.T) {
 			if mode == "replication" {
 				attrs += " REPLICATION"
 			}
-			if _, err := admin.Exec(ctx, "CREATE ROLE "+q(srcRole)+" "+attrs+"; CREATE ROLE "+q(chatRole)+" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				c, err := pgx.Connect(context.Background(), srv.DSN("postgres"))
-				if err == nil {
-					_, _ = c.Exec(context.Background(), "DROP ROLE IF EXISTS "+q(srcRole)+"; DROP ROLE IF EXISTS "+q(chatRole))
-					c.Close(context.Background())
-				}
-			})
+			createRole(t, srv, srcRole, attrs)
+			createRole(t, srv, chatRole, "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
 			p := pgtest.NewBarePair(t, srv, 2000)
 
 			adminEnv := with(p.Env(), "SYNC_MODE", mode, "SOURCE_RUN_ROLE", q(srcRole), "CHAT_RUN_ROLE", q(chatRole), "LOG_LEVEL", "info")
@@ -88,4 +81,27 @@ func TestRun_AsLeastPrivilegedRoles(t *testing.T) {
 			}
 		})
 	}
+}
+
+// createRole creates role name (quoted) with attrs on srv, and drops it
+// when the test ends, after the databases registered later are gone.
+func createRole(t *testing.T, srv *pglocal.Server, name, attrs string) {
+	t.Helper()
+	ctx := context.Background()
+	q := pgx.Identifier{name}.Sanitize()
+	admin, err := pgx.Connect(ctx, srv.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "CREATE ROLE "+q+" "+attrs); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), srv.DSN("postgres"))
+		if err == nil {
+			_, _ = c.Exec(context.Background(), "DROP ROLE IF EXISTS "+q)
+			c.Close(context.Background())
+		}
+	})
 }

@@ -63,7 +63,7 @@ func writePolicy(cfg *config.Config) retry.Policy {
 // again, without the process restarting, when the watch follows a change
 // of the source table (a rename, a dropped column).
 func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	d := &daemon{cfg: cfg, log: log, start: time.Now()}
+	d := &daemon{log: log, start: time.Now()}
 	log.Info("cdc starting", "mode", cfg.Mode, "source", logging.RedactDSN(cfg.SourceURL), "chat", logging.RedactDSN(cfg.ChatURL),
 		"table", cfg.SourceTable.String()+" -> "+cfg.ChatTable.String())
 	mon, stopHealth, err := startHealth(ctx, cfg, log)
@@ -130,7 +130,6 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 
 // daemon is what a cdc run keeps across restarts of the sync.
 type daemon struct {
-	cfg               *config.Config // as configured (runSync may follow a changed one)
 	log               *slog.Logger
 	start             time.Time
 	mon               *health.Monitor

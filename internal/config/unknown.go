@@ -9,9 +9,6 @@ import (
 	"github.com/agnivade/levenshtein"
 )
 
-// composeNames are .env entries docker-compose.yml reads, not cdc.
-var composeNames = []string{"SOURCE_ADMIN_PASSWORD", "CHAT_ADMIN_PASSWORD", "CDC_SOURCE_PASSWORD", "CDC_CHAT_PASSWORD", "COMPOSE_PROJECT_NAME"}
-
 // unknownNames describes the names that look meant for cdc but are none
 // of its variables, each with the closest one: every unknown .env key
 // (a typo there is otherwise silently ignored), and environment variables
@@ -25,9 +22,14 @@ func (l *Loader) unknownNames() []string {
 	for i, v := range Vars {
 		known[i] = v.Name
 	}
+	// .env entries docker-compose.yml reads, not cdc.
+	compose := []string{"COMPOSE_PROJECT_NAME"}
+	for _, v := range composeVars {
+		compose = append(compose, v.name)
+	}
 	var out []string
 	warn := func(where, name string, always bool) {
-		if slices.Contains(known, name) || slices.Contains(composeNames, name) {
+		if slices.Contains(known, name) || slices.Contains(compose, name) {
 			return
 		}
 		best, dist := closest(name, known)
