@@ -34,10 +34,6 @@ type NotifyOptions struct {
 	BatchMaxRows int           // most ids applied together
 	Retry        retry.Policy  // listener reconnects
 	DrainTimeout time.Duration // how long shutdown may spend on ids in hand
-	// CatchUp runs on every (re)connect once LISTEN is in place, with how
-	// long notifications may have been missed (0 on the first connect:
-	// unknown). It is where lost notifications are made up for.
-	CatchUp func(ctx context.Context, missed time.Duration) error
 	// OnBatch, when set, is called after each batch of notified ids is
 	// applied (for metrics); Latency counts from the oldest notification.
 	OnBatch func(change.BatchInfo)
@@ -76,6 +72,12 @@ type Notify struct {
 	first    bool          // the first connect's catch-up is pending
 	catchUp  chan struct{} // a catch-up is pending
 
+	// CatchUp, set before Run, runs on every (re)connect once LISTEN is in
+	// place, with how long notifications may have been missed (0 on the
+	// first connect: unknown). It is where lost notifications are made up
+	// for (the daemon hands it the reconciler, which is built after the
+	// source because it uses Sync as its barrier).
+	CatchUp func(ctx context.Context, missed time.Duration) error
 	// CatchUps counts completed catch-ups (tests wait on it).
 	CatchUps atomic.Int64
 
@@ -179,7 +181,7 @@ func (n *Notify) Run(ctx context.Context) error {
 // dropped. Reconnects during a catch-up merge into one more run covering
 // the longest gap.
 func (n *Notify) catchUpLoop(ctx context.Context) {
-	if n.opts.CatchUp == nil {
+	if n.CatchUp == nil {
 		return
 	}
 	for {
@@ -196,7 +198,7 @@ func (n *Notify) catchUpLoop(ctx context.Context) {
 			missed = 0
 		}
 		if err := retry.Keep(ctx, n.opts.Retry, n.log, "catch-up after (re)connect (the scheduled reconciler covers the gap too)", func(ctx context.Context) error {
-			return n.opts.CatchUp(ctx, missed)
+			return n.CatchUp(ctx, missed)
 		}); err != nil {
 			return // ctx ended
 		}

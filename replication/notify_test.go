@@ -87,16 +87,15 @@ func runNotify(t *testing.T, p *pgtest.Pair) *replication.Notify {
 	}
 	srcTable, chatTable := p.Tables(t, cfg)
 	sk := sink.New(p.Chat, chatTable, sink.Options{Slot: p.Slot, Retry: fastRetry, Logger: logger(t)})
-	var n *replication.Notify
-	n = replication.NewNotify(p.Source, sk, replication.NotifyOptions{
+	n := replication.NewNotify(p.Source, sk, replication.NotifyOptions{
 		SourceURL: p.SourceURL, Table: srcTable, BatchMaxRows: 100, Retry: fastRetry, Logger: logger(t),
-		CatchUp: func(ctx context.Context, missed time.Duration) error {
-			if missed == 0 {
-				return n.CopyAll(ctx)
-			}
-			return nil
-		},
 	})
+	n.CatchUp = func(ctx context.Context, missed time.Duration) error {
+		if missed == 0 {
+			return n.CopyAll(ctx)
+		}
+		return nil
+	}
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
 	t.Cleanup(func() {

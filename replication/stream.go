@@ -32,10 +32,7 @@ type Options struct {
 	StatusInterval time.Duration // longest gap between standby status updates
 	Retry          retry.Policy  // reconnect backoff; Loud = MAX_RECONNECT_ATTEMPTS
 	DrainTimeout   time.Duration // how long shutdown may spend committing the batch in hand
-	// OnStream, when set, runs each time streaming (re)starts (the watch
-	// checks the source's objects then).
-	OnStream func()
-	Logger   *slog.Logger
+	Logger         *slog.Logger
 }
 
 // Stats describes the stream's progress since start.
@@ -72,6 +69,9 @@ type Stream struct {
 	sink change.Sink
 	log  *slog.Logger
 
+	// OnStream, when set before Run, runs each time streaming (re)starts
+	// (the watch checks the source's objects then).
+	OnStream func()
 	// Stats is updated as the stream runs.
 	Stats Stats
 
@@ -131,8 +131,7 @@ func (s *Stream) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { time.AfterFunc(s.opts.DrainTimeout, cancelApply) })
 	defer stop()
 
-	bo := s.opts.Retry.BackOff()
-	failures := 0
+	loop := s.opts.Retry.Loop()
 	for {
 		streamed, err := s.session(ctx, applyCtx)
 		if ctx.Err() != nil {
@@ -146,12 +145,10 @@ func (s *Stream) Run(ctx context.Context) error {
 			return err // a setup problem: retrying cannot fix it
 		}
 		if streamed {
-			bo.Reset()
-			failures = 0
+			loop.Progress()
 		}
-		failures++
 		s.Stats.Reconnects.Add(1)
-		wait := bo.NextBackOff()
+		attempt, wait, loud := loop.Failed()
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55006" {
 			err = fmt.Errorf("%w (another consumer holds slot %s: normal for a minute after a network cut, until the server notices the old connection is gone; if another cdc runs on this slot, stop one of them)", err, s.opts.Slot)
@@ -159,7 +156,8 @@ func (s *Stream) Run(ctx context.Context) error {
 		if s.recreated(ctx, err) {
 			continue // the next session copies again
 		}
-		if refused(err) {
+		switch {
+		case refused(err):
 			// A statement a database refuses fails the same way however
 			// often it is retried: say so at once, keep the slot, and try
 			// again slowly (prepare checks the statements first).
@@ -167,15 +165,13 @@ func (s *Stream) Run(ctx context.Context) error {
 			s.Stats.Refused.Store(&msg)
 			wait = s.opts.Retry.Max
 			s.log.Error("the stream stopped on an error no retry fixes; the slot keeps the changes, and cdc tries again every RETRY_MAX_DELAY until the cause is fixed", "retry_in", wait, "err", err)
-		} else if failures > s.opts.Retry.Loud {
-			s.log.Error("replication still failing; probing periodically", "attempt", failures, "retry_in", wait.Round(time.Millisecond), "err", err)
-		} else {
-			s.log.Warn("replication interrupted; reconnecting", "attempt", failures, "retry_in", wait.Round(time.Millisecond), "err", err)
+		case loud:
+			s.log.Error("replication still failing; probing periodically", "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "err", err)
+		default:
+			s.log.Warn("replication interrupted; reconnecting", "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "err", err)
 		}
-		select {
-		case <-ctx.Done():
+		if !retry.Sleep(ctx, wait) {
 			return nil
-		case <-time.After(wait):
 		}
 	}
 }
@@ -212,8 +208,8 @@ func (s *Stream) session(ctx, applyCtx context.Context) (streamed bool, err erro
 	s.log.Info("streaming changes", "from_lsn", cp.LSN, "table", s.opts.Table.String(), "format", s.opts.Table.Format.String())
 	s.Stats.Streaming.Store(true)
 	defer s.Stats.Streaming.Store(false)
-	if s.opts.OnStream != nil {
-		s.opts.OnStream()
+	if s.OnStream != nil {
+		s.OnStream()
 	}
 	r := newReader(s, conn, cp, applyCtx)
 	return true, r.run(ctx)

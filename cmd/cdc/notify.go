@@ -17,54 +17,59 @@ import (
 )
 
 // notifySource is the notify listener as a daemonSource.
-type notifySource struct{ *replication.Notify }
+type notifySource struct {
+	*replication.Notify
+	cfg  *config.Config
+	sink *sink.Sink
+}
 
-// newNotifySource builds the notify-mode source. Its catch-up after every
-// (re)connect goes through the reconciler, which rec returns once built:
+// newNotifySource builds the notify-mode source; attach gives it its
+// catch-up before it runs.
+func newNotifySource(cfg *config.Config, log *slog.Logger, pool *pgxpool.Pool, sk *sink.Sink, table *schema.Table,
+	onBatch func(change.BatchInfo)) *notifySource {
+	return &notifySource{Notify: replication.NewNotify(pool, sk, replication.NotifyOptions{
+		SourceURL:    cfg.SourceURL,
+		Table:        table,
+		BatchMaxRows: cfg.BatchMaxRows,
+		Retry:        reconnectPolicy(cfg),
+		OnBatch:      onBatch,
+		Logger:       log,
+	}), cfg: cfg, sink: sk}
+}
+
+// attach makes up for lost notifications after every (re)connect through
+// the reconciler rec (onConnect runs first):
 //   - first connect: an empty chat table gets the bulk copy; a populated one
 //     a full compare (it may be behind, e.g. after running in another mode);
 //   - reconnect after a gap: the updated_at window since the last
 //     notification (plus one reconcile window of margin for transactions
 //     that committed after they stamped updated_at), then a full compare,
 //     because deletes leave nothing in any window.
-func newNotifySource(cfg *config.Config, log *slog.Logger, pool *pgxpool.Pool, sk *sink.Sink, table *schema.Table,
-	rec func() *reconcile.Reconciler, onBatch func(change.BatchInfo), onConnect func()) *notifySource {
-	var n *replication.Notify
-	catchUp := func(ctx context.Context, missed time.Duration) error {
+func (s *notifySource) attach(rec *reconcile.Reconciler, onConnect func()) {
+	s.CatchUp = func(ctx context.Context, missed time.Duration) error {
 		onConnect()
-		r := rec()
 		if missed == 0 {
-			empty, err := sk.Empty(ctx)
+			empty, err := s.sink.Empty(ctx)
 			if err != nil {
 				return err
 			}
 			if empty {
-				return n.CopyAll(ctx)
+				return s.CopyAll(ctx)
 			}
-			if _, err := r.Full(ctx, false); err != nil {
+			if _, err := rec.Full(ctx, false); err != nil {
 				return fmt.Errorf("full compare at start: %w", err)
 			}
 			return nil
 		}
-		margin := time.Duration(float64(cfg.SyncInterval) * cfg.WindowMultiplier)
-		if _, err := r.Window(ctx, missed+margin, false); err != nil {
+		margin := time.Duration(float64(s.cfg.SyncInterval) * s.cfg.WindowMultiplier)
+		if _, err := rec.Window(ctx, missed+margin, false); err != nil {
 			return fmt.Errorf("reconcile the missed window: %w", err)
 		}
-		if _, err := r.Full(ctx, false); err != nil {
+		if _, err := rec.Full(ctx, false); err != nil {
 			return fmt.Errorf("full compare after reconnect: %w", err)
 		}
 		return nil
 	}
-	n = replication.NewNotify(pool, sk, replication.NotifyOptions{
-		SourceURL:    cfg.SourceURL,
-		Table:        table,
-		BatchMaxRows: cfg.BatchMaxRows,
-		Retry:        reconnectPolicy(cfg),
-		CatchUp:      catchUp,
-		OnBatch:      onBatch,
-		Logger:       log,
-	})
-	return &notifySource{n}
 }
 
 func (s *notifySource) progress() ([]int64, []any) {

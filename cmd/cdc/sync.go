@@ -32,6 +32,10 @@ type daemonSource interface {
 	progress() (counts []int64, attrs []any)
 	// final returns attributes for the "cdc stopped" line.
 	final() []any
+	// attach, called once before Run, hands the source what is built after
+	// it (the reconciler uses the source's Sync as its barrier): rec for a
+	// catch-up after a reconnect, and onConnect to run on every (re)connect.
+	attach(rec *reconcile.Reconciler, onConnect func())
 }
 
 // syncAgain asks for the sync to start again with cfg, then repair what
@@ -78,18 +82,20 @@ func (d *daemon) runSync(ctx context.Context, cfg *config.Config, srcTable, chat
 		goRun(func(ctx context.Context) { d.fillColumns(ctx, cfg, sk, srcTable, fill) })
 	}
 
-	var rec *reconcile.Reconciler
-	var watch *replication.Watch
-	source, slot := d.newSource(cfg, sk, srcTable, func() *reconcile.Reconciler { return rec }, func() { watch.Kick() })
+	// Built in this order: the source, the reconciler (the source's Sync is
+	// its barrier), the watch (it repairs through the reconciler), and then
+	// the source gets the last two (attach) before anything runs.
+	source, slot := d.newSource(cfg, sk, srcTable)
 	parts := health.Parts{Source: source, Writes: writesReport{&sk.Stats}, SourcePool: d.srcPool, ChatPool: d.chatPool}
 	if slot != nil {
 		goRun(slot.Run)
 		parts.Slot = slotReport{slot}
 	}
-	rec = newReconciler(cfg, log, src, chat, sk, source.Sync)
-	watch = d.newWatch(cfg, srcTable, rec, repairSince, func(spec migrations.Spec, since time.Time, why string) {
+	rec := newReconciler(cfg, log, src, chat, sk, source.Sync)
+	watch := d.newWatch(cfg, srcTable, rec, repairSince, func(spec migrations.Spec, since time.Time, why string) {
 		stop(&syncAgain{cfg: withSpec(cfg, spec), since: since, why: why})
 	})
+	source.attach(rec, watch.Kick)
 	parts.Reconciles, parts.Objects = reconcileReport{&rec.Stats}, &d.drift
 	d.mon.Attach(parts)
 	goRun(func(ctx context.Context) { reportProgress(ctx, log, source, progressEvery) })
@@ -169,15 +175,13 @@ func withSpec(cfg *config.Config, spec migrations.Spec) *config.Config {
 }
 
 // newSource builds the change source of cfg's mode; the slot watcher too
-// in replication mode (the caller runs it). rec is the reconciler (built
-// after the source, whose barrier it uses); kick asks the watch for a
-// check (on every reconnect).
-func (d *daemon) newSource(cfg *config.Config, sk *sink.Sink, srcTable *schema.Table, rec func() *reconcile.Reconciler, kick func()) (daemonSource, *replication.SlotWatcher) {
+// in replication mode (the caller runs it).
+func (d *daemon) newSource(cfg *config.Config, sk *sink.Sink, srcTable *schema.Table) (daemonSource, *replication.SlotWatcher) {
 	log := d.log
 	if cfg.Mode == config.ModeNotify {
 		log.Info("sync mode: notify (SYNC_MODE=notify): a trigger sends {op, id} on LISTEN/NOTIFY and cdc applies the current source rows; " +
 			"notifications missed while disconnected are made up for by a reconcile on every reconnect and by the scheduled reconciler")
-		return newNotifySource(cfg, log, d.srcPool, sk, srcTable, rec, d.mon.ObserveBatch, kick), nil
+		return newNotifySource(cfg, log, d.srcPool, sk, srcTable, d.mon.ObserveBatch), nil
 	}
 	log.Info("sync mode: replication (SYNC_MODE=replication, pgoutput slot " + cfg.SlotName + "); set SYNC_MODE=notify where the source forbids logical replication")
 	slot := &replication.SlotWatcher{Pool: d.srcPool, Slot: cfg.SlotName, WarnBytes: cfg.SlotWALWarnBytes, Every: cfg.StatusInterval, Logger: log}
@@ -191,7 +195,6 @@ func (d *daemon) newSource(cfg *config.Config, sk *sink.Sink, srcTable *schema.T
 		CopyWorkers:    cfg.CopyWorkers,
 		StatusInterval: cfg.StatusInterval,
 		Retry:          reconnectPolicy(cfg),
-		OnStream:       kick,
 		Logger:         log,
 	})
 	return &streamSource{Slot: slot, Stream: stream}, slot
@@ -270,6 +273,10 @@ type streamSource struct {
 	*replication.Stream
 	Slot *replication.SlotWatcher
 }
+
+// attach runs onConnect each time streaming (re)starts; the stream needs
+// no catch-up (the slot keeps what it has not confirmed).
+func (s *streamSource) attach(_ *reconcile.Reconciler, onConnect func()) { s.OnStream = onConnect }
 
 func (s *streamSource) progress() ([]int64, []any) {
 	st := &s.Stats

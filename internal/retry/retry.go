@@ -42,6 +42,44 @@ func (p Policy) BackOff() backoff.BackOff {
 	return capped{b, p.Max}
 }
 
+// Loop paces a loop that retries for as long as its context lives and
+// whose attempts can make progress before they fail (a replication session
+// that streamed for an hour and then lost its connection): Failed counts a
+// failure and returns the delay before the next attempt; Progress starts
+// the delays and the count over.
+type Loop struct {
+	p        Policy
+	b        backoff.BackOff
+	failures int
+}
+
+// Loop returns a fresh Loop over p.
+func (p Policy) Loop() *Loop { return &Loop{p: p, b: p.BackOff()} }
+
+// Progress records that an attempt got somewhere: the next failure waits
+// Initial again and counts as the first.
+func (l *Loop) Progress() { l.b.Reset(); l.failures = 0 }
+
+// Failed records a failure and returns its number since the last progress,
+// the delay before the next attempt, and whether the failure is past Loud
+// (to be logged at ERROR).
+func (l *Loop) Failed() (attempt int, wait time.Duration, loud bool) {
+	l.failures++
+	return l.failures, l.b.NextBackOff(), l.failures > l.p.Loud
+}
+
+// Sleep waits d or until ctx ends, and reports whether the full d passed.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
 // capped is a backoff whose delays never exceed max.
 type capped struct {
 	*backoff.ExponentialBackOff
@@ -161,10 +199,8 @@ func Keep(ctx context.Context, p Policy, log *slog.Logger, what string, op func(
 			return ctx.Err()
 		}
 		log.Error(what+" failed on an error no retry fixes; trying again every RETRY_MAX_DELAY until its cause is fixed", "retry_in", p.Max.String(), "err", err)
-		select {
-		case <-ctx.Done():
+		if !Sleep(ctx, p.Max) {
 			return ctx.Err()
-		case <-time.After(p.Max):
 		}
 	}
 }

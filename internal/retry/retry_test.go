@@ -429,3 +429,37 @@ func TestKeep(t *testing.T) {
 		t.Errorf("Keep with a cancelled context = %v, want context.Canceled", err)
 	}
 }
+
+// A Loop grows its delays and turns loud after Loud failures; Progress
+// starts both over.
+func TestLoop(t *testing.T) {
+	p := retry.Policy{Initial: 100 * time.Millisecond, Max: time.Second, Multiplier: 2, Loud: 2}
+	l := p.Loop()
+	var waits []time.Duration
+	for i := 1; i <= 5; i++ {
+		attempt, wait, loud := l.Failed()
+		if attempt != i || loud != (i > 2) {
+			t.Fatalf("failure %d: attempt %d loud %v", i, attempt, loud)
+		}
+		if wait > p.Max {
+			t.Fatalf("failure %d waits %v, past RETRY_MAX_DELAY %v", i, wait, p.Max)
+		}
+		waits = append(waits, wait)
+	}
+	if waits[3] <= waits[0] {
+		t.Fatalf("delays do not grow: %v", waits)
+	}
+	l.Progress()
+	attempt, wait, loud := l.Failed()
+	if attempt != 1 || loud || wait > 120*time.Millisecond {
+		t.Fatalf("after progress: attempt %d wait %v loud %v, want 1, ≤ Initial+20%%, quiet", attempt, wait, loud)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if retry.Sleep(ctx, time.Hour) {
+		t.Fatal("Sleep on an ended context reported a full wait")
+	}
+	if !retry.Sleep(context.Background(), time.Millisecond) {
+		t.Fatal("Sleep of 1ms did not report a full wait")
+	}
+}
