@@ -13,7 +13,10 @@
 // text, one entry per synced column in configured order, nil for NULL.
 package change
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 // Sink is where every source hands its work: the stream's and the
 // listener's batches, the first copy, the reconciler's repairs. It is the
@@ -40,7 +43,18 @@ type Sink interface {
 	// Discard rolls back what an unfinished source transaction's batches
 	// wrote (its source transaction comes again from its start).
 	Discard()
+	// Durable is the latest checkpoint whose chat commit is on disk, the
+	// furthest the stream may confirm to the slot (with asynchronous
+	// commits it trails what Apply committed). probe lets it ask chat;
+	// ErrCommitsLost says chat lost commits and the stream must resume
+	// from the stored checkpoint.
+	Durable(ctx context.Context, probe bool) (Checkpoint, error)
 }
+
+// ErrCommitsLost reports that chat lost commits it had acknowledged (a
+// crash with asynchronous commit): the stream must resume from the stored
+// checkpoint, which the slot has not been confirmed beyond.
+var ErrCommitsLost = errors.New("the chat database lost asynchronously committed batches (it crashed or was restarted in immediate mode); resuming from the checkpoint it kept")
 
 // CheckError is a statement a database refused to prepare: a schema or
 // privilege problem no retry fixes.

@@ -23,9 +23,15 @@ func (r *reader) lingerFor() time.Duration {
 }
 
 // readDeadline is when a blocked receive must return: at the next status
-// update, or when the lingering batch is due.
+// update, when the lingering batch is due, or when the idle writer's last
+// commits are due to be checked for durability (settle).
 func (r *reader) readDeadline(interval time.Duration) time.Time {
 	d := r.lastStatus.Add(interval)
+	if r.inflight == nil && r.durable < r.committed.LSN {
+		if due := r.lastProbe.Add(probeEvery); due.Before(d) {
+			d = due
+		}
+	}
 	if r.inflight == nil && !r.tx.open && r.cur.Received > 0 {
 		if due := r.cur.Started.Add(r.lingerFor()); due.Before(d) {
 			d = due

@@ -46,7 +46,9 @@ type reader struct {
 	openTx bool
 
 	resume    change.Checkpoint // stored checkpoint at session start
-	committed change.Checkpoint // durable in chat
+	committed change.Checkpoint // committed in chat (visible)
+	durable   pglogrepl.LSN     // committed in chat and on disk (Sink.Durable)
+	lastProbe time.Time         // when Durable last asked chat
 	lastEnd   pglogrepl.LSN     // end of the last complete transaction received
 
 	tx      sourceTx // the transaction being received
@@ -316,6 +318,15 @@ func (r *reader) drain() error {
 			break
 		}
 	}
+	// The last commits on disk before the last confirmation, if chat
+	// flushes them within a second (its WAL writer does within
+	// wal_writer_delay); else the slot keeps them, which is safe.
+	for deadline := time.Now().Add(time.Second); r.durable < r.committed.LSN && time.Now().Before(deadline); time.Sleep(probeEvery / 2) {
+		r.lastProbe = time.Time{}
+		if err := r.settle(); err != nil {
+			return err
+		}
+	}
 	if err := r.status(true); err != nil {
 		return err
 	}
@@ -329,18 +340,60 @@ func (r *reader) drain() error {
 	return nil
 }
 
-// publishPosition makes flushPos visible to Sync.
-func (r *reader) publishPosition() { r.s.Stats.Position.Store(uint64(r.flushPos())) }
+// publishPosition makes visiblePos visible to Sync.
+func (r *reader) publishPosition() { r.s.Stats.Position.Store(uint64(r.visiblePos())) }
 
-// flushPos is what may be confirmed: the committed checkpoint, or a later
-// keepalive WAL end seen while nothing was in flight.
-func (r *reader) flushPos() pglogrepl.LSN {
+// visiblePos is how far chat shows the source: the committed checkpoint,
+// or a later keepalive WAL end seen while nothing was in flight.
+func (r *reader) visiblePos() pglogrepl.LSN {
 	return max(r.committed.LSN, r.idleLSN)
+}
+
+// flushPos is what may be confirmed: visiblePos once every commit is on
+// disk in chat, else the last checkpoint that is.
+func (r *reader) flushPos() pglogrepl.LSN {
+	if r.durable < r.committed.LSN {
+		return r.durable
+	}
+	return r.visiblePos()
+}
+
+// probeEvery is how often an idle writer's last commits are checked for
+// durability (chat's WAL writer flushes them within wal_writer_delay).
+const probeEvery = 100 * time.Millisecond
+
+// settle brings r.durable up to date; while the writer is idle it lets the
+// sink ask chat (at most every probeEvery, for at most 2 s). Only a lost
+// commit is an error: the session must start again from chat's checkpoint.
+func (r *reader) settle() error {
+	if r.durable >= r.committed.LSN {
+		return nil
+	}
+	ctx := r.applyCtx
+	probe := r.inflight == nil && time.Since(r.lastProbe) >= probeEvery
+	if probe {
+		r.lastProbe = time.Now()
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+	}
+	cp, err := r.s.sink.Durable(ctx, probe)
+	if errors.Is(err, change.ErrCommitsLost) {
+		return err
+	}
+	if err != nil {
+		r.s.log.Debug("could not read chat's flushed WAL position; confirming to the slot only what is known on disk", "err", err)
+	}
+	r.durable = max(r.durable, cp.LSN)
+	return nil
 }
 
 // status sends a standby status update when due: every StatusInterval, when
 // the server asks, soon after the committed position moves, or when force.
 func (r *reader) status(force bool) error {
+	if err := r.settle(); err != nil {
+		return err
+	}
 	now := time.Now()
 	pos := r.flushPos()
 	due := force || r.replyDue || now.Sub(r.lastStatus) >= r.s.opts.StatusInterval ||

@@ -26,6 +26,10 @@ type Options struct {
 	// OnBatch, when set, is called after each batch Apply commits (for
 	// metrics). It runs on the writer's goroutine and must not block.
 	OnBatch func(change.BatchInfo)
+	// AsyncCommit commits Apply's batches with synchronous_commit=off;
+	// Durable then reports only what chat has flushed (see durable.go).
+	// Only for a source that confirms through Durable (the stream).
+	AsyncCommit bool
 }
 
 // Stats counts what the sink has written since it started.
@@ -63,6 +67,7 @@ type Sink struct {
 	open        openErrors    // ids with unresolved dead letters
 	resolving   []*resolution // what the transaction being written resolves
 	warnedAsync bool          // synchronous_commit=off was reported
+	dur         durability    // which committed checkpoints are on disk
 	// tx is the chat transaction left open on the writer connection for a
 	// source transaction larger than one batch (see Batch.Open).
 	tx struct {
@@ -198,6 +203,9 @@ func (s *Sink) Apply(ctx context.Context, b *change.Batch) error {
 	}
 	if !b.Open {
 		s.committed()
+		if b.Checkpoint != (change.Checkpoint{}) {
+			s.dur.committed(b.Checkpoint, !s.opts.AsyncCommit)
+		}
 	}
 	info := s.count(b)
 	if s.opts.OnBatch != nil {
@@ -268,6 +276,9 @@ func (s *Sink) Checkpoint(ctx context.Context) (cp change.Checkpoint, ok bool, e
 	if err != nil {
 		return cp, ok, fmt.Errorf("read checkpoint: %w", err)
 	}
+	// What the stream resumes from: visible in chat, on disk unless it
+	// was committed asynchronously.
+	s.dur.known(cp, !s.opts.AsyncCommit)
 	return cp, ok, nil
 }
 
@@ -304,6 +315,10 @@ func (s *Sink) writer(ctx context.Context) (*pgxpool.Conn, error) {
 		return nil, fmt.Errorf("connect to chat database: %w", err)
 	}
 	if err := s.durableCommits(ctx, c.Conn().PgConn()); err != nil {
+		c.Release()
+		return nil, err
+	}
+	if err := s.settleOnConnect(ctx, c.Conn().PgConn()); err != nil {
 		c.Release()
 		return nil, err
 	}

@@ -93,6 +93,7 @@ func (s *Sink) LoadSnapshot(ctx context.Context, copyOuts []change.CopyOut, cp c
 		return 0, fmt.Errorf("commit copy: %w", err)
 	}
 	s.Stats.LSN.Store(uint64(cp.LSN))
+	s.dur.known(cp, true)
 	return rows, nil
 }
 

@@ -48,7 +48,7 @@ func (s *Sink) stage(ctx context.Context, pc *pgconn.PgConn, b *change.Batch, up
 // merged with one statement, and the checkpoint follows with the COMMIT in
 // the same round trip.
 func (s *Sink) writeStaged(ctx context.Context, pc *pgconn.PgConn, b *change.Batch, dels, ups []int) (err error) {
-	if err := s.beginLocked(ctx, pc); err != nil {
+	if err := s.beginStream(ctx, pc); err != nil {
 		return err
 	}
 	defer func() {

@@ -18,6 +18,36 @@ func (s *Sink) beginLocked(ctx context.Context, pc *pgconn.PgConn) error {
 	return execSimple(ctx, pc, "BEGIN; "+s.sql.lock)
 }
 
+// streamLock is the first statement of a stream write: the writer lock
+// and, with asynchronous commits, synchronous_commit=off for this
+// transaction and chat's WAL positions (see durable.go).
+func (s *Sink) streamLock() string {
+	if !s.opts.AsyncCommit {
+		return s.sql.lock
+	}
+	return s.sql.lock + ", set_config('synchronous_commit', 'off', true), " + walSQL
+}
+
+// beginStream opens a stream write's explicit transaction.
+func (s *Sink) beginStream(ctx context.Context, pc *pgconn.PgConn) error {
+	res, err := pc.Exec(ctx, "BEGIN; "+s.streamLock()).ReadAll()
+	if err != nil {
+		return err
+	}
+	return s.observeLock(res[len(res)-1])
+}
+
+// observeLock takes chat's WAL positions from a stream write's lock result.
+func (s *Sink) observeLock(res *pgconn.Result) error {
+	if !s.opts.AsyncCommit {
+		return nil
+	}
+	if len(res.Rows) != 1 {
+		return fmt.Errorf("read chat WAL positions: %d rows", len(res.Rows))
+	}
+	return s.dur.observeRow(res.Rows[0])
+}
+
 // encoder builds binary array parameters in a buffer reused across batches.
 type encoder struct {
 	buf     []byte
@@ -124,7 +154,7 @@ func (s *Sink) write(ctx context.Context, pc *pgconn.PgConn, b *change.Batch) (d
 		}
 	}
 	if !s.tx.open {
-		if err := s.beginLocked(ctx, pc); err != nil {
+		if err := s.beginStream(ctx, pc); err != nil {
 			return 0, err
 		}
 		s.tx.open, s.tx.done = true, make(chan struct{})
@@ -160,7 +190,7 @@ func (s *Sink) writeWhole(ctx context.Context, pc *pgconn.PgConn, b *change.Batc
 		return err == nil, err
 	}
 	var batch pgconn.Batch
-	batch.ExecParams(s.sql.lock, nil, nil, nil, nil)
+	batch.ExecParams(s.streamLock(), nil, nil, nil, nil)
 	if b.Truncates() {
 		batch.ExecParams(s.sql.truncate, nil, nil, nil, nil)
 	}
@@ -169,8 +199,11 @@ func (s *Sink) writeWhole(ctx context.Context, pc *pgconn.PgConn, b *change.Batc
 	if b.Checkpoint != (change.Checkpoint{}) {
 		batch.ExecStatement(s.stmts[stmtCheckpoint], checkpointParams(s.opts.Slot, b.Checkpoint), nil, nil)
 	}
-	_, err = pc.ExecBatch(ctx, &batch).ReadAll()
-	return err == nil, err
+	res, err := pc.ExecBatch(ctx, &batch).ReadAll()
+	if err != nil {
+		return false, err
+	}
+	return true, s.observeLock(res[0])
 }
 
 // writeChunk applies b in the open transaction under a savepoint:

@@ -73,7 +73,8 @@ func newReconciler(cfg *config.Config, log *slog.Logger, src, chat reconcile.Sid
 
 // newSink returns the chat writer; onBatch (may be nil) sees each batch.
 func newSink(cfg *config.Config, log *slog.Logger, chat reconcile.Side, onBatch func(change.BatchInfo)) *sink.Sink {
-	return sink.New(chat.Pool, chat.Table, sink.Options{Slot: cfg.SlotName, Retry: writePolicy(cfg), Logger: log, OnBatch: onBatch})
+	return sink.New(chat.Pool, chat.Table, sink.Options{Slot: cfg.SlotName, Retry: writePolicy(cfg), Logger: log, OnBatch: onBatch,
+		AsyncCommit: cfg.AsyncCommit && cfg.Mode == config.ModeReplication})
 }
 
 // cmdReconcile is the one-shot backfill and repair. It is safe beside a

@@ -52,6 +52,7 @@ type Config struct {
 
 	BatchMaxRows     int           // BATCH_MAX_ROWS
 	BatchMaxWait     time.Duration // BATCH_MAX_WAIT
+	AsyncCommit      bool          // CHAT_SYNCHRONOUS_COMMIT=off
 	CopyWorkers      int           // COPY_WORKERS
 	StatusInterval   time.Duration // STANDBY_STATUS_INTERVAL
 	SourceRunRole    string        // SOURCE_RUN_ROLE

@@ -130,6 +130,17 @@ var Vars = []Var{
 		c.BatchMaxWait = d
 		return err
 	}},
+	{"CHAT_SYNCHRONOUS_COMMIT", "off", "off: the stream's chat transactions commit asynchronously, as PostgreSQL's own apply worker's do, and cdc confirms to the slot only positions whose chat commit is on disk (a chat crash loses no change: the slot still holds it); on: every chat transaction waits for its WAL flush (notify mode and repairs always do)", func(c *Config, s string) error {
+		switch s {
+		case "off":
+			c.AsyncCommit = true
+		case "on":
+			c.AsyncCommit = false
+		default:
+			return errors.New("must be on or off")
+		}
+		return nil
+	}},
 	{"COPY_WORKERS", "2", "parts of the table the first copy reads and writes at once, each on its own source and chat connection (1 to 16; tables under ~16 MB, sources before PostgreSQL 14, and notify mode copy in one part)", func(c *Config, s string) error {
 		n, err := parseInt(s, 1, 16, "an integer from 1 to 16")
 		c.CopyWorkers = n
