@@ -48,3 +48,39 @@ func TestLinger_DeductsTheWalsendersLead(t *testing.T) {
 		})
 	}
 }
+
+// TestLinger_OnlyWhenTheLoadWouldKeepTheWriterBusy: a change that finds the
+// writer idle is written at once unless transactions arrive less than one
+// write apart; the averages follow the load.
+func TestLinger_OnlyWhenTheLoadWouldKeepTheWriterBusy(t *testing.T) {
+	r := &reader{s: &Stream{opts: Options{BatchMaxWait: 10 * time.Millisecond, BatchMaxRows: 100}}, cur: change.NewBatch(1, []int{0}), pace: newPace()}
+	r.cur.Add(change.Change{Op: change.OpUpsert, Values: [][]byte{[]byte("k1")}})
+	if r.lingering() {
+		t.Fatal("lingering at the start (an idle load)")
+	}
+	src := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	feed := func(n int, gap, write time.Duration) {
+		for range n {
+			src = src.Add(gap)
+			r.pace.committed(src)
+			r.pace.sent = time.Now().Add(-write)
+			r.pace.written()
+		}
+	}
+	feed(50, 10*time.Millisecond, time.Millisecond) // 100 tps, 1 ms writes
+	if r.lingering() {
+		t.Fatalf("lingering at 100 tps with 1 ms writes (gap %s, write %s)", r.pace.gap, r.pace.write)
+	}
+	feed(50, 2*time.Millisecond, time.Millisecond) // 500 tps: half busy
+	if r.lingering() {
+		t.Fatalf("lingering at 500 tps with 1 ms writes (gap %s, write %s)", r.pace.gap, r.pace.write)
+	}
+	feed(50, 500*time.Microsecond, time.Millisecond) // 2,000 tps
+	if !r.lingering() {
+		t.Fatalf("not lingering at 2,000 tps with 1 ms writes (gap %s, write %s)", r.pace.gap, r.pace.write)
+	}
+	feed(50, 50*time.Millisecond, time.Millisecond) // the load drops
+	if r.lingering() {
+		t.Fatalf("still lingering after the load dropped to 20 tps (gap %s, write %s)", r.pace.gap, r.pace.write)
+	}
+}

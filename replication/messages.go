@@ -32,6 +32,7 @@ func (r *reader) commit(c *pglogrepl.CommitMessage, sentAt time.Time) {
 		return
 	}
 	r.lastEnd = max(r.lastEnd, c.TransactionEndLSN)
+	r.pace.committed(c.CommitTime)
 	r.cur.LastCommit = c.CommitTime
 	r.cur.ReceiveDelay = max(r.cur.ReceiveDelay, time.Since(c.CommitTime))
 	r.cur.SendDelay = max(r.cur.SendDelay, sentAt.Sub(c.CommitTime))

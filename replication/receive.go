@@ -61,6 +61,7 @@ type reader struct {
 	lastMsg    time.Time
 	replyDue   bool
 
+	pace pace // the load's rate and the writer's speed (linger.go)
 	// lead is how long the source's walsender held the current batch's
 	// first change after its commit (both times by the source's clock);
 	// the batch lingers that much less (lingerFor).
@@ -84,6 +85,7 @@ func newReader(s *Stream, conn *pgconn.PgConn, cp change.Checkpoint, applyCtx co
 		received:  cp.LSN,
 		reported:  0,
 		lastMsg:   time.Now(),
+		pace:      newPace(),
 	}
 }
 
@@ -95,17 +97,7 @@ func (r *reader) wake() { _ = r.conn.Conn().SetReadDeadline(time.Now()) }
 // waits for the batch in flight, so the next session starts from an exact
 // checkpoint).
 func (r *reader) run(ctx context.Context) (err error) {
-	// The writer: one batch in flight at a time (work and done hold one).
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		for b := range r.work {
-			err := r.s.sink.Apply(r.applyCtx, b)
-			r.done <- applied{b, err}
-			r.wake()
-		}
-	}()
-	defer func() { close(r.work); <-exited }()
+	defer r.startWriter()()
 	stop := context.AfterFunc(ctx, r.wake)
 	defer stop()
 	wake := r.wake
@@ -152,30 +144,52 @@ func (r *reader) run(ctx context.Context) (err error) {
 		if time.Since(r.lastMsg) > silence {
 			return fmt.Errorf("no message from the source in %s; the connection looks dead", silence.Round(time.Second))
 		}
-		_ = r.conn.Conn().SetReadDeadline(r.readDeadline(interval))
-		// A batch finishing or ctx ending after this point moves the
-		// deadline to now, so the receive below returns at once.
-		if len(r.done) > 0 || ctx.Err() != nil {
-			continue
+		if err := r.receive(ctx, interval); err != nil {
+			return err
 		}
-		msg, err := r.conn.ReceiveMessage(context.Background())
-		if err != nil {
-			if pgconn.Timeout(err) {
-				continue
-			}
-			return fmt.Errorf("receive: %w", err)
+	}
+}
+
+// startWriter starts the writer goroutine, which applies the batches
+// handed to it one at a time (work and done hold one), and returns the
+// function that ends it and waits for it.
+func (r *reader) startWriter() (stop func()) {
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		for b := range r.work {
+			err := r.s.sink.Apply(r.applyCtx, b)
+			r.done <- applied{b, err}
+			r.wake()
 		}
-		r.lastMsg = time.Now()
-		switch msg := msg.(type) {
-		case *pgproto3.CopyData:
-			if err := r.copyData(msg.Data); err != nil {
-				return err
-			}
-		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
-		default:
-			return fmt.Errorf("replication stream: unexpected %T", msg)
+	}()
+	return func() { close(r.work); <-exited }
+}
+
+// receive waits for the next message until the read deadline (a status
+// update, a lingering batch or a durability probe due) and handles it.
+func (r *reader) receive(ctx context.Context, interval time.Duration) error {
+	_ = r.conn.Conn().SetReadDeadline(r.readDeadline(interval))
+	// A batch finishing or ctx ending after this point moves the
+	// deadline to now, so the receive below returns at once.
+	if len(r.done) > 0 || ctx.Err() != nil {
+		return nil
+	}
+	msg, err := r.conn.ReceiveMessage(context.Background())
+	if err != nil {
+		if pgconn.Timeout(err) {
+			return nil
 		}
+		return fmt.Errorf("receive: %w", err)
+	}
+	r.lastMsg = time.Now()
+	switch msg := msg.(type) {
+	case *pgproto3.CopyData:
+		return r.copyData(msg.Data)
+	case *pgproto3.ErrorResponse:
+		return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+	default:
+		return fmt.Errorf("replication stream: unexpected %T", msg)
 	}
 }
 
@@ -212,6 +226,7 @@ func (r *reader) waitApplied(ctx context.Context, interval time.Duration) error 
 
 func (r *reader) handle(a applied) error {
 	r.inflight = nil
+	r.pace.written()
 	if a.err != nil {
 		return a.err
 	}
@@ -301,6 +316,7 @@ func (r *reader) dispatch(force bool) {
 		r.cur = change.NewBatch(len(r.s.opts.Table.Columns), r.s.opts.Table.Key)
 	}
 	r.spare = nil
+	r.pace.sent = time.Now()
 	r.work <- r.inflight
 }
 

@@ -143,7 +143,9 @@ func (s *Sink) Durable(ctx context.Context, probe bool) (change.Checkpoint, erro
 	if !waiting || !probe {
 		return cp, nil
 	}
-	s.mu.Lock()
+	if !s.mu.TryLock() {
+		return cp, nil // a write (or repair) is under way: ask later, never wait
+	}
 	defer s.mu.Unlock()
 	if s.tx.open {
 		return cp, nil // the next write reads the positions

@@ -32,16 +32,15 @@ func main() {
 	flag.BoolVar(&o.Fast, "fast", false, "run both servers with fsync off")
 	flag.StringVar(&o.Shape, "shape", bench.ShapeReference, "the users table: reference (11 columns) or wide (20: text[], ~1 kB jsonb, an enum, …)")
 	flag.StringVar(&o.Wire, "wire", "auto", "cdc's WIRE_FORMAT: auto, binary or text")
-	flag.BoolVar(&o.Core, "core", false, "only the copy, backlog and steady phases")
+	flag.BoolVar(&o.Core, "core", false, "only the copy, backlog and steady phases (and the sweep, if asked for)")
+	sweep := flag.String("sweep", "10,100,500,2000", "rates (transactions/s) of the latency sweep, cdc against native at each; empty: no sweep")
+	flag.DurationVar(&o.SweepFor, "sweep-for", 20*time.Second, "length of each sweep window")
+	flag.IntVar(&o.SweepRounds, "sweep-rounds", 2, "rounds through the sweep's rates")
 	out := flag.String("out", "", "also write the table to this file")
 	flag.Parse()
-	for _, f := range strings.Split(*rates, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n <= 0 {
-			fmt.Fprintf(os.Stderr, "cdc-bench: --ramp: %q is not a positive rate\n", f)
-			os.Exit(2)
-		}
-		o.RampRates = append(o.RampRates, n)
+	o.RampRates = parseRates("--ramp", *rates)
+	if *sweep != "" {
+		o.SweepRates = parseRates("--sweep", *sweep)
 	}
 	for _, c := range []struct {
 		name string
@@ -54,6 +53,8 @@ func main() {
 		{"--steady", o.SteadyFor >= time.Second, "at least 1s"},
 		{"--clients", o.BacklogClients >= 1, "at least 1"},
 		{"--ramp-step", o.RampStep >= time.Second, "at least 1s"},
+		{"--sweep-for", o.SweepFor >= time.Second, "at least 1s"},
+		{"--sweep-rounds", o.SweepRounds >= 1, "at least 1"},
 		{"--shape", o.Shape == bench.ShapeReference || o.Shape == bench.ShapeWide, "reference or wide"},
 		{"--wire", o.Wire == "auto" || o.Wire == "binary" || o.Wire == "text", "auto, binary or text"},
 	} {
@@ -68,6 +69,21 @@ func main() {
 		fmt.Fprintln(os.Stderr, "cdc-bench:", err)
 		os.Exit(1)
 	}
+}
+
+// parseRates reads a comma-separated list of positive rates; a bad one
+// ends the command (exit 2).
+func parseRates(flagName, list string) []int {
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			fmt.Fprintf(os.Stderr, "cdc-bench: %s: %q is not a positive rate\n", flagName, f)
+			os.Exit(2)
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
 func run(ctx context.Context, o bench.Options, out string) error {

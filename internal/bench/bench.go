@@ -33,6 +33,9 @@ type Options struct {
 	Shape          string        // the users table: "reference" (11 columns) or "wide" (20, see wideColumns)
 	Wire           string        // cdc's WIRE_FORMAT (auto, binary or text)
 	Core           bool          // only the copy, backlog and steady phases (no ramp, reconcile or notify mode)
+	SweepRates     []int         // rates (single-row transactions/s) of the latency sweep; none: no sweep
+	SweepFor       time.Duration // length of each sweep window
+	SweepRounds    int           // rounds through the sweep's rates
 	Log            io.Writer     // progress
 }
 
@@ -57,10 +60,11 @@ type Result struct {
 
 	RSSCopy, RSSBacklog, RSSSteady, RSSNotify int64
 
-	SteadyNotify        Steady     // the steady phase with cdc in notify mode
-	NotifySourceTPS     float64    // the steady load with the notify trigger and no listener: transactions/s made
-	NotifySourceCommit  [3]float64 // … and its statement + commit time, p50/p95/p99 ms
-	RampCDC, RampNotify []RampStep // the keep-up ramp, replication and notify mode
+	SteadyNotify        Steady       // the steady phase with cdc in notify mode
+	NotifySourceTPS     float64      // the steady load with the notify trigger and no listener: transactions/s made
+	NotifySourceCommit  [3]float64   // … and its statement + commit time, p50/p95/p99 ms
+	RampCDC, RampNotify []RampStep   // the keep-up ramp, replication and notify mode
+	Sweep               []SweepPoint // the rate sweep
 
 	VerifyFull    []time.Duration // cdc verify --full on equal tables
 	VerifyHeap    [2]int64        // heap bytes of users (source, chat) when verify ran
@@ -145,6 +149,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	// Steady latency, each consumer measured alone, in rounds.
 	if err := steadyRounds(ctx, s, o, r, b.env, b.nat, floor, ids); err != nil {
 		return nil, err
+	}
+	if len(o.SweepRates) > 0 {
+		if err := sweepPhase(ctx, s, o, r, b.env, b.nat, ids); err != nil {
+			return nil, err
+		}
 	}
 	if err := b.converge(ctx); err != nil {
 		return nil, err

@@ -82,6 +82,7 @@ func (r *Result) Write(w io.Writer) {
 		fmt.Fprintf(tw, "| cdc peak RSS: copy / backlog / steady\t %s / %s / %s\t –\t –\t –\t ≤ %s: %s\t\n",
 			mb(r.RSSCopy), mb(r.RSSBacklog), mb(r.RSSSteady), mb(Targets.RSS), verdict(peak <= Targets.RSS))
 		tw.Flush()
+		r.writeSweep(w)
 		r.writeRuns(w)
 		return
 	}
@@ -103,6 +104,7 @@ func (r *Result) Write(w io.Writer) {
 	fmt.Fprintf(tw, "| cdc peak RSS: copy / backlog / steady / notify mode\t %s / %s / %s / %s\t –\t –\t –\t ≤ %s: %s\t\n",
 		mb(r.RSSCopy), mb(r.RSSBacklog), mb(r.RSSSteady), mb(r.RSSNotify), mb(Targets.RSS), verdict(peak <= Targets.RSS))
 	tw.Flush()
+	r.writeSweep(w)
 	r.writeRuns(w)
 }
 

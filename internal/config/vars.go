@@ -125,7 +125,7 @@ var Vars = []Var{
 		c.BatchMaxRows = n
 		return err
 	}},
-	{"BATCH_MAX_WAIT", "10ms", "longest a change waits for others to share its chat transaction while the writer is idle, less the time the source's walsender held it after its commit (0 to 1s; 0 = write at once)", func(c *Config, s string) error {
+	{"BATCH_MAX_WAIT", "10ms", "under heavy load (transactions arriving faster than chat writes one at a time), longest a change waits for others to share its chat transaction while the writer is idle, less the time the source's walsender held it after its commit; at lower rates a change is written at once (0 to 1s; 0 = always at once)", func(c *Config, s string) error {
 		d, err := parseDuration(s, 0, time.Second, "a duration from 0 to 1s, such as 10ms")
 		c.BatchMaxWait = d
 		return err
