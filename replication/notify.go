@@ -297,84 +297,98 @@ func (n *Notify) Sync(ctx context.Context) error {
 	}
 }
 
+// pendingIDs are the notified ids not yet applied, each once, in order.
+type pendingIDs struct {
+	ids    []string
+	seen   map[string]bool
+	oldest time.Time // when the oldest of them was received
+}
+
 // apply takes notifications in order, coalescing the ids that arrive while
 // a batch is being applied, until the queue is closed.
 func (n *Notify) apply(ctx context.Context) error {
-	var ids []string
-	seen := map[string]bool{}
-	var oldest time.Time
-	flush := func() error {
-		if len(ids) == 0 {
-			return nil
-		}
-		start := time.Now()
-		res, err := n.applyIDs(ctx, ids)
-		if err != nil {
-			return err
-		}
-		latency := time.Since(oldest)
-		n.Stats.Latency.Store(int64(latency))
-		n.Stats.Pending.Store(0)
-		if n.opts.OnBatch != nil {
-			n.opts.OnBatch(change.BatchInfo{Received: len(ids), Upserts: res.Missing + res.Stale, Deletes: res.Extra,
-				DeadLetters: res.Dead, Latency: latency, Took: time.Since(start)})
-		}
-		ids, oldest = ids[:0], time.Time{}
-		clear(seen)
-		return nil
-	}
+	p := &pendingIDs{seen: map[string]bool{}}
 	for {
 		nt, ok := <-n.queue
 		if !ok {
-			return flush()
+			return n.flush(ctx, p)
 		}
 		for more := true; more; {
-			switch nt.Op {
-			case "insert", "update", "delete":
-				if !seen[nt.ID] {
-					seen[nt.ID] = true
-					ids = append(ids, nt.ID)
-				}
-				if oldest.IsZero() {
-					oldest = nt.at
-					n.Stats.Pending.Store(oldest.UnixNano())
-				}
-			case "truncate":
-				if err := flush(); err != nil {
-					return err
-				}
-				if err := n.truncate(ctx); err != nil {
-					return err
-				}
-			case "sync":
-				if err := flush(); err != nil {
-					return err
-				}
-				n.mu.Lock()
-				if done, ok := n.syncs[nt.ID]; ok {
-					close(done)
-					delete(n.syncs, nt.ID)
-				}
-				n.mu.Unlock()
-			default:
-				n.log.Warn("ignoring a notification with an unknown op", "op", nt.Op)
+			if err := n.take(ctx, p, nt); err != nil {
+				return err
 			}
-			if len(ids) >= n.opts.BatchMaxRows {
+			if len(p.ids) >= n.opts.BatchMaxRows {
 				break
 			}
 			select {
 			case nt, more = <-n.queue:
 				if !more {
-					return flush()
+					return n.flush(ctx, p)
 				}
 			default:
 				more = false
 			}
 		}
-		if err := flush(); err != nil {
+		if err := n.flush(ctx, p); err != nil {
 			return err
 		}
 	}
+}
+
+// take handles one notification: an id joins p; a truncate or a sync
+// marker first applies what p holds, so the order of the source holds.
+func (n *Notify) take(ctx context.Context, p *pendingIDs, nt notice) error {
+	switch nt.Op {
+	case "insert", "update", "delete":
+		if !p.seen[nt.ID] {
+			p.seen[nt.ID] = true
+			p.ids = append(p.ids, nt.ID)
+		}
+		if p.oldest.IsZero() {
+			p.oldest = nt.at
+			n.Stats.Pending.Store(p.oldest.UnixNano())
+		}
+	case "truncate":
+		if err := n.flush(ctx, p); err != nil {
+			return err
+		}
+		return n.truncate(ctx)
+	case "sync":
+		if err := n.flush(ctx, p); err != nil {
+			return err
+		}
+		n.mu.Lock()
+		if done, ok := n.syncs[nt.ID]; ok {
+			close(done)
+			delete(n.syncs, nt.ID)
+		}
+		n.mu.Unlock()
+	default:
+		n.log.Warn("ignoring a notification with an unknown op", "op", nt.Op)
+	}
+	return nil
+}
+
+// flush applies the ids p holds and empties it.
+func (n *Notify) flush(ctx context.Context, p *pendingIDs) error {
+	if len(p.ids) == 0 {
+		return nil
+	}
+	start := time.Now()
+	res, err := n.applyIDs(ctx, p.ids)
+	if err != nil {
+		return err
+	}
+	latency := time.Since(p.oldest)
+	n.Stats.Latency.Store(int64(latency))
+	n.Stats.Pending.Store(0)
+	if n.opts.OnBatch != nil {
+		n.opts.OnBatch(change.BatchInfo{Received: len(p.ids), Upserts: res.Missing + res.Stale, Deletes: res.Extra,
+			DeadLetters: res.Dead, Latency: latency, Took: time.Since(start)})
+	}
+	p.ids, p.oldest = p.ids[:0], time.Time{}
+	clear(p.seen)
+	return nil
 }
 
 // applyIDs makes chat equal to the current source rows of ids.

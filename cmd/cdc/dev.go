@@ -5,12 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/myusta/cdc/internal/config"
 	"github.com/myusta/cdc/internal/demo"
 	"github.com/myusta/cdc/internal/pglocal"
 	"golang.org/x/sync/errgroup"
@@ -65,24 +67,11 @@ func cmdDev(ctx context.Context, e *env, args []string) error {
 	cfg.SourceURL, cfg.ChatURL = srv.DSN(devSourceDB), srv.DSN(devChatDB)
 	fmt.Fprintf(e.stdout, "source: psql '%s'\nchat:   psql '%s'\nfor the other commands (cdc verify, cdc errors list, …) in another shell:\n  export SOURCE_DATABASE_URL='%s' CHAT_DATABASE_URL='%s'\n",
 		cfg.SourceURL, cfg.ChatURL, cfg.SourceURL, cfg.ChatURL)
-
-	srcPool, err := openPool(ctx, log, "SOURCE_DATABASE_URL", cfg.SourceURL, 4, writePolicy(cfg))
+	srcPool, err := prepareDev(ctx, e, log, cfg, *users)
 	if err != nil {
 		return err
 	}
 	defer srcPool.Close()
-	chatPool, err := openPool(ctx, log, "CHAT_DATABASE_URL", cfg.ChatURL, 2, writePolicy(cfg))
-	if err != nil {
-		return err
-	}
-	defer chatPool.Close()
-	if err := seedDemo(ctx, e.stdout, srcPool, *users); err != nil {
-		return err
-	}
-	if err := migrate(ctx, e.stdout, log, cfg, srcPool, chatPool, false); err != nil {
-		return err
-	}
-
 	if *load == 0 {
 		fmt.Fprintln(e.stdout, "change rows in the source (psql above) and watch them arrive; Ctrl-C stops everything")
 		return runDaemon(ctx, cfg, log)
@@ -99,6 +88,30 @@ func cmdDev(ctx context.Context, e *env, args []string) error {
 	stopLoad() // also when cdc stopped on an error
 	_ = g.Wait()
 	return err
+}
+
+// prepareDev seeds the dev source with users demo rows and migrates both
+// databases; it returns the source pool for the demo load.
+func prepareDev(ctx context.Context, e *env, log *slog.Logger, cfg *config.Config, users int) (*pgxpool.Pool, error) {
+	srcPool, err := openPool(ctx, log, "SOURCE_DATABASE_URL", cfg.SourceURL, 4, writePolicy(cfg))
+	if err != nil {
+		return nil, err
+	}
+	chatPool, err := openPool(ctx, log, "CHAT_DATABASE_URL", cfg.ChatURL, 2, writePolicy(cfg))
+	if err != nil {
+		srcPool.Close()
+		return nil, err
+	}
+	defer chatPool.Close()
+	if err := seedDemo(ctx, e.stdout, srcPool, users); err != nil {
+		srcPool.Close()
+		return nil, err
+	}
+	if err := migrate(ctx, e.stdout, log, cfg, srcPool, chatPool, false); err != nil {
+		srcPool.Close()
+		return nil, err
+	}
+	return srcPool, nil
 }
 
 // seedDemo creates the reference users table on the source and, when it

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"log/slog"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/myusta/cdc/internal/config"
 	"github.com/myusta/cdc/internal/ident"
 	"github.com/myusta/cdc/internal/keyed"
 	"github.com/myusta/cdc/reconcile"
@@ -70,28 +72,40 @@ func cmdErrors(ctx context.Context, e *env, args []string) error {
 		return usageError("cdc errors %s needs --id N or --all", sub)
 	}
 	if sub == "list" {
-		if err := cfg.RequireDatabases(); err != nil {
-			return err
-		}
-		pool, err := openPool(ctx, log, "CHAT_DATABASE_URL", cfg.ChatURL, 2, oneShotPolicy(cfg))
-		if err != nil {
-			return err
-		}
-		defer pool.Close()
-		return listErrors(ctx, e, pool, *all, *limit, *asJSON)
+		return cmdErrorsList(ctx, e, cfg, log, *all, *limit, *asJSON)
 	}
+	return cmdErrorsSettle(ctx, e, cfg, log, sub, *id)
+}
+
+// cmdErrorsList is `cdc errors list`.
+func cmdErrorsList(ctx context.Context, e *env, cfg *config.Config, log *slog.Logger, all bool, limit int, asJSON bool) error {
+	if err := cfg.RequireDatabases(); err != nil {
+		return err
+	}
+	pool, err := openPool(ctx, log, "CHAT_DATABASE_URL", cfg.ChatURL, 2, oneShotPolicy(cfg))
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	return listErrors(ctx, e, pool, all, limit, asJSON)
+}
+
+// cmdErrorsSettle is `cdc errors retry` and `cdc errors resolve`: the
+// dead letter with id (0: every unresolved one) is applied again from the
+// current source row, or marked resolved.
+func cmdErrorsSettle(ctx context.Context, e *env, cfg *config.Config, log *slog.Logger, sub string, id int64) error {
 	o, err := openOneShot(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer o.close()
-	rows, err := openErrors(ctx, o.chat.Pool, *id)
+	rows, err := openErrors(ctx, o.chat.Pool, id)
 	if err != nil {
 		return err
 	}
 	if len(rows) == 0 {
-		if *id != 0 {
-			return &exitError{code: exitFailure, err: fmt.Errorf("no unresolved dead letter with id %d", *id)}
+		if id != 0 {
+			return &exitError{code: exitFailure, err: fmt.Errorf("no unresolved dead letter with id %d", id)}
 		}
 		fmt.Fprintln(e.stdout, "no unresolved dead letters")
 		return nil

@@ -113,21 +113,9 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 	s := &Server{bin: bin, port: opts.Port, password: opts.Password, owner: own}
 	s.args = serverArgs(opts)
-	if opts.Dir == "" {
-		dir, err := os.MkdirTemp("", "pglocal-")
-		if err != nil {
-			return nil, fmt.Errorf("create temp dir: %w", err)
-		}
-		s.root, s.tempRoot = dir, true
-	} else {
-		dir, err := filepath.Abs(opts.Dir)
-		if err != nil {
-			return nil, fmt.Errorf("resolve dir: %w", err)
-		}
-		s.root = dir
+	if err := s.setRoot(opts.Dir); err != nil {
+		return nil, err
 	}
-	s.dataDir = filepath.Join(s.root, "data")
-	s.sockDir = filepath.Join(s.root, "sock")
 	defer func() {
 		if err != nil {
 			s.closeLog()
@@ -136,49 +124,93 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 			}
 		}
 	}()
-
 	if err := s.prepareDirs(); err != nil {
 		return nil, err
 	}
-	if opts.Log != nil {
-		s.logDest = opts.Log
-	} else {
-		f, err := os.OpenFile(filepath.Join(s.root, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			return nil, fmt.Errorf("open log: %w", err)
-		}
-		s.logFile, s.logDest = f, f
+	if err := s.openLog(opts.Log); err != nil {
+		return nil, err
 	}
 	if _, statErr := os.Stat(filepath.Join(s.dataDir, "PG_VERSION")); statErr != nil {
 		if err := s.initdb(ctx, opts.Fast); err != nil {
 			return nil, err
 		}
 	}
+	if err := s.writeFiles(opts.Files); err != nil {
+		return nil, err
+	}
+	if err := s.launchOnFreePort(ctx, opts.Port); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
 
-	for name, data := range opts.Files {
+// setRoot picks the server's directories: dir, or a fresh temp dir.
+func (s *Server) setRoot(dir string) error {
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "pglocal-")
+		if err != nil {
+			return fmt.Errorf("create temp dir: %w", err)
+		}
+		s.root, s.tempRoot = tmp, true
+	} else {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return fmt.Errorf("resolve dir: %w", err)
+		}
+		s.root = abs
+	}
+	s.dataDir = filepath.Join(s.root, "data")
+	s.sockDir = filepath.Join(s.root, "sock")
+	return nil
+}
+
+// openLog sends the server's output to dest, or to root/postgres.log.
+func (s *Server) openLog(dest io.Writer) error {
+	if dest != nil {
+		s.logDest = dest
+		return nil
+	}
+	f, err := os.OpenFile(filepath.Join(s.root, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("open log: %w", err)
+	}
+	s.logFile, s.logDest = f, f
+	return nil
+}
+
+// writeFiles writes files into the data directory, owned by the server's
+// user.
+func (s *Server) writeFiles(files map[string][]byte) error {
+	for name, data := range files {
 		path := filepath.Join(s.dataDir, filepath.Base(name))
 		if err := os.WriteFile(path, data, 0o600); err != nil {
-			return nil, fmt.Errorf("write %s: %w", name, err)
+			return fmt.Errorf("write %s: %w", name, err)
 		}
 		if err := chownTo(path, s.owner); err != nil {
-			return nil, err
+			return err
 		}
 	}
+	return nil
+}
 
+// launchOnFreePort starts the server on port, or, when port is 0, on a
+// free one, trying another if someone else binds it first.
+func (s *Server) launchOnFreePort(ctx context.Context, port int) error {
 	const bindAttempts = 5
 	for attempt := 1; ; attempt++ {
-		if opts.Port == 0 {
+		if port == 0 {
+			var err error
 			if s.port, err = freePort(); err != nil {
-				return nil, err
+				return err
 			}
 		}
-		err = s.launch(ctx)
+		err := s.launch(ctx)
 		if err == nil {
-			return s, nil
+			return nil
 		}
 		var be *bindError
-		if opts.Port != 0 || attempt >= bindAttempts || !errors.As(err, &be) || ctx.Err() != nil {
-			return nil, err
+		if port != 0 || attempt >= bindAttempts || !errors.As(err, &be) || ctx.Err() != nil {
+			return err
 		}
 	}
 }
