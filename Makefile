@@ -36,7 +36,7 @@ build:
 # WIRE_FORMAT=text, to weigh the wire format.
 bench:
 	$(GO) run ./cmd/cdc-bench --rows 1000000 --out bench-result.md
-	$(GO) run ./cmd/cdc-bench --shape wide --core --rows 300000 --out bench-wide.md
+	$(GO) run ./cmd/cdc-bench --shape wide --core --sweep "" --rows 300000 --out bench-wide.md
 
 bench-text:
 	$(GO) run ./cmd/cdc-bench --core --wire text --rows 1000000 --out bench-text.md
