@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -72,6 +73,21 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	}
 	defer stopHealth()
 	d.mon = mon
+	if cfg.AlertWebhookURL != "" {
+		// The notifier only queues what the monitor reports (OnChange) and
+		// posts from its own goroutine, joined here on the way out.
+		host, _ := os.Hostname()
+		hook, err := health.NewWebhook(health.WebhookOptions{URL: cfg.AlertWebhookURL, Host: host, Slot: cfg.SlotName, Mode: cfg.Mode,
+			Retry: oneShotPolicy(cfg), Logger: log})
+		if err != nil {
+			return &config.Error{Var: "ALERT_WEBHOOK_URL", Msg: err.Error()}
+		}
+		alertCtx, stopAlerts := context.WithCancel(ctx)
+		var alerts errgroup.Group
+		alerts.Go(func() error { hook.Run(alertCtx); return nil })
+		defer func() { mon.OnChange(nil); stopAlerts(); _ = alerts.Wait() }()
+		mon.OnChange(hook.Notify)
+	}
 	if d.srcPool, err = openPool(ctx, log, "SOURCE_DATABASE_URL", cfg.SourceURL, cfg.SourcePoolSize, reconnectPolicy(cfg)); err != nil {
 		return shutdownOr(ctx, err)
 	}

@@ -65,6 +65,10 @@ type Config struct {
 	LogLevel  slog.Level // LOG_LEVEL
 	LogFormat string     // LOG_FORMAT: auto, text or json
 
+	// AlertWebhookURL is ALERT_WEBHOOK_URL, "" = off. Secret: log only
+	// its scheme and host.
+	AlertWebhookURL string
+
 	SourceTable     ident.Table   // SOURCE_TABLE
 	ChatTable       ident.Table   // CHAT_TABLE
 	Columns         []string      // SYNC_COLUMNS, the allow-list that leaves the source (source names)

@@ -165,6 +165,10 @@ func TestLoad_RejectsBadValues(t *testing.T) {
 		{"http addr nonsense", map[string]string{"HTTP_ADDR": "nonsense"}, "HTTP_ADDR", "host:port"},
 		{"http addr without port", map[string]string{"HTTP_ADDR": "127.0.0.1:"}, "HTTP_ADDR", "e.g. 127.0.0.1:8080"},
 		{"http addr port out of range", map[string]string{"HTTP_ADDR": "127.0.0.1:99999"}, "HTTP_ADDR", "host:port"},
+		{"alert webhook relative", map[string]string{"ALERT_WEBHOOK_URL": "hooks.slack.com/services/T0/B0/x"}, "ALERT_WEBHOOK_URL", "not an absolute URL"},
+		{"alert webhook ftp", map[string]string{"ALERT_WEBHOOK_URL": "ftp://example.com/hook"}, "ALERT_WEBHOOK_URL", "absolute http:// or https:// URL"},
+		{"alert webhook no host", map[string]string{"ALERT_WEBHOOK_URL": "https:///services/x"}, "ALERT_WEBHOOK_URL", "has no host"},
+		{"alert webhook bad port", map[string]string{"ALERT_WEBHOOK_URL": "https://example.com:99999/x"}, "ALERT_WEBHOOK_URL", "port"},
 		{"log level", map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL", "debug, info, warn or error"},
 		{"log format", map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT", "text, json or auto"},
 		{"source table three parts", map[string]string{"SOURCE_TABLE": "a.b.c"}, "SOURCE_TABLE", "table or schema.table"},
@@ -256,6 +260,35 @@ func TestLoad_ErrorsNeverContainDSNPassword(t *testing.T) {
 				t.Errorf("error message leaks the password: %q", err.Error())
 			}
 		})
+	}
+}
+
+// TestLoad_AlertWebhookURLErrorsQuoteNothing: the user, password, path
+// and query of a webhook URL can each be its token; no error repeats them.
+func TestLoad_AlertWebhookURLErrorsQuoteNothing(t *testing.T) {
+	const secret = "Sup3rSecret"
+	for _, raw := range []string{
+		"https://u:" + secret + "@example.com:notaport/hook?token=" + secret,
+		"https://u:" + secret + "%zz@example.com/hook",
+		"ftp://u:" + secret + "@example.com/" + secret + "?token=" + secret,
+		"example.com/services/" + secret,
+		"https://u:" + secret + "@/services/" + secret,
+		"https://example.com/\x7f" + secret + "\x00",
+	} {
+		_, err := config.Load(config.MapSource(map[string]string{"ALERT_WEBHOOK_URL": raw}))
+		ce := configError(t, err)
+		if ce.Var != "ALERT_WEBHOOK_URL" || !strings.Contains(ce.Msg, "http:// or https://") {
+			t.Errorf("%q: error %q; want ALERT_WEBHOOK_URL and what it accepts", raw, err)
+		}
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("error quotes the URL's secret: %q", err)
+		}
+	}
+	for _, ok := range []string{"", "https://hooks.slack.com/services/T0/B0/x", "http://127.0.0.1:9000/alerts?token=x", "https://u:p@example.com"} {
+		cfg := mustLoad(t, map[string]string{"ALERT_WEBHOOK_URL": ok})
+		if cfg.AlertWebhookURL != ok {
+			t.Errorf("AlertWebhookURL = %q, want %q", cfg.AlertWebhookURL, ok)
+		}
 	}
 }
 

@@ -173,6 +173,10 @@ var Vars = []Var{
 		c.HTTPAddr = s
 		return nil
 	}},
+	{"ALERT_WEBHOOK_URL", "", "Slack-compatible webhook (an absolute http or https URL) that cdc run posts a JSON message to when health changes state (HEALTHY, DEGRADED, UNHEALTHY), with the checks that do not pass and their recommendations; at most one message per state a minute; empty = off", func(c *Config, s string) error {
+		c.AlertWebhookURL = s
+		return checkWebhookURL(s)
+	}},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config, s string) error {
 		if err := c.LogLevel.UnmarshalText([]byte(s)); err != nil {
 			return fmt.Errorf("%q is not a level: use debug, info, warn or error", s)
@@ -328,6 +332,35 @@ func paramProblem(q url.Values) string {
 		}
 	}
 	return "a parameter or its value is not one the driver accepts"
+}
+
+// checkWebhookURL accepts "" (off) or an absolute http or https URL with
+// a host. Its errors quote nothing of the URL: its user, password, path
+// and query may all be a token.
+func checkWebhookURL(s string) error {
+	if s == "" {
+		return nil
+	}
+	const want = ": want an absolute http:// or https:// URL, such as https://hooks.slack.com/services/…, or empty for off"
+	u, err := url.Parse(s)
+	var esc url.EscapeError
+	switch {
+	case errors.As(err, &esc):
+		return errors.New("a % escape is invalid (a % not followed by two hex digits)" + want)
+	case err != nil && strings.Contains(err.Error(), "port"):
+		return errors.New("the port is not a number from 1 to 65535" + want)
+	case err != nil:
+		return errors.New("it cannot be read as a URL" + want)
+	case u.Scheme == "":
+		return errors.New("it is not an absolute URL (no http:// or https://)" + want)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return errors.New("the scheme is not http or https" + want)
+	case u.Host == "" || u.Hostname() == "":
+		return errors.New("it has no host" + want)
+	case u.Port() != "" && (!validPort(u.Port()) || u.Port() == "0"):
+		return errors.New("the port is not a number from 1 to 65535" + want)
+	}
+	return nil
 }
 
 func validPort(p string) bool {

@@ -12,4 +12,8 @@
 // and the notify source call. It samples a few values every second
 // (connection changes, throughput every 10 s) and probes both databases
 // every few seconds, so the HTTP handlers never wait on a database.
+//
+// OnChange reports each change of the overall status; a Webhook
+// (ALERT_WEBHOOK_URL) turns them into Slack-compatible messages, queued
+// and sent on a goroutine of its own so that nothing waits on it.
 package health

@@ -120,6 +120,9 @@ type Monitor struct {
 
 	standby atomic.Pointer[string] // the active instance, while standing by
 
+	onChange   atomic.Pointer[func(StateChange)] // OnChange's callback
+	lastStatus Status                            // the status watchState last saw (Run's goroutine)
+
 	mu    sync.Mutex
 	conn  connState
 	rec   recState
@@ -200,7 +203,8 @@ func (m *Monitor) ObserveBatch(b change.BatchInfo) {
 	}
 }
 
-// Run samples the parts every second and probes the databases until ctx
+// Run samples the parts every second (and then tells OnChange's callback
+// whether the overall status changed) and probes the databases until ctx
 // ends.
 func (m *Monitor) Run(ctx context.Context) {
 	var wg sync.WaitGroup
@@ -218,6 +222,7 @@ func (m *Monitor) Run(ctx context.Context) {
 			return
 		case now := <-t.C:
 			m.sample(now)
+			m.watchState(now)
 		}
 	}
 }
