@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -27,6 +28,10 @@ func startHealth(ctx context.Context, cfg *config.Config, log *slog.Logger) (mon
 	if err != nil {
 		return nil, nil, err
 	}
+	srv.WebConfig = cfg.WebConfigFile
+	if cfg.WebConfigFile == "" && !loopback(cfg.HTTPAddr) {
+		log.Warn("HTTP_ADDR is reachable from other hosts and serves /stats and /metrics without TLS or authentication; set WEB_CONFIG_FILE (TLS, basic auth), or bind 127.0.0.1", "http_addr", cfg.HTTPAddr)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -41,4 +46,17 @@ func startHealth(ctx context.Context, cfg *config.Config, log *slog.Logger) (mon
 		}
 	}()
 	return mon, func() { cancel(); wg.Wait() }, nil
+}
+
+// loopback reports that addr (host:port) listens only on this host.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -28,6 +28,9 @@ func cmdStatus(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if cfg.WebConfigFile != "" {
+		return usageError("cdc status reads the HTTP listener over plain HTTP without credentials, and WEB_CONFIG_FILE puts TLS or basic auth on it: ask it with your client instead, e.g. curl --cacert server.crt -u USER https://%s/stats (or /healthz)", cfg.HTTPAddr)
+	}
 	if *live {
 		if err := health.Live(ctx, base); err != nil {
 			return &exitError{code: exitFailure, err: fmt.Errorf("not alive: %w", err)}

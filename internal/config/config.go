@@ -61,9 +61,10 @@ type Config struct {
 	LagWarn          time.Duration // LAG_WARN
 	LagCritical      time.Duration // LAG_CRITICAL
 
-	HTTPAddr  string     // HTTP_ADDR
-	LogLevel  slog.Level // LOG_LEVEL
-	LogFormat string     // LOG_FORMAT: auto, text or json
+	HTTPAddr      string     // HTTP_ADDR
+	WebConfigFile string     // WEB_CONFIG_FILE: TLS and basic auth of the HTTP listener, "" = plain HTTP
+	LogLevel      slog.Level // LOG_LEVEL
+	LogFormat     string     // LOG_FORMAT: auto, text or json
 
 	// AlertWebhookURL is ALERT_WEBHOOK_URL, "" = off. Secret: log only
 	// its scheme and host.

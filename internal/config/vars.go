@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/exporter-toolkit/web"
+
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/myusta/cdc/internal/ident"
@@ -171,6 +173,16 @@ var Vars = []Var{
 			return fmt.Errorf("%q is not host:port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080", s)
 		}
 		c.HTTPAddr = s
+		return nil
+	}},
+	{"WEB_CONFIG_FILE", "", "TLS and basic authentication for the HTTP listener: a web configuration file in the format Prometheus exporters use (tls_server_config, basic_auth_users with bcrypt hashes); empty = plain HTTP, which cdc warns about when HTTP_ADDR is not loopback", func(c *Config, s string) error {
+		c.WebConfigFile = s
+		if s == "" {
+			return nil
+		}
+		if err := web.Validate(s); err != nil {
+			return fmt.Errorf("must be a readable web configuration file (exporter-toolkit format: tls_server_config, basic_auth_users): %w", err)
+		}
 		return nil
 	}},
 	{"ALERT_WEBHOOK_URL", "", "Slack-compatible webhook (an absolute http or https URL) that cdc run posts a JSON message to when health changes state (HEALTHY, DEGRADED, UNHEALTHY), with the checks that do not pass and their recommendations; at most one message per state a minute; empty = off", func(c *Config, s string) error {

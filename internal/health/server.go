@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/exporter-toolkit/web"
 )
 
 // shutdownGrace is how long open requests may take once ctx ends.
@@ -24,6 +25,12 @@ const shutdownGrace = 5 * time.Second
 // /readyz (200 only while streaming and caught up), /stats (JSON),
 // /metrics (Prometheus) and a status page at /.
 type Server struct {
+	// WebConfig, when set before Serve, is a web configuration file in the
+	// format Prometheus exporters use (WEB_CONFIG_FILE): TLS and basic
+	// authentication, served by prometheus/exporter-toolkit. "" serves
+	// plain HTTP.
+	WebConfig string
+
 	mon *Monitor
 	ln  net.Listener
 	srv *http.Server
@@ -60,7 +67,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	base, _ := BaseURL(addr)
 	s.log.Info("http listening", "addr", addr, "status_page", base+"/")
 	errc := make(chan error, 1)
-	go func() { errc <- s.srv.Serve(s.ln) }()
+	go func() {
+		if s.WebConfig == "" {
+			errc <- s.srv.Serve(s.ln)
+			return
+		}
+		errc <- web.Serve(s.ln, s.srv, &web.FlagConfig{WebConfigFile: &s.WebConfig}, s.log)
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve HTTP on %s: %w", s.ln.Addr(), err)
