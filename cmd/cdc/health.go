@@ -30,7 +30,7 @@ func startHealth(ctx context.Context, cfg *config.Config, log *slog.Logger) (mon
 	}
 	srv.WebConfig = cfg.WebConfigFile
 	if cfg.WebConfigFile == "" && !loopback(cfg.HTTPAddr) {
-		log.Warn("HTTP_ADDR is reachable from other hosts and serves /stats and /metrics without TLS or authentication; set WEB_CONFIG_FILE (TLS, basic auth), or bind 127.0.0.1", "http_addr", cfg.HTTPAddr)
+		log.Info("HTTP_ADDR is not loopback and the listener has neither TLS nor authentication: if other hosts can reach it, set WEB_CONFIG_FILE (TLS, basic auth) or bind 127.0.0.1", "http_addr", cfg.HTTPAddr)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup

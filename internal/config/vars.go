@@ -175,7 +175,7 @@ var Vars = []Var{
 		c.HTTPAddr = s
 		return nil
 	}},
-	{"WEB_CONFIG_FILE", "", "TLS and basic authentication for the HTTP listener: a web configuration file in the format Prometheus exporters use (tls_server_config, basic_auth_users with bcrypt hashes); empty = plain HTTP, which cdc warns about when HTTP_ADDR is not loopback", func(c *Config, s string) error {
+	{"WEB_CONFIG_FILE", "", "TLS and basic authentication for the HTTP listener: a web configuration file in the format Prometheus exporters use (tls_server_config, basic_auth_users with bcrypt hashes); empty = plain HTTP (cdc says so at start when HTTP_ADDR is not loopback)", func(c *Config, s string) error {
 		c.WebConfigFile = s
 		if s == "" {
 			return nil
