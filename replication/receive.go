@@ -337,7 +337,7 @@ func (r *reader) drain() error {
 	// The last commits on disk before the last confirmation, if chat
 	// flushes them within a second (its WAL writer does within
 	// wal_writer_delay); else the slot keeps them, which is safe.
-	for deadline := time.Now().Add(time.Second); r.durable < r.committed.LSN && time.Now().Before(deadline); time.Sleep(probeEvery / 2) {
+	for deadline := time.Now().Add(time.Second); r.durable < r.committed.LSN && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		r.lastProbe = time.Time{}
 		if err := r.settle(); err != nil {
 			return err
@@ -376,7 +376,10 @@ func (r *reader) flushPos() pglogrepl.LSN {
 
 // probeEvery is how often an idle writer's last commits are checked for
 // durability (chat's WAL writer flushes them within wal_writer_delay).
-const probeEvery = 100 * time.Millisecond
+// Writes read the flush position themselves, so this only moves the
+// confirmed position after the last write; at 100 ms the probes cost a
+// trickle of 10 changes/s ~28 % more CPU (BENCHMARKS.md, session 9).
+const probeEvery = time.Second
 
 // settle brings r.durable up to date; while the writer is idle it lets the
 // sink ask chat (at most every probeEvery, for at most 2 s). Only a lost
