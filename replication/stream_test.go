@@ -217,24 +217,35 @@ func TestStream_FirstCopyInPartsUnderWrites(t *testing.T) {
 	p.WaitEqual(t, 30*time.Second)
 }
 
-// TestStream_SmallTransactionsShareAChatTransaction: single-row source
-// transactions committed within BATCH_MAX_WAIT of each other, while the
-// writer is idle, are written in one chat transaction, not one each.
-func TestStream_SmallTransactionsShareAChatTransaction(t *testing.T) {
+// TestStream_WritesAtOnceAndBatchesWhatArrivesMeanwhile: with a
+// BATCH_MAX_WAIT of a second, a lone change that finds the writer idle is
+// written at once (a trickle does not linger), and single-row transactions
+// committed back to back share chat transactions: the first is written at
+// once, the ones that arrive while it is written go together.
+func TestStream_WritesAtOnceAndBatchesWhatArrivesMeanwhile(t *testing.T) {
 	p := pgtest.NewPair(t, 1000)
 	r := start(t, p, func(o *replication.Options) { o.BatchMaxWait = time.Second })
 	p.WaitEqual(t, 30*time.Second)
-	before := r.sink.Stats.Batches.Load()
-	began := time.Now()
-	for i := 1; i <= 5; i++ {
+	update := func(i int) {
 		pgtest.Exec(t, p.Source, `UPDATE users SET status = 'linger', updated_at = now() WHERE `+
 			`split_part(split_part(email, '-', 1), 'user', 2) = $1`, strconv.Itoa(i))
+	}
+	began := time.Now()
+	update(100)
+	p.WaitEqual(t, 30*time.Second)
+	if took := time.Since(began); took >= 900*time.Millisecond {
+		t.Fatalf("a lone change took %s to reach chat with BATCH_MAX_WAIT=1s: it lingered although the writer was idle", took.Round(time.Millisecond))
+	}
+	before := r.sink.Stats.Batches.Load()
+	began = time.Now()
+	for i := 1; i <= 20; i++ {
+		update(i)
 	}
 	took := time.Since(began)
 	p.WaitEqual(t, 30*time.Second)
 	batches := r.sink.Stats.Batches.Load() - before
-	if batches >= 5 || took < 500*time.Millisecond && batches != 1 {
-		t.Fatalf("5 single-row transactions committed within %s were written in %d chat transactions; want 1", took.Round(time.Millisecond), batches)
+	if batches >= 20 || took < 500*time.Millisecond && batches > 10 {
+		t.Fatalf("20 single-row transactions committed within %s were written in %d chat transactions; want them to share", took.Round(time.Millisecond), batches)
 	}
 }
 
