@@ -7,7 +7,7 @@ import (
 	"sync"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/myusta/cdc/change"
 )
@@ -157,17 +157,12 @@ func (s *Sink) Durable(ctx context.Context, probe bool) (change.Checkpoint, erro
 		}
 		return cp, fmt.Errorf("read chat's flushed WAL position: %w", err)
 	}
-	res, err := conn.Conn().PgConn().Exec(ctx, "SELECT "+walSQL).ReadAll()
-	if err != nil {
+	var insert, flush pglogrepl.LSN
+	if err := conn.QueryRow(ctx, "SELECT "+walSQL).Scan(&insert, &flush); err != nil {
 		s.dropBroken()
 		return cp, fmt.Errorf("read chat's flushed WAL position: %w", err)
 	}
-	if len(res) != 1 || len(res[0].Rows) != 1 {
-		return cp, errors.New("read chat's flushed WAL position: no row")
-	}
-	if err := s.dur.observeRow(res[0].Rows[0]); err != nil {
-		return cp, err
-	}
+	s.dur.observe(insert, flush)
 	cp, _ = s.dur.get()
 	return cp, nil
 }
@@ -175,28 +170,16 @@ func (s *Sink) Durable(ctx context.Context, probe bool) (change.Checkpoint, erro
 // settleOnConnect runs when a new writer connection is opened while
 // commits of unknown fate wait (their connection was lost): chat's
 // checkpoint row says whether it kept them.
-func (s *Sink) settleOnConnect(ctx context.Context, pc *pgconn.PgConn) error {
+func (s *Sink) settleOnConnect(ctx context.Context, c *pgx.Conn) error {
 	want, waiting := s.dur.last()
 	if !waiting {
 		return nil
 	}
-	res := pc.ExecParams(ctx, `SELECT COALESCE(c.lsn, '0/0')::text, COALESCE(c.partial_xact_lsn, '0/0')::text, COALESCE(c.partial_changes, 0)::text, `+walSQL+`
-FROM (SELECT) AS one LEFT JOIN cdc_checkpoint AS c ON c.slot_name = $1`, [][]byte{[]byte(s.opts.Slot)}, nil, nil, nil).Read()
-	if res.Err != nil {
-		return fmt.Errorf("read checkpoint after reconnecting: %w", res.Err)
-	}
-	if len(res.Rows) != 1 {
-		return fmt.Errorf("read checkpoint after reconnecting: %d rows", len(res.Rows))
-	}
-	row := res.Rows[0]
 	var have change.Checkpoint
-	if err := have.LSN.Scan(string(row[0])); err != nil {
-		return fmt.Errorf("read checkpoint after reconnecting: %w", err)
-	}
-	if err := have.PartialXact.Scan(string(row[1])); err != nil {
-		return fmt.Errorf("read checkpoint after reconnecting: %w", err)
-	}
-	if _, err := fmt.Sscan(string(row[2]), &have.PartialChanges); err != nil {
+	var insert, flush pglogrepl.LSN
+	err := c.QueryRow(ctx, `SELECT COALESCE(c.lsn, '0/0')::text, COALESCE(c.partial_xact_lsn, '0/0')::text, COALESCE(c.partial_changes, 0), `+walSQL+`
+FROM (SELECT) AS one LEFT JOIN cdc_checkpoint AS c ON c.slot_name = $1`, s.opts.Slot).Scan(&have.LSN, &have.PartialXact, &have.PartialChanges, &insert, &flush)
+	if err != nil {
 		return fmt.Errorf("read checkpoint after reconnecting: %w", err)
 	}
 	if before(have, want) {
@@ -205,7 +188,8 @@ FROM (SELECT) AS one LEFT JOIN cdc_checkpoint AS c ON c.slot_name = $1`, [][]byt
 		s.dur.known(have, false)
 		return change.ErrCommitsLost
 	}
-	return s.dur.observeRow(row[3:])
+	s.dur.observe(insert, flush)
+	return nil
 }
 
 // before reports that a precedes b in the stream.

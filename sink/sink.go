@@ -90,7 +90,7 @@ func New(pool *pgxpool.Pool, table *schema.Table, opts Options) *Sink {
 		table: table,
 		opts:  opts,
 		log:   log.With("component", "sink"),
-		sql:   buildSQL(table, opts.Slot),
+		sql:   buildSQL(table, opts.Slot, opts.AsyncCommit),
 	}
 }
 
@@ -318,7 +318,7 @@ func (s *Sink) writer(ctx context.Context) (*pgxpool.Conn, error) {
 		c.Release()
 		return nil, err
 	}
-	if err := s.settleOnConnect(ctx, c.Conn().PgConn()); err != nil {
+	if err := s.settleOnConnect(ctx, c.Conn()); err != nil {
 		c.Release()
 		return nil, err
 	}

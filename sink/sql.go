@@ -32,6 +32,10 @@ type statementSQL struct {
 	checkpoint   preparedSQL
 	truncate     string
 	lock         string // the writer lock, held until the transaction ends
+	// streamLock is the first statement of a stream write: the writer lock
+	// and, with asynchronous commits, synchronous_commit=off for this
+	// transaction and chat's WAL positions (see durable.go).
+	streamLock string
 }
 
 const (
@@ -44,7 +48,7 @@ const (
 // stageTable is the writer connection's temporary staging table.
 const stageTable = "cdc_stage"
 
-func buildSQL(t *schema.Table, slot string) statementSQL {
+func buildSQL(t *schema.Table, slot string, async bool) statementSQL {
 	from, sel, oids := keyed.Unnest(t, all(len(t.Columns)), 1)
 	del, delOIDs := keyed.KeyMatch(t, "", 1)
 	return statementSQL{
@@ -63,9 +67,18 @@ VALUES ($1, $2::pg_lsn, $3::pg_lsn, $4::bigint, now())
 ON CONFLICT (slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, partial_xact_lsn = EXCLUDED.partial_xact_lsn,
   partial_changes = EXCLUDED.partial_changes, updated_at = EXCLUDED.updated_at`,
 		},
-		truncate: "DELETE FROM " + t.Ident(),
-		lock:     WriterLock(slot),
+		truncate:   "DELETE FROM " + t.Ident(),
+		lock:       WriterLock(slot),
+		streamLock: streamLock(slot, async),
 	}
+}
+
+// streamLock is statementSQL.streamLock.
+func streamLock(slot string, async bool) string {
+	if !async {
+		return WriterLock(slot)
+	}
+	return WriterLock(slot) + ", set_config('synchronous_commit', 'off', true), " + walSQL
 }
 
 // onConflict is the upsert's conflict clause: every column that is not

@@ -18,19 +18,9 @@ func (s *Sink) beginLocked(ctx context.Context, pc *pgconn.PgConn) error {
 	return execSimple(ctx, pc, "BEGIN; "+s.sql.lock)
 }
 
-// streamLock is the first statement of a stream write: the writer lock
-// and, with asynchronous commits, synchronous_commit=off for this
-// transaction and chat's WAL positions (see durable.go).
-func (s *Sink) streamLock() string {
-	if !s.opts.AsyncCommit {
-		return s.sql.lock
-	}
-	return s.sql.lock + ", set_config('synchronous_commit', 'off', true), " + walSQL
-}
-
 // beginStream opens a stream write's explicit transaction.
 func (s *Sink) beginStream(ctx context.Context, pc *pgconn.PgConn) error {
-	res, err := pc.Exec(ctx, "BEGIN; "+s.streamLock()).ReadAll()
+	res, err := pc.Exec(ctx, "BEGIN; "+s.sql.streamLock).ReadAll()
 	if err != nil {
 		return err
 	}
@@ -190,7 +180,7 @@ func (s *Sink) writeWhole(ctx context.Context, pc *pgconn.PgConn, b *change.Batc
 		return err == nil, err
 	}
 	var batch pgconn.Batch
-	batch.ExecParams(s.streamLock(), nil, nil, nil, nil)
+	batch.ExecParams(s.sql.streamLock, nil, nil, nil, nil)
 	if b.Truncates() {
 		batch.ExecParams(s.sql.truncate, nil, nil, nil, nil)
 	}

@@ -18,10 +18,18 @@ import (
 // ends and returns its base URL.
 func serve(t *testing.T, m *Monitor) string {
 	t.Helper()
+	return "http://" + serveWith(t, m, "")
+}
+
+// serveWith is serve with webConfig as the server's WEB_CONFIG_FILE; it
+// returns the bound host:port.
+func serveWith(t *testing.T, m *Monitor, webConfig string) string {
+	t.Helper()
 	srv, err := Listen("127.0.0.1:0", m, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv.WebConfig = webConfig
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
@@ -31,7 +39,7 @@ func serve(t *testing.T, m *Monitor) string {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return "http://" + srv.Addr().String()
+	return srv.Addr().String()
 }
 
 func fetch(t *testing.T, url string) (*http.Response, string) {

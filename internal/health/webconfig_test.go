@@ -1,7 +1,6 @@
 package health
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -73,21 +72,7 @@ func TestServer_WebConfigTLSAndBasicAuth(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nbasic_auth_users:\n  prometheus: "+string(hash)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := Listen("127.0.0.1:0", NewMonitor(Options{Mode: "replication", Logger: quiet}), quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.WebConfig = cfg
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	addr := srv.Addr().String()
+	addr := serveWith(t, NewMonitor(Options{Mode: "replication", Logger: quiet}), cfg)
 	pool := x509.NewCertPool()
 	pool.AddCert(cert)
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
