@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -86,6 +87,73 @@ func (r *reader) truncate(m []byte, sentAt time.Time) error {
 			r.added(sentAt)
 			r.s.Stats.Truncates.Add(1)
 		}
+	}
+	return nil
+}
+
+func (r *reader) copyData(data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		k, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse keepalive: %w", err)
+		}
+		r.received = max(r.received, k.ServerWALEnd)
+		if r.idle() {
+			// Everything the server sent before this keepalive is applied;
+			// its WAL end may be confirmed so a quiet table pins no WAL.
+			r.idleLSN = max(r.idleLSN, k.ServerWALEnd)
+			r.publishPosition()
+		}
+		r.replyDue = r.replyDue || k.ReplyRequested
+	case pglogrepl.XLogDataByteID:
+		x, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse xlogdata: %w", err)
+		}
+		r.received = max(r.received, x.WALStart)
+		if len(x.WALData) > 0 {
+			return r.message(x.WALData, x.ServerTime)
+		}
+	}
+	return nil
+}
+
+// message handles one pgoutput message, which the walsender sent at sentAt.
+func (r *reader) message(m []byte, sentAt time.Time) error {
+	if ok, err := r.streamed(m, sentAt); ok {
+		return err
+	}
+	switch m[0] {
+	case 'B':
+		var b pglogrepl.BeginMessage
+		if err := b.Decode(m[1:]); err != nil {
+			return fmt.Errorf("decode begin: %w", err)
+		}
+		r.begin(&b)
+	case 'C':
+		var c pglogrepl.CommitMessage
+		if err := c.Decode(m[1:]); err != nil {
+			return fmt.Errorf("decode commit: %w", err)
+		}
+		r.commit(&c, sentAt)
+	case 'R':
+		var rel pglogrepl.RelationMessage
+		if err := rel.Decode(m[1:]); err != nil {
+			return fmt.Errorf("decode relation: %w", err)
+		}
+		return r.dec.relation(&rel)
+	case 'I', 'U', 'D':
+		return r.change(m, sentAt)
+	case 'T':
+		return r.truncate(m, sentAt)
+	case 'Y', 'O', 'M':
+		// Type, origin and logical messages carry nothing to apply.
+	default:
+		return errors.New("unknown pgoutput message type " + string(m[0]))
 	}
 	return nil
 }

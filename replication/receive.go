@@ -52,6 +52,7 @@ type reader struct {
 	lastEnd   pglogrepl.LSN     // end of the last complete transaction received
 
 	tx      sourceTx // the transaction being received
+	st      streams  // transactions the source streams before their commit (streamed.go)
 	skipped int      // transactions skipped as already applied
 
 	received   pglogrepl.LSN // highest WAL position seen
@@ -97,6 +98,7 @@ func (r *reader) wake() { _ = r.conn.Conn().SetReadDeadline(time.Now()) }
 // waits for the batch in flight, so the next session starts from an exact
 // checkpoint).
 func (r *reader) run(ctx context.Context) (err error) {
+	defer r.closeStreams()
 	defer r.startWriter()()
 	stop := context.AfterFunc(ctx, r.wake)
 	defer stop()
@@ -169,6 +171,9 @@ func (r *reader) startWriter() (stop func()) {
 // receive waits for the next message until the read deadline (a status
 // update, a lingering batch or a durability probe due) and handles it.
 func (r *reader) receive(ctx context.Context, interval time.Duration) error {
+	if r.st.replay != nil {
+		return r.replayNext()
+	}
 	_ = r.conn.Conn().SetReadDeadline(r.readDeadline(interval))
 	// A batch finishing or ctx ending after this point moves the
 	// deadline to now, so the receive below returns at once.
@@ -272,7 +277,7 @@ func (r *reader) publishPending() {
 
 // idle reports that nothing received is waiting to be committed.
 func (r *reader) idle() bool {
-	return r.inflight == nil && r.cur.Received == 0 && !r.tx.open && r.lastEnd <= r.committed.LSN
+	return r.inflight == nil && r.cur.Received == 0 && !r.tx.open && r.st.replay == nil && r.lastEnd <= r.committed.LSN
 }
 
 // dispatch hands the current batch to the sink when the sink is free and
@@ -432,69 +437,5 @@ func (r *reader) status(force bool) error {
 	}
 	r.reported, r.lastStatus, r.replyDue = pos, now, false
 	r.s.Stats.Confirmed.Store(uint64(pos))
-	return nil
-}
-
-func (r *reader) copyData(data []byte) error {
-	if len(data) == 0 {
-		return nil
-	}
-	switch data[0] {
-	case pglogrepl.PrimaryKeepaliveMessageByteID:
-		k, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
-		if err != nil {
-			return fmt.Errorf("parse keepalive: %w", err)
-		}
-		r.received = max(r.received, k.ServerWALEnd)
-		if r.idle() {
-			// Everything the server sent before this keepalive is applied;
-			// its WAL end may be confirmed so a quiet table pins no WAL.
-			r.idleLSN = max(r.idleLSN, k.ServerWALEnd)
-			r.publishPosition()
-		}
-		r.replyDue = r.replyDue || k.ReplyRequested
-	case pglogrepl.XLogDataByteID:
-		x, err := pglogrepl.ParseXLogData(data[1:])
-		if err != nil {
-			return fmt.Errorf("parse xlogdata: %w", err)
-		}
-		r.received = max(r.received, x.WALStart)
-		if len(x.WALData) > 0 {
-			return r.message(x.WALData, x.ServerTime)
-		}
-	}
-	return nil
-}
-
-// message handles one pgoutput message, which the walsender sent at sentAt.
-func (r *reader) message(m []byte, sentAt time.Time) error {
-	switch m[0] {
-	case 'B':
-		var b pglogrepl.BeginMessage
-		if err := b.Decode(m[1:]); err != nil {
-			return fmt.Errorf("decode begin: %w", err)
-		}
-		r.begin(&b)
-	case 'C':
-		var c pglogrepl.CommitMessage
-		if err := c.Decode(m[1:]); err != nil {
-			return fmt.Errorf("decode commit: %w", err)
-		}
-		r.commit(&c, sentAt)
-	case 'R':
-		var rel pglogrepl.RelationMessage
-		if err := rel.Decode(m[1:]); err != nil {
-			return fmt.Errorf("decode relation: %w", err)
-		}
-		return r.dec.relation(&rel)
-	case 'I', 'U', 'D':
-		return r.change(m, sentAt)
-	case 'T':
-		return r.truncate(m, sentAt)
-	case 'Y', 'O', 'M':
-		// Type, origin and logical messages carry nothing to apply.
-	default:
-		return errors.New("unknown pgoutput message type " + string(m[0]))
-	}
 	return nil
 }

@@ -32,6 +32,7 @@ type Options struct {
 	StatusInterval time.Duration // longest gap between standby status updates
 	Retry          retry.Policy  // reconnect backoff; Loud = MAX_RECONNECT_ATTEMPTS
 	DrainTimeout   time.Duration // how long shutdown may spend committing the batch in hand
+	SpoolDir       string        // where large streamed source transactions wait for their commit ("" = the system's temporary directory)
 	Logger         *slog.Logger
 }
 
@@ -198,7 +199,10 @@ func (s *Stream) session(ctx, applyCtx context.Context) (streamed bool, err erro
 	}
 	s.Stats.Refused.Store(nil) // prepare checked the statements
 	args := []string{
-		"proto_version '1'",
+		// Protocol 2 streams a transaction larger than the source's
+		// logical_decoding_work_mem while it runs (streamed.go), instead
+		// of the walsender spilling it to disk until its commit.
+		"proto_version '2'", "streaming 'on'",
 		"publication_names " + quoteLiteral(s.opts.Publication),
 		fmt.Sprintf("binary '%t'", s.opts.Table.Format == schema.Binary),
 	}

@@ -194,6 +194,7 @@ func (d *daemon) newSource(cfg *config.Config, sk *sink.Sink, srcTable *schema.T
 		BatchMaxWait:   cfg.BatchMaxWait,
 		CopyWorkers:    cfg.CopyWorkers,
 		StatusInterval: cfg.StatusInterval,
+		SpoolDir:       cfg.SpoolDir,
 		Retry:          reconnectPolicy(cfg),
 		Logger:         log,
 	})

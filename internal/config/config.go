@@ -54,6 +54,7 @@ type Config struct {
 	BatchMaxWait     time.Duration // BATCH_MAX_WAIT
 	AsyncCommit      bool          // CHAT_SYNCHRONOUS_COMMIT=off
 	CopyWorkers      int           // COPY_WORKERS
+	SpoolDir         string        // SPOOL_DIR, "" = the system's temporary directory
 	StatusInterval   time.Duration // STANDBY_STATUS_INTERVAL
 	SourceRunRole    string        // SOURCE_RUN_ROLE
 	ChatRunRole      string        // CHAT_RUN_ROLE

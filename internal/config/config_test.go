@@ -166,6 +166,7 @@ func TestLoad_RejectsBadValues(t *testing.T) {
 		{"http addr without port", map[string]string{"HTTP_ADDR": "127.0.0.1:"}, "HTTP_ADDR", "e.g. 127.0.0.1:8080"},
 		{"http addr port out of range", map[string]string{"HTTP_ADDR": "127.0.0.1:99999"}, "HTTP_ADDR", "host:port"},
 		{"web config missing", map[string]string{"WEB_CONFIG_FILE": "/nonexistent/web.yml"}, "WEB_CONFIG_FILE", "readable web configuration file"},
+		{"spool dir missing", map[string]string{"SPOOL_DIR": "/nonexistent/spool"}, "SPOOL_DIR", "existing directory cdc can write to"},
 		{"alert webhook relative", map[string]string{"ALERT_WEBHOOK_URL": "hooks.slack.com/services/T0/B0/x"}, "ALERT_WEBHOOK_URL", "not an absolute URL"},
 		{"alert webhook ftp", map[string]string{"ALERT_WEBHOOK_URL": "ftp://example.com/hook"}, "ALERT_WEBHOOK_URL", "absolute http:// or https:// URL"},
 		{"alert webhook no host", map[string]string{"ALERT_WEBHOOK_URL": "https:///services/x"}, "ALERT_WEBHOOK_URL", "has no host"},

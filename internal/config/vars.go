@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -147,6 +148,10 @@ var Vars = []Var{
 		n, err := parseInt(s, 1, 16, "an integer from 1 to 16")
 		c.CopyWorkers = n
 		return err
+	}},
+	{"SPOOL_DIR", "", "directory where a source transaction larger than the source's logical_decoding_work_mem waits, past 1 MB, for its commit (the source streams it while it runs); must be writable; empty = the system's temporary directory (TMPDIR)", func(c *Config, s string) error {
+		c.SpoolDir = s
+		return checkWritableDir(s)
 	}},
 	{"STANDBY_STATUS_INTERVAL", "10s", "how often the committed position is confirmed to the slot (100ms to 10s)", func(c *Config, s string) error {
 		d, err := parseDuration(s, 100*time.Millisecond, 10*time.Second, "a duration from 100ms to 10s")
@@ -402,4 +407,18 @@ func parseDuration(s string, lo, hi time.Duration, want string) (time.Duration, 
 		return d, fmt.Errorf("%q is invalid: want %s", s, want)
 	}
 	return d, nil
+}
+
+// checkWritableDir checks that cdc can create files in dir ("" = the
+// system's temporary directory, checked when used).
+func checkWritableDir(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	f, err := os.CreateTemp(dir, "cdc-check-*")
+	if err != nil {
+		return errors.New("must be an existing directory cdc can write to")
+	}
+	_ = f.Close()
+	return os.Remove(f.Name())
 }

@@ -1,0 +1,178 @@
+package replication_test
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/myusta/cdc/internal/pgtest"
+	"github.com/myusta/cdc/replication"
+)
+
+// slotStats reads the decoding statistics of the pair's slot.
+type slotStats struct{ spillTxns, spillBytes, streamTxns int64 }
+
+func readSlotStats(t *testing.T, p *pgtest.Pair) slotStats {
+	t.Helper()
+	var s slotStats
+	err := p.Source.QueryRow(context.Background(), `SELECT spill_txns, spill_bytes, stream_txns
+FROM pg_stat_replication_slots WHERE slot_name = $1`, p.Slot).Scan(&s.spillTxns, &s.spillBytes, &s.streamTxns)
+	if err != nil {
+		t.Fatalf("slot statistics: %v", err)
+	}
+	return s
+}
+
+// waitStreamed waits until the slot has streamed more than n transactions.
+func waitStreamed(t *testing.T, p *pgtest.Pair, n int64) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); readSlotStats(t, p).streamTxns <= n; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the source streamed no transaction past %d: %+v", n, readSlotStats(t, p))
+		}
+	}
+}
+
+// count counts the rows where where holds on the source and in chat.
+func count(t *testing.T, p *pgtest.Pair, where string) (src, chat int) {
+	t.Helper()
+	for _, side := range []struct {
+		n    *int
+		pool *pgxpool.Pool
+	}{{&src, p.Source}, {&chat, p.Chat}} {
+		if err := side.pool.QueryRow(context.Background(), "SELECT count(*) FROM users WHERE "+where).Scan(side.n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return src, chat
+}
+
+// TestStream_LargeTransactionsStreamedBeforeTheirCommit: with the
+// source's logical_decoding_work_mem at its 64 kB minimum, a 20,000-row
+// transaction is streamed to cdc while it runs (protocol 2) and never
+// spilled by the walsender. cdc spools it (past 1 MB, to a file), shows
+// none of it before the commit while other transactions go on flowing,
+// applies it whole at the commit without what its rolled-back savepoints
+// wrote, drops a streamed transaction that aborts, and streams one
+// committed while cdc was stopped, too.
+func TestStream_LargeTransactionsStreamedBeforeTheirCommit(t *testing.T) {
+	ctx := context.Background()
+	p := pgtest.NewPair(t, 20_000)
+	pgtest.Exec(t, p.Source, "ALTER DATABASE "+pgx.Identifier{"src_" + p.Name}.Sanitize()+" SET logical_decoding_work_mem = '64kB'")
+	var logs pgtest.Buffer
+	spoolDir := t.TempDir()
+	tweak := func(o *replication.Options) {
+		o.BatchMaxRows = 3000 // the replay fills several batches of one chat transaction
+		o.SpoolDir = spoolDir
+		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	}
+	r := start(t, p, tweak)
+	p.WaitEqual(t, 30*time.Second)
+
+	conn, err := p.Source.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	exec := func(q string) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	exec("BEGIN")
+	exec("UPDATE users SET last_name = 'streamed', updated_at = now()")
+	exec("SAVEPOINT a")
+	exec("UPDATE users SET status = 'rolled back' WHERE email LIKE 'user1%'")
+	exec("SAVEPOINT inner_a")
+	exec("INSERT INTO users (first_name, updated_at) SELECT 'rolled back inner', now() FROM generate_series(1, 2000)")
+	exec("ROLLBACK TO a")
+	exec("SAVEPOINT b")
+	exec("INSERT INTO users (first_name, updated_at) SELECT 'in savepoint', now() FROM generate_series(1, 2000)")
+	exec("RELEASE b")
+	waitStreamed(t, p, 0)
+
+	// Other transactions flow while the streamed one is open; chat shows
+	// nothing of it yet.
+	pgtest.Exec(t, p.Source, "INSERT INTO users (first_name, status, updated_at) VALUES ('small', 'small', now())")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, chat := count(t, p, "status = 'small'"); chat == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a small transaction committed while a streamed one was open did not reach chat")
+		}
+	}
+	if _, chat := count(t, p, "last_name = 'streamed'"); chat != 0 {
+		t.Fatalf("chat shows %d rows of a transaction not yet committed", chat)
+	}
+	exec("COMMIT")
+	p.WaitEqual(t, 60*time.Second)
+	for where, want := range map[string]int{"last_name = 'streamed'": 20_000, "first_name = 'in savepoint'": 2000, "status = 'rolled back'": 0, "first_name = 'rolled back inner'": 0} {
+		if src, chat := count(t, p, where); src != want || chat != want {
+			t.Errorf("rows where %s: source %d, chat %d, want %d", where, src, chat, want)
+		}
+	}
+	if !strings.Contains(logs.String(), "applying a large source transaction") {
+		t.Errorf("the streamed transaction was not spooled to a file:\n%s", logs.String())
+	}
+
+	// A streamed transaction that aborts leaves nothing.
+	streamed := readSlotStats(t, p).streamTxns
+	exec("BEGIN")
+	exec("UPDATE users SET last_name = 'aborted', updated_at = now()")
+	waitStreamed(t, p, streamed)
+	exec("ROLLBACK")
+	pgtest.Exec(t, p.Source, "INSERT INTO users (first_name, status, updated_at) VALUES ('after abort', 'after abort', now())")
+	p.WaitEqual(t, 30*time.Second)
+	if _, chat := count(t, p, "last_name = 'aborted'"); chat != 0 {
+		t.Fatalf("chat shows %d rows of an aborted streamed transaction", chat)
+	}
+
+	if st := readSlotStats(t, p); st.spillTxns != 0 || st.spillBytes != 0 {
+		t.Errorf("the walsender spilled to disk: %+v", st)
+	}
+
+	// One committed while cdc was stopped streams when it starts again.
+	// (The walsender streams only what lies past the slot's confirmed
+	// position: it re-reads from the slot's restart_lsn and spills what
+	// it re-reads before that. Checkpoints log the running transactions
+	// that let restart_lsn move past the transactions above.)
+	var mark string
+	if err := p.Source.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&mark); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		pgtest.Exec(t, p.Source, "INSERT INTO users (first_name, updated_at) VALUES ('moves the slot', now())")
+		pgtest.Exec(t, p.Source, "CHECKPOINT")
+		var past bool
+		if err := p.Source.QueryRow(ctx, "SELECT restart_lsn > $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1", p.Slot, mark).Scan(&past); err != nil {
+			t.Fatal(err)
+		}
+		if past {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the slot's restart_lsn did not pass the checkpoint")
+		}
+	}
+	p.WaitEqual(t, 30*time.Second)
+	r.stop(t)
+	streamed = readSlotStats(t, p).streamTxns
+	pgtest.Exec(t, p.Source, "UPDATE users SET last_name = 'while stopped', updated_at = now()")
+	start(t, p, tweak)
+	p.WaitEqual(t, 60*time.Second)
+	waitStreamed(t, p, streamed)
+	if st := readSlotStats(t, p); st.spillTxns != 0 || st.spillBytes != 0 {
+		t.Errorf("the walsender spilled to disk after the restart: %+v", st)
+	}
+	if left, _ := os.ReadDir(spoolDir); len(left) != 0 {
+		t.Errorf("spool files left behind: %v", left)
+	}
+}
