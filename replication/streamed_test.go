@@ -8,36 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/myusta/cdc/internal/pgtest"
 	"github.com/myusta/cdc/replication"
 )
-
-// slotStats reads the decoding statistics of the pair's slot.
-type slotStats struct{ spillTxns, spillBytes, streamTxns int64 }
-
-func readSlotStats(t *testing.T, p *pgtest.Pair) slotStats {
-	t.Helper()
-	var s slotStats
-	err := p.Source.QueryRow(context.Background(), `SELECT spill_txns, spill_bytes, stream_txns
-FROM pg_stat_replication_slots WHERE slot_name = $1`, p.Slot).Scan(&s.spillTxns, &s.spillBytes, &s.streamTxns)
-	if err != nil {
-		t.Fatalf("slot statistics: %v", err)
-	}
-	return s
-}
-
-// waitStreamed waits until the slot has streamed more than n transactions.
-func waitStreamed(t *testing.T, p *pgtest.Pair, n int64) {
-	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); readSlotStats(t, p).streamTxns <= n; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the source streamed no transaction past %d: %+v", n, readSlotStats(t, p))
-		}
-	}
-}
 
 // count counts the rows where where holds on the source and in chat.
 func count(t *testing.T, p *pgtest.Pair, where string) (src, chat int) {
@@ -64,7 +39,7 @@ func count(t *testing.T, p *pgtest.Pair, where string) (src, chat int) {
 func TestStream_LargeTransactionsStreamedBeforeTheirCommit(t *testing.T) {
 	ctx := context.Background()
 	p := pgtest.NewPair(t, 20_000)
-	pgtest.Exec(t, p.Source, "ALTER DATABASE "+pgx.Identifier{"src_" + p.Name}.Sanitize()+" SET logical_decoding_work_mem = '64kB'")
+	p.StreamLarge(t)
 	var logs pgtest.Buffer
 	spoolDir := t.TempDir()
 	tweak := func(o *replication.Options) {
@@ -96,7 +71,7 @@ func TestStream_LargeTransactionsStreamedBeforeTheirCommit(t *testing.T) {
 	exec("SAVEPOINT b")
 	exec("INSERT INTO users (first_name, updated_at) SELECT 'in savepoint', now() FROM generate_series(1, 2000)")
 	exec("RELEASE b")
-	waitStreamed(t, p, 0)
+	p.WaitStreamed(t, 0)
 
 	// Other transactions flow while the streamed one is open; chat shows
 	// nothing of it yet.
@@ -124,10 +99,10 @@ func TestStream_LargeTransactionsStreamedBeforeTheirCommit(t *testing.T) {
 	}
 
 	// A streamed transaction that aborts leaves nothing.
-	streamed := readSlotStats(t, p).streamTxns
+	streamed := p.ReadSlotStats(t).StreamTxns
 	exec("BEGIN")
 	exec("UPDATE users SET last_name = 'aborted', updated_at = now()")
-	waitStreamed(t, p, streamed)
+	p.WaitStreamed(t, streamed)
 	exec("ROLLBACK")
 	pgtest.Exec(t, p.Source, "INSERT INTO users (first_name, status, updated_at) VALUES ('after abort', 'after abort', now())")
 	p.WaitEqual(t, 30*time.Second)
@@ -135,7 +110,7 @@ func TestStream_LargeTransactionsStreamedBeforeTheirCommit(t *testing.T) {
 		t.Fatalf("chat shows %d rows of an aborted streamed transaction", chat)
 	}
 
-	if st := readSlotStats(t, p); st.spillTxns != 0 || st.spillBytes != 0 {
+	if st := p.ReadSlotStats(t); st.SpillTxns != 0 || st.SpillBytes != 0 {
 		t.Errorf("the walsender spilled to disk: %+v", st)
 	}
 
@@ -164,12 +139,12 @@ func TestStream_LargeTransactionsStreamedBeforeTheirCommit(t *testing.T) {
 	}
 	p.WaitEqual(t, 30*time.Second)
 	r.stop(t)
-	streamed = readSlotStats(t, p).streamTxns
+	streamed = p.ReadSlotStats(t).StreamTxns
 	pgtest.Exec(t, p.Source, "UPDATE users SET last_name = 'while stopped', updated_at = now()")
 	start(t, p, tweak)
 	p.WaitEqual(t, 60*time.Second)
-	waitStreamed(t, p, streamed)
-	if st := readSlotStats(t, p); st.spillTxns != 0 || st.spillBytes != 0 {
+	p.WaitStreamed(t, streamed)
+	if st := p.ReadSlotStats(t); st.SpillTxns != 0 || st.SpillBytes != 0 {
 		t.Errorf("the walsender spilled to disk after the restart: %+v", st)
 	}
 	if left, _ := os.ReadDir(spoolDir); len(left) != 0 {

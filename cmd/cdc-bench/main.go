@@ -36,6 +36,7 @@ func main() {
 	sweep := flag.String("sweep", "10,100,500,2000", "rates (transactions/s) of the latency sweep, cdc against native at each; empty: no sweep")
 	flag.DurationVar(&o.SweepFor, "sweep-for", 20*time.Second, "length of each sweep window")
 	flag.IntVar(&o.SweepRounds, "sweep-rounds", 2, "rounds through the sweep's rates")
+	flag.IntVar(&o.BigTxRows, "big-tx", 1_000_000, "rows one source transaction updates for the large-transaction catch-up (at most --rows); 0: skip it")
 	out := flag.String("out", "", "also write the table to this file")
 	flag.Parse()
 	o.RampRates = parseRates("--ramp", *rates)
@@ -55,6 +56,7 @@ func main() {
 		{"--ramp-step", o.RampStep >= time.Second, "at least 1s"},
 		{"--sweep-for", o.SweepFor >= time.Second, "at least 1s"},
 		{"--sweep-rounds", o.SweepRounds >= 1, "at least 1"},
+		{"--big-tx", o.BigTxRows >= 0, "0 or more"},
 		{"--shape", o.Shape == bench.ShapeReference || o.Shape == bench.ShapeWide, "reference or wide"},
 		{"--wire", o.Wire == "auto" || o.Wire == "binary" || o.Wire == "text", "auto, binary or text"},
 	} {

@@ -86,8 +86,12 @@ func TestChaos(t *testing.T) {
 		}
 	}
 	total, _ := c.p.Applies(t)
-	t.Logf("chaos: %d fault repetitions in %d scenarios run, %d survived (chat == source row by row, no version applied twice; %d row versions applied); chat lost asynchronous commits %d times since the last kill -9 (streamed again)",
-		c.reps, len(scenarios), c.survived, total, strings.Count(c.cdc.out.String(), "lost batches it had committed asynchronously"))
+	streamed := c.p.ReadSlotStats(t).StreamTxns
+	if streamed == 0 {
+		t.Error("the source streamed no transaction: chaos did not exercise streamed transactions")
+	}
+	t.Logf("chaos: %d fault repetitions in %d scenarios run, %d survived (chat == source row by row, no version applied twice; %d row versions applied, %d transactions streamed before their commit); chat lost asynchronous commits %d times since the last kill -9 (streamed again)",
+		c.reps, len(scenarios), c.survived, total, streamed, strings.Count(c.cdc.out.String(), "lost batches it had committed asynchronously"))
 	if code := c.cdc.stop(t, 40*time.Second); code != 0 {
 		t.Fatalf("cdc exit %d after SIGTERM", code)
 	}
@@ -110,6 +114,7 @@ func newChaos(t *testing.T) *chaos {
 	c.p.ChatURL, c.p.Chat = chat.ChatURL, chat.Chat
 	c.p.Migrate(t)
 	c.p.TrackApplies(t)
+	c.p.StreamLarge(t) // the bulk updates are streamed before their commit
 	pgtest.Exec(t, c.p.Chat, `ALTER TABLE users ADD CONSTRAINT no_poison CHECK (first_name <> 'poison')`)
 
 	tp := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
@@ -123,7 +128,7 @@ func newChaos(t *testing.T) *chaos {
 		"RETRY_INITIAL_DELAY", "100", "RETRY_MAX_DELAY", "1000")
 	c.cdc = startCDC(t, c.env, "run")
 	c.p.WaitEqual(t, 60*time.Second)
-	c.stopLoad = load(t, c.p, 200, 100)
+	c.startLoad()
 	return c
 }
 
@@ -173,8 +178,13 @@ func (c *chaos) settle(what string) {
 	}
 	c.survived++
 	t.Logf("survived %s (%d row versions applied so far)", what, total)
-	c.stopLoad = load(t, c.p, 200, 100)
+	c.startLoad()
 }
+
+// startLoad starts chaos's workload: 200 single-row changes/s and a
+// 300-row update every 150 ms, which the source streams before its commit
+// (past StreamLarge's 64 kB).
+func (c *chaos) startLoad() { c.stopLoad = load(c.t, c.p, 200, 300) }
 
 func (c *chaos) pause(min, max time.Duration) {
 	time.Sleep(min + time.Duration(c.rng.Int64N(int64(max-min))))

@@ -68,12 +68,14 @@ func lsnOf(t *testing.T, p *pgtest.Pair, query string, args ...any) pglogrepl.LS
 }
 
 // TestRun_SurvivesKillNine kills cdc with SIGKILL at random moments during
-// a steady mixed workload (with transactions larger than a batch), restarts
-// it each time, and checks that chat ends equal to the source row by row,
-// that no row version was applied twice, and that the slot moved on.
+// a steady mixed workload (with transactions larger than a batch, which the
+// source streams before their commit), restarts it each time, and checks
+// that chat ends equal to the source row by row, that no row version was
+// applied twice, and that the slot moved on.
 func TestRun_SurvivesKillNine(t *testing.T) {
 	p := pgtest.NewPair(t, 5000)
 	p.TrackApplies(t)
+	p.StreamLarge(t)
 	env := with(p.Env(), "BATCH_MAX_ROWS", "100", "LOG_LEVEL", "info")
 	before := lsnOf(t, p, "SELECT pg_current_wal_lsn()::text")
 	stopLoad := load(t, p, 300, 250)
@@ -108,8 +110,12 @@ func TestRun_SurvivesKillNine(t *testing.T) {
 	if confirmed <= before {
 		t.Fatalf("slot confirmed_flush_lsn %s did not advance past %s", confirmed, before)
 	}
-	t.Logf("%d kill -9 survived (%d resumed inside a split transaction): %d row versions applied, none twice; slot confirmed %s",
-		kills, resumed, total, confirmed)
+	streamed := p.ReadSlotStats(t).StreamTxns
+	if streamed == 0 {
+		t.Fatal("the source streamed no transaction: the test did not exercise streamed transactions")
+	}
+	t.Logf("%d kill -9 survived (%d resumed inside a split transaction, %d transactions streamed): %d row versions applied, none twice; slot confirmed %s",
+		kills, resumed, streamed, total, confirmed)
 }
 
 // TestRun_CrashDuringFirstCopy kills cdc while the first copy runs: no

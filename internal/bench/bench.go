@@ -21,22 +21,24 @@ import (
 
 // Options configure a run.
 type Options struct {
-	Rows           int           // users rows (default 1,000,000)
-	Reps           int           // repetitions of the copy, backlog and steady phases (median reported)
-	SteadyTPS      int           // single-row transactions per second in the steady phase
-	SteadyFor      time.Duration // length of the steady phase
-	BacklogClients int           // concurrent clients writing the backlog's single-row updates
-	RampRates      []int         // rates (single-row transactions/s) of the keep-up ramp, in order
-	RampStep       time.Duration // length of each ramp step
-	CDC            string        // path of the cdc binary
-	Fast           bool          // fsync off on both servers (default: durable)
-	Shape          string        // the users table: "reference" (11 columns) or "wide" (20, see wideColumns)
-	Wire           string        // cdc's WIRE_FORMAT (auto, binary or text)
-	Core           bool          // only the copy, backlog and steady phases (no ramp, reconcile or notify mode)
-	SweepRates     []int         // rates (single-row transactions/s) of the latency sweep; none: no sweep
-	SweepFor       time.Duration // length of each sweep window
-	SweepRounds    int           // rounds through the sweep's rates
-	Log            io.Writer     // progress
+	Rows            int           // users rows (default 1,000,000)
+	Reps            int           // repetitions of the copy, backlog and steady phases (median reported)
+	SteadyTPS       int           // single-row transactions per second in the steady phase
+	SteadyFor       time.Duration // length of the steady phase
+	BacklogClients  int           // concurrent clients writing the backlog's single-row updates
+	RampRates       []int         // rates (single-row transactions/s) of the keep-up ramp, in order
+	RampStep        time.Duration // length of each ramp step
+	CDC             string        // path of the cdc binary
+	Fast            bool          // fsync off on both servers (default: durable)
+	Shape           string        // the users table: "reference" (11 columns) or "wide" (20, see wideColumns)
+	Wire            string        // cdc's WIRE_FORMAT (auto, binary or text)
+	Core            bool          // only the copy, backlog and steady phases (no ramp, reconcile or notify mode)
+	SweepRates      []int         // rates (single-row transactions/s) of the latency sweep; none: no sweep
+	SweepFor        time.Duration // length of each sweep window
+	SweepRounds     int           // rounds through the sweep's rates
+	BigTxRows       int           // rows of the one-transaction catch-up (bigTxPhase); 0: none
+	DecodingWorkMem string        // the source's logical_decoding_work_mem; "": its default, 64MB
+	Log             io.Writer     // progress
 }
 
 // Result is everything one run measured.
@@ -65,6 +67,12 @@ type Result struct {
 	NotifySourceCommit  [3]float64   // … and its statement + commit time, p50/p95/p99 ms
 	RampCDC, RampNotify []RampStep   // the keep-up ramp, replication and notify mode
 	Sweep               []SweepPoint // the rate sweep
+
+	// One large transaction caught up on (bigTxPhase): how long it took
+	// to write, and each consumer's runs.
+	BigTxWrite                         []time.Duration
+	BigTxCDC, BigTxNat, BigTxNatStream []CatchUp
+	RSSBigTx                           int64
 
 	VerifyFull    []time.Duration // cdc verify --full on equal tables
 	VerifyHeap    [2]int64        // heap bytes of users (source, chat) when verify ran
@@ -153,6 +161,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if len(o.SweepRates) > 0 {
 		if err := sweepPhase(ctx, s, o, r, b.env, b.nat, ids); err != nil {
 			return nil, err
+		}
+	}
+	if o.BigTxRows > 0 {
+		if err := b.bigTxPhase(ctx); err != nil {
+			return nil, fmt.Errorf("big transaction phase: %w", err)
 		}
 	}
 	if err := b.converge(ctx); err != nil {

@@ -23,7 +23,7 @@ func TestBench_Smoke(t *testing.T) {
 	defer cancel()
 	var log bytes.Buffer
 	r, err := Run(ctx, Options{Rows: 20_000, Reps: 1, SteadyTPS: 200, SteadyFor: 3 * time.Second, BacklogClients: 4, CDC: bin, Fast: true, Log: &log,
-		RampRates: []int{200, 400}, RampStep: 2 * time.Second})
+		RampRates: []int{200, 400}, RampStep: 2 * time.Second, BigTxRows: 20_000, DecodingWorkMem: "64kB"})
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, log.String())
 	}
@@ -46,9 +46,23 @@ func TestBench_Smoke(t *testing.T) {
 	if r.SteadyNotify.Samples == 0 || len(r.RampCDC) == 0 || len(r.RampNotify) == 0 {
 		t.Errorf("notify steady samples %d, ramp steps %d (replication) / %d (notify)", r.SteadyNotify.Samples, len(r.RampCDC), len(r.RampNotify))
 	}
+	if len(r.BigTxCDC) != 2 || len(r.BigTxNat) != 1 || len(r.BigTxNatStream) != 1 {
+		t.Errorf("big transaction runs: cdc %d, native %d, native streaming %d", len(r.BigTxCDC), len(r.BigTxNat), len(r.BigTxNatStream))
+	}
+	for i, c := range r.BigTxCDC {
+		if c.Took <= 0 || c.SpillBytes != 0 || c.StreamBytes == 0 {
+			t.Errorf("cdc's big transaction run %d: %+v, want it streamed and not spilled", i, c)
+		}
+	}
+	if n := r.BigTxNat[0]; n.SpillBytes == 0 || n.StreamBytes != 0 {
+		t.Errorf("native's default big transaction run: %+v, want it spilled, not streamed", n)
+	}
+	if n := r.BigTxNatStream[0]; n.StreamBytes == 0 {
+		t.Errorf("native's streaming big transaction run: %+v, want it streamed", n)
+	}
 	var table bytes.Buffer
 	r.Write(&table)
-	for _, want := range []string{"initial copy", "backlog catch-up", "walsender alone", "steady", "notify mode", "kept up with", "peak RSS", "CPU during the window", "email swap"} {
+	for _, want := range []string{"initial copy", "backlog catch-up", "walsender alone", "steady", "notify mode", "kept up with", "peak RSS", "CPU during the window", "email swap", "native, streaming = on"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}
@@ -74,6 +88,20 @@ func TestBench_WideShapeSmoke(t *testing.T) {
 	}
 	if r.Format != "text" || len(r.CopyCDC) != 1 || len(r.BacklogCDC) != 1 || r.SteadyCDC.Samples == 0 || r.SteadyNat.Samples == 0 {
 		t.Errorf("format %q, copy %v, backlog %v, steady samples %d/%d", r.Format, r.CopyCDC, r.BacklogCDC, r.SteadyCDC.Samples, r.SteadyNat.Samples)
+	}
+	if len(r.BigTxCDC) != 2 || len(r.BigTxNat) != 1 || len(r.BigTxNatStream) != 1 {
+		t.Errorf("big transaction runs: cdc %d, native %d, native streaming %d", len(r.BigTxCDC), len(r.BigTxNat), len(r.BigTxNatStream))
+	}
+	for i, c := range r.BigTxCDC {
+		if c.Took <= 0 || c.SpillBytes != 0 || c.StreamBytes == 0 {
+			t.Errorf("cdc's big transaction run %d: %+v, want it streamed and not spilled", i, c)
+		}
+	}
+	if n := r.BigTxNat[0]; n.SpillBytes == 0 || n.StreamBytes != 0 {
+		t.Errorf("native's default big transaction run: %+v, want it spilled, not streamed", n)
+	}
+	if n := r.BigTxNatStream[0]; n.StreamBytes == 0 {
+		t.Errorf("native's streaming big transaction run: %+v, want it streamed", n)
 	}
 	var table bytes.Buffer
 	r.Write(&table)

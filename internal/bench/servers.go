@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -75,7 +76,11 @@ func setup(ctx context.Context, o Options, r *Result) (*servers, error) {
 	settings := map[string]string{"max_wal_size": "4GB", "shared_buffers": "256MB", "checkpoint_timeout": "30min",
 		"wal_retrieve_retry_interval": "100ms"}
 	var err error
-	if s.src, err = pglocal.Start(ctx, pglocal.Options{Fast: o.Fast, Settings: settings}); err != nil {
+	srcSettings := maps.Clone(settings)
+	if o.DecodingWorkMem != "" {
+		srcSettings["logical_decoding_work_mem"] = o.DecodingWorkMem
+	}
+	if s.src, err = pglocal.Start(ctx, pglocal.Options{Fast: o.Fast, Settings: srcSettings}); err != nil {
 		return s, err
 	}
 	if s.chat, err = pglocal.Start(ctx, pglocal.Options{Fast: o.Fast, Settings: settings}); err != nil {
