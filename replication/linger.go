@@ -81,7 +81,7 @@ func (r *reader) readDeadline(interval time.Duration) time.Time {
 // added runs after a change the walsender sent at sentAt is added: the
 // first change's lead (see lingerFor) is noted.
 func (r *reader) added(sentAt time.Time) {
-	if r.cur.Received == 1 {
+	if r.cur.Received == 1 && !r.tx.commit.IsZero() {
 		r.lead = max(0, sentAt.Sub(r.tx.commit))
 	}
 }

@@ -127,11 +127,21 @@ func (r *reader) message(m []byte, sentAt time.Time) error {
 	if ok, err := r.streamed(m, sentAt); ok {
 		return err
 	}
+	return r.plain(m, sentAt)
+}
+
+// plain handles a message in protocol 1 form: one of a transaction sent
+// whole, or of a streamed one applied ahead or replayed.
+func (r *reader) plain(m []byte, sentAt time.Time) error {
 	switch m[0] {
 	case 'B':
 		var b pglogrepl.BeginMessage
 		if err := b.Decode(m[1:]); err != nil {
 			return fmt.Errorf("decode begin: %w", err)
+		}
+		// It committed before the transaction applied ahead, if any.
+		if err := r.abandonAhead("another transaction committed first"); err != nil {
+			return err
 		}
 		r.begin(&b)
 	case 'C':

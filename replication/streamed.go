@@ -18,6 +18,17 @@ import (
 // change and commit path as a transaction sent whole (batching, Open
 // batches, backpressure and skipping on restart unchanged), from the
 // reader's loop a slice at a time; at its stream abort the spool goes.
+//
+// Applied ahead: a streamed transaction whose first block arrives while
+// nothing else waits to be written is also applied as it arrives, into the
+// chat transaction Open batches keep open, so chat's writes overlap the
+// source's decoding; its stream commit then commits that chat transaction.
+// Whatever must reach chat before it (another transaction's commit), a
+// rolled-back savepoint or its abort rolls that chat transaction back
+// (Sink.Discard), and the spool, which holds the whole transaction
+// regardless, is replayed at its commit as above. Chat commits nothing of
+// it before its commit arrives, so its readers see it whole or not at all.
+//
 // Nothing about confirmation changes: a streamed transaction's commit lies
 // beyond every position received before it, and a new session receives
 // every transaction not committed in chat again from its start.
@@ -27,6 +38,8 @@ type streams struct {
 	open   map[uint32]*spool // by top-level xid, from first block to commit or abort
 	block  *spool            // the transaction whose block is being received
 	replay *replaying        // the committed transaction being applied
+	ahead  *spool            // the transaction applied as it arrives, if any
+	msg    []byte            // a message of it in protocol 1 form
 }
 
 // replaying is a streamed transaction being applied.
@@ -62,7 +75,14 @@ func (r *reader) streamed(m []byte, sentAt time.Time) (bool, error) {
 	if len(m) < 5 {
 		return true, fmt.Errorf("streamed %q message of %d bytes", m[0], len(m))
 	}
-	return true, r.st.block.add(binary.BigEndian.Uint32(m[1:5]), m[0], m[5:])
+	if err := r.st.block.add(binary.BigEndian.Uint32(m[1:5]), m[0], m[5:]); err != nil {
+		return true, err
+	}
+	if r.st.block != r.st.ahead {
+		return true, nil
+	}
+	r.st.msg = append(append(r.st.msg[:0], m[0]), m[5:]...)
+	return true, r.plain(r.st.msg, sentAt)
 }
 
 func (r *reader) streamStart(m []byte) error {
@@ -80,8 +100,37 @@ func (r *reader) streamStart(m []byte) error {
 		}
 		sp = newSpool(s.Xid, r.s.opts.SpoolDir)
 		r.st.open[s.Xid] = sp
+		if r.st.ahead == nil && r.idle() && !r.openTx {
+			// Nothing else waits to be written: its batches go to chat
+			// as they fill. Its commit position is not known yet.
+			r.st.ahead = sp
+			r.tx = sourceTx{open: true}
+			r.s.log.Debug("applying a streamed transaction ahead of its commit", "xid", s.Xid)
+		}
 	}
 	r.st.block = sp
+	return nil
+}
+
+// abandonAhead rolls back what chat holds of the transaction applied
+// ahead, if any (after the batch in flight): it is replayed from its
+// spool at its commit instead.
+func (r *reader) abandonAhead(why string) error {
+	if r.st.ahead == nil {
+		return nil
+	}
+	if r.inflight != nil {
+		if err := r.handle(<-r.done); err != nil {
+			return err
+		}
+	}
+	r.s.log.Debug("no longer applying a streamed transaction ahead of its commit; it is applied from its spool at its commit", "why", why, "spooled_bytes", r.st.ahead.size)
+	r.st.ahead = nil
+	r.cur.Reset() // its changes alone: it began when nothing else waited
+	r.openTx = false
+	r.tx = sourceTx{}
+	r.s.sink.Discard()
+	r.publishPending()
 	return nil
 }
 
@@ -93,6 +142,11 @@ func (r *reader) streamAbort(m []byte) error {
 	sp := r.st.open[a.Xid]
 	if sp == nil {
 		return nil
+	}
+	if sp == r.st.ahead {
+		if err := r.abandonAhead("it rolled back (to a savepoint)"); err != nil {
+			return err
+		}
 	}
 	if a.SubXid != a.Xid {
 		return sp.abortSub(a.SubXid)
@@ -115,8 +169,23 @@ func (r *reader) streamCommit(m []byte, sentAt time.Time) error {
 		return fmt.Errorf("the source committed streamed transaction %d, whose first block this session did not receive", c.Xid)
 	}
 	delete(r.st.open, c.Xid)
-	r.begin(&pglogrepl.BeginMessage{FinalLSN: c.CommitLSN, CommitTime: c.CommitTime, Xid: c.Xid})
 	commit := pglogrepl.CommitMessage{CommitLSN: c.CommitLSN, TransactionEndLSN: c.TransactionEndLSN, CommitTime: c.CommitTime}
+	if sp == r.st.ahead {
+		if c.CommitLSN >= r.resume.LSN && c.CommitLSN != r.resume.PartialXact {
+			r.st.ahead = nil
+			sp.close()
+			r.tx.final, r.tx.commit = c.CommitLSN, c.CommitTime
+			r.commit(&commit, sentAt)
+			return nil
+		}
+		// Chat committed it before the restart: what it wrote again goes.
+		if err := r.abandonAhead("it was applied before the restart"); err != nil {
+			return err
+		}
+	} else if err := r.abandonAhead("another transaction committed first"); err != nil {
+		return err
+	}
+	r.begin(&pglogrepl.BeginMessage{FinalLSN: c.CommitLSN, CommitTime: c.CommitTime, Xid: c.Xid})
 	if r.tx.skip {
 		sp.close()
 		r.commit(&commit, sentAt)
@@ -150,7 +219,7 @@ func (r *reader) replayNext() error {
 		if err != nil {
 			return err
 		}
-		if err := r.message(m, rp.sentAt); err != nil {
+		if err := r.plain(m, rp.sentAt); err != nil {
 			return err
 		}
 	}
@@ -166,5 +235,5 @@ func (r *reader) closeStreams() {
 	if r.st.replay != nil {
 		r.st.replay.sp.close()
 	}
-	r.st = streams{}
+	r.st = streams{} // the sink's open transaction, if any, goes with the session (Discard)
 }

@@ -45,7 +45,7 @@ func TestStream_LargeTransactionsStreamedBeforeTheirCommit(t *testing.T) {
 	tweak := func(o *replication.Options) {
 		o.BatchMaxRows = 3000 // the replay fills several batches of one chat transaction
 		o.SpoolDir = spoolDir
-		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+		o.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	r := start(t, p, tweak)
 	p.WaitEqual(t, 30*time.Second)
@@ -98,8 +98,32 @@ func TestStream_LargeTransactionsStreamedBeforeTheirCommit(t *testing.T) {
 		t.Errorf("the streamed transaction was not spooled to a file:\n%s", logs.String())
 	}
 
-	// A streamed transaction that aborts leaves nothing.
+	// One that nothing interrupts is applied ahead of its commit, in a
+	// chat transaction chat's readers do not see until the commit.
+	logged := len(logs.String())
 	streamed := p.ReadSlotStats(t).StreamTxns
+	exec("BEGIN")
+	exec("UPDATE users SET last_name = 'ahead', updated_at = now()")
+	exec("SAVEPOINT c")
+	exec("UPDATE users SET status = 'released savepoint' WHERE email LIKE 'user2%'")
+	exec("RELEASE c")
+	p.WaitStreamed(t, streamed)
+	time.Sleep(500 * time.Millisecond) // batches written ahead meanwhile
+	if _, chat := count(t, p, "last_name = 'ahead'"); chat != 0 {
+		t.Fatalf("chat shows %d rows of a transaction applied ahead of its commit", chat)
+	}
+	exec("COMMIT")
+	p.WaitEqual(t, 60*time.Second)
+	since := logs.String()[logged:]
+	if got := strings.Count(since, "applying a streamed transaction ahead"); got != 1 {
+		t.Errorf("transactions applied ahead: %d, want 1:\n%s", got, since)
+	}
+	if strings.Contains(since, "no longer applying a streamed transaction ahead") {
+		t.Errorf("the transaction applied ahead was abandoned:\n%s", since)
+	}
+
+	// A streamed transaction that aborts leaves nothing.
+	streamed = p.ReadSlotStats(t).StreamTxns
 	exec("BEGIN")
 	exec("UPDATE users SET last_name = 'aborted', updated_at = now()")
 	p.WaitStreamed(t, streamed)

@@ -124,7 +124,7 @@ func (s *Sink) Discard() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.tx.open {
-		s.log.Info("rolling back the chat transaction of a source transaction that did not finish arriving; it is applied again from its start")
+		s.log.Info("rolling back the chat transaction of an unfinished source transaction; it is applied again from its start")
 		s.releaseConn()
 		s.closeTx()
 	}
