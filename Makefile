@@ -30,16 +30,17 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/cdc ./cmd/cdc
 
 # cdc against PostgreSQL's native logical replication, in one run per
-# table shape: the reference table (every phase, about 10 minutes on 2
-# cores), then a wide one (copy, backlog, steady; about 8 minutes); see
-# BENCHMARKS.md. bench-text repeats the reference table's core phases with
-# WIRE_FORMAT=text, to weigh the wire format.
+# table shape: the reference table (every phase, the rate sweep and a
+# 1M-row transaction; about 40 minutes on 2 cores), then a wide one (copy,
+# backlog, steady; about 8 minutes); see BENCHMARKS.md. bench-text repeats
+# the reference table's core phases with WIRE_FORMAT=text, to weigh the
+# wire format.
 bench:
 	$(GO) run ./cmd/cdc-bench --rows 1000000 --out bench-result.md
-	$(GO) run ./cmd/cdc-bench --shape wide --core --sweep "" --rows 300000 --out bench-wide.md
+	$(GO) run ./cmd/cdc-bench --shape wide --core --sweep "" --big-tx 0 --rows 300000 --out bench-wide.md
 
 bench-text:
-	$(GO) run ./cmd/cdc-bench --core --wire text --rows 1000000 --out bench-text.md
+	$(GO) run ./cmd/cdc-bench --core --wire text --big-tx 0 --rows 1000000 --out bench-text.md
 
 # The full chaos suite (kill -9 ×20, restarts, proxy faults ×10 each, chat
 # down 2 minutes, …); the short version runs in make test. See README.
