@@ -180,7 +180,7 @@ func (s *Sink) writeWhole(ctx context.Context, pc *pgconn.PgConn, b *change.Batc
 		return err == nil, err
 	}
 	var batch pgconn.Batch
-	batch.ExecParams(s.sql.streamLock, nil, nil, nil, nil)
+	batch.ExecStatement(s.stmts[stmtStreamLock], nil, nil, nil)
 	if b.Truncates() {
 		batch.ExecParams(s.sql.truncate, nil, nil, nil, nil)
 	}
