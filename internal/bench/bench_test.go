@@ -89,20 +89,6 @@ func TestBench_WideShapeSmoke(t *testing.T) {
 	if r.Format != "text" || len(r.CopyCDC) != 1 || len(r.BacklogCDC) != 1 || r.SteadyCDC.Samples == 0 || r.SteadyNat.Samples == 0 {
 		t.Errorf("format %q, copy %v, backlog %v, steady samples %d/%d", r.Format, r.CopyCDC, r.BacklogCDC, r.SteadyCDC.Samples, r.SteadyNat.Samples)
 	}
-	if len(r.BigTxCDC) != 2 || len(r.BigTxNat) != 1 || len(r.BigTxNatStream) != 1 {
-		t.Errorf("big transaction runs: cdc %d, native %d, native streaming %d", len(r.BigTxCDC), len(r.BigTxNat), len(r.BigTxNatStream))
-	}
-	for i, c := range r.BigTxCDC {
-		if c.Took <= 0 || c.SpillBytes != 0 || c.StreamBytes == 0 {
-			t.Errorf("cdc's big transaction run %d: %+v, want it streamed and not spilled", i, c)
-		}
-	}
-	if n := r.BigTxNat[0]; n.SpillBytes == 0 || n.StreamBytes != 0 {
-		t.Errorf("native's default big transaction run: %+v, want it spilled, not streamed", n)
-	}
-	if n := r.BigTxNatStream[0]; n.StreamBytes == 0 {
-		t.Errorf("native's streaming big transaction run: %+v, want it streamed", n)
-	}
 	var table bytes.Buffer
 	r.Write(&table)
 	if !strings.Contains(table.String(), "wide table (20 columns") || !strings.Contains(table.String(), "wire format text") {
