@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -40,6 +41,9 @@ type streams struct {
 	replay *replaying        // the committed transaction being applied
 	ahead  *spool            // the transaction applied as it arrives, if any
 	msg    []byte            // a message of it in protocol 1 form
+	// counts are Stats' inserts, updates and deletes when ahead began: an
+	// abandoned transaction's changes are counted again when it replays.
+	counts [3]int64
 }
 
 // replaying is a streamed transaction being applied.
@@ -105,6 +109,8 @@ func (r *reader) streamStart(m []byte) error {
 			// as they fill. Its commit position is not known yet.
 			r.st.ahead = sp
 			r.tx = sourceTx{open: true}
+			st := &r.s.Stats
+			r.st.counts = [3]int64{st.Inserts.Load(), st.Updates.Load(), st.Deletes.Load()}
 			r.s.log.Debug("applying a streamed transaction ahead of its commit", "xid", s.Xid)
 		}
 	}
@@ -126,6 +132,10 @@ func (r *reader) abandonAhead(why string) error {
 	}
 	r.s.log.Debug("no longer applying a streamed transaction ahead of its commit; it is applied from its spool at its commit", "why", why, "spooled_bytes", r.st.ahead.size)
 	r.st.ahead = nil
+	st := &r.s.Stats
+	for i, n := range []*atomic.Int64{&st.Inserts, &st.Updates, &st.Deletes} {
+		n.Store(r.st.counts[i]) // only this goroutine counts, and only its changes since
+	}
 	r.cur.Reset() // its changes alone: it began when nothing else waited
 	r.openTx = false
 	r.tx = sourceTx{}

@@ -61,6 +61,8 @@ func TestStream_LargeTransactionsStreamedBeforeTheirCommit(t *testing.T) {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
+	st := &r.stream.Stats
+	updates, inserts := st.Updates.Load(), st.Inserts.Load()
 	exec("BEGIN")
 	exec("UPDATE users SET last_name = 'streamed', updated_at = now()")
 	exec("SAVEPOINT a")
@@ -93,6 +95,11 @@ func TestStream_LargeTransactionsStreamedBeforeTheirCommit(t *testing.T) {
 		if src, chat := count(t, p, where); src != want || chat != want {
 			t.Errorf("rows where %s: source %d, chat %d, want %d", where, src, chat, want)
 		}
+	}
+	// Applied ahead, abandoned at the rolled-back savepoint, replayed at
+	// the commit: each change counted once.
+	if u, i := st.Updates.Load()-updates, st.Inserts.Load()-inserts; u != 20_000 || i != 2001 {
+		t.Errorf("changes counted: %d updates, %d inserts; want 20000 and 2001", u, i)
 	}
 	if !strings.Contains(logs.String(), "applying a large source transaction") {
 		t.Errorf("the streamed transaction was not spooled to a file:\n%s", logs.String())
