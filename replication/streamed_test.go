@@ -148,26 +148,9 @@ func TestStream_LargeTransactionsStreamedBeforeTheirCommit(t *testing.T) {
 	// One committed while cdc was stopped streams when it starts again.
 	// (The walsender streams only what lies past the slot's confirmed
 	// position: it re-reads from the slot's restart_lsn and spills what
-	// it re-reads before that. Checkpoints log the running transactions
-	// that let restart_lsn move past the transactions above.)
-	var mark string
-	if err := p.Source.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&mark); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		pgtest.Exec(t, p.Source, "INSERT INTO users (first_name, updated_at) VALUES ('moves the slot', now())")
-		pgtest.Exec(t, p.Source, "CHECKPOINT")
-		var past bool
-		if err := p.Source.QueryRow(ctx, "SELECT restart_lsn > $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1", p.Slot, mark).Scan(&past); err != nil {
-			t.Fatal(err)
-		}
-		if past {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the slot's restart_lsn did not pass the checkpoint")
-		}
-	}
+	// it re-reads before that: the slot's restart_lsn is moved past the
+	// transactions above first.)
+	p.MoveRestartLSN(t)
 	p.WaitEqual(t, 30*time.Second)
 	r.stop(t)
 	streamed = p.ReadSlotStats(t).StreamTxns

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/myusta/cdc/internal/pglocal"
 )
 
 // CatchUp is one consumer catching up, alone, on one large source
@@ -40,7 +42,11 @@ func (b *run) bigTxPhase(ctx context.Context) error {
 			if err := b.nat.streaming(ctx, streaming); err != nil {
 				return err
 			}
-			marker := fmt.Sprintf("00000000-0000-0000-0000-0000000b%03d%d", rep, map[bool]int{false: 0, true: 1}[streaming])
+			kind := 0 // the marker's last digit: 0 native default, 1 native streaming
+			if streaming {
+				kind = 1
+			}
+			marker := fmt.Sprintf("00000000-0000-0000-0000-0000000b%03d%d", rep, kind)
 			took, err := writeBigTx(ctx, b, marker)
 			if err != nil {
 				return err
@@ -145,28 +151,7 @@ func (b *run) finishCatchUp(ctx context.Context, slotName string, c *CatchUp) er
 	if err := src.QueryRow(ctx, "SELECT spill_bytes, stream_bytes FROM pg_stat_replication_slots WHERE slot_name = $1", slotName).Scan(&c.SpillBytes, &c.StreamBytes); err != nil {
 		return fmt.Errorf("statistics of slot %s: %w", slotName, err)
 	}
-	var mark string
-	if err := src.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&mark); err != nil {
-		return err
-	}
-	for deadline := time.Now().Add(2 * time.Minute); ; {
-		if _, err := src.Exec(ctx, "CHECKPOINT"); err != nil {
-			return err
-		}
-		var past bool
-		if err := src.QueryRow(ctx, "SELECT restart_lsn > $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1", slotName, mark).Scan(&past); err != nil {
-			return err
-		}
-		if past {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("slot %s's restart_lsn did not pass %s", slotName, mark)
-		}
-		if err := sleep(ctx, 200*time.Millisecond); err != nil {
-			return err
-		}
-	}
+	return pglocal.MoveRestartLSN(ctx, src, slotName, 2*time.Minute)
 }
 
 // streaming sets the subscription's streaming option.

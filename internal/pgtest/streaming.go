@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/myusta/cdc/internal/pglocal"
 )
 
 // StreamLarge makes the source's walsender stream every transaction larger
@@ -39,5 +41,14 @@ func (p *Pair) WaitStreamed(t testing.TB, n int64) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the source streamed no transaction past %d: %+v", n, p.ReadSlotStats(t))
 		}
+	}
+}
+
+// MoveRestartLSN moves the slot's restart_lsn past everything written so
+// far (pglocal.MoveRestartLSN); the stream must be running.
+func (p *Pair) MoveRestartLSN(t testing.TB) {
+	t.Helper()
+	if err := pglocal.MoveRestartLSN(context.Background(), p.Source, p.Slot, 30*time.Second); err != nil {
+		t.Fatal(err)
 	}
 }
