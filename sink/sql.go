@@ -32,9 +32,9 @@ type statementSQL struct {
 	checkpoint   preparedSQL
 	truncate     string
 	lock         string // the writer lock, held until the transaction ends
-	// streamLock is the first statement of a stream write: the writer lock
-	// and, with asynchronous commits, synchronous_commit=off for this
-	// transaction and chat's WAL positions (see durable.go).
+	// streamLock is the first statement of a stream write: the writer lock,
+	// generic plans for the transaction and, with asynchronous commits,
+	// synchronous_commit=off for it and chat's WAL positions (durable.go).
 	streamLock string
 }
 
