@@ -20,6 +20,14 @@ import (
 )
 
 func main() {
+	if addrs := os.Getenv(bench.RelayEnv); addrs != "" {
+		// The relay of the sweep's CPU floor, started by a running bench.
+		if err := bench.RunRelay(addrs); err != nil {
+			fmt.Fprintln(os.Stderr, "cdc-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	o := bench.Options{Log: os.Stderr}
 	flag.IntVar(&o.Rows, "rows", 1_000_000, "rows in the users table")
 	flag.IntVar(&o.Reps, "reps", 3, "repetitions of the copy, backlog and steady phases (medians are reported)")

@@ -23,7 +23,8 @@ func TestBench_Smoke(t *testing.T) {
 	defer cancel()
 	var log bytes.Buffer
 	r, err := Run(ctx, Options{Rows: 20_000, Reps: 1, SteadyTPS: 200, SteadyFor: 3 * time.Second, BacklogClients: 4, CDC: bin, Fast: true, Log: &log,
-		RampRates: []int{200, 400}, RampStep: 2 * time.Second, BigTxRows: 20_000, DecodingWorkMem: "64kB"})
+		RampRates: []int{200, 400}, RampStep: 2 * time.Second, BigTxRows: 20_000, DecodingWorkMem: "64kB",
+		SweepRates: []int{100}, SweepFor: 3 * time.Second, SweepRounds: 1})
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, log.String())
 	}
@@ -60,9 +61,14 @@ func TestBench_Smoke(t *testing.T) {
 	if n := r.BigTxNatStream[0]; n.StreamBytes == 0 {
 		t.Errorf("native's streaming big transaction run: %+v, want it streamed", n)
 	}
+	if len(r.Sweep) != 1 || len(r.Sweep[0].CDC) != 1 || len(r.Sweep[0].Nat) != 1 || len(r.Sweep[0].Floor) != 1 {
+		t.Errorf("sweep: %+v, want one window of cdc, native and the floor", r.Sweep)
+	} else if f := r.Sweep[0].Floor[0]; f.Relay <= 0 || f.Chat <= 0 {
+		t.Errorf("CPU floor not measured: %+v", f)
+	}
 	var table bytes.Buffer
 	r.Write(&table)
-	for _, want := range []string{"initial copy", "backlog catch-up", "walsender alone", "steady", "notify mode", "kept up with", "peak RSS", "CPU during the window", "email swap", "native, streaming = on"} {
+	for _, want := range []string{"floor (relay + chat backend)", "initial copy", "backlog catch-up", "walsender alone", "steady", "notify mode", "kept up with", "peak RSS", "CPU during the window", "email swap", "native, streaming = on"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

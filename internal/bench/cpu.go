@@ -18,6 +18,7 @@ import (
 type CPUUse struct {
 	Procs   []ProcCPU
 	Machine float64 // % of all cores busy (not idle, not waiting for I/O)
+	Secs    float64 // the window's length
 }
 
 // ProcCPU is one group of processes' CPU in % of one core.
@@ -66,7 +67,7 @@ func startCPU(groups []procGroup) *cpuWatch {
 // stop reads /proc again and returns the use since start.
 func (w *cpuWatch) stop() CPUUse {
 	secs := time.Since(w.start).Seconds()
-	var use CPUUse
+	use := CPUUse{Secs: secs}
 	for i, g := range w.groups {
 		d := float64(groupTicks(g.pids) - w.ticks[i])
 		use.Procs = append(use.Procs, ProcCPU{g.name, d / clockTicks / secs * 100})

@@ -13,14 +13,20 @@ import (
 type SweepPoint struct {
 	Rate     int
 	CDC, Nat []Steady
+	Floor    []Floor // the CPU floor (cpufloor.go), one window per round
 }
 
 // sweepPhase measures steady latency and CPU at each of o.SweepRates,
 // single-row transactions, each consumer alone (cdc, then native, at one
-// rate before the next), o.SweepRounds rounds through all rates, so that a
-// slow stretch of the machine lands on both. It returns with cdc stopped
-// and native enabled.
+// rate before the next, then the CPU floor), o.SweepRounds rounds through
+// all rates, so that a slow stretch of the machine lands on all of them.
+// It returns with cdc stopped and native enabled.
 func sweepPhase(ctx context.Context, s *servers, o Options, r *Result, env map[string]string, nat *native, ids []string) error {
+	// The floor's chat backend pays for the latency trigger as the
+	// consumers' do.
+	if _, err := s.pipe.Exec(ctx, latencyTrigger); err != nil {
+		return fmt.Errorf("install latency trigger: %w", err)
+	}
 	r.Sweep = make([]SweepPoint, len(o.SweepRates))
 	so := o
 	so.SteadyFor = o.SweepFor
@@ -54,8 +60,14 @@ func sweepPhase(ctx context.Context, s *servers, o Options, r *Result, env map[s
 				return fmt.Errorf("sweep %d tps: %w", rate, err)
 			}
 			pt.Nat = append(pt.Nat, nt)
-			fmt.Fprintf(o.Log, "bench: sweep %d tps, round %d/%d: p50/p99 cdc %.1f/%.1f ms, native %.1f/%.1f ms; CPU per 1000 changes cdc %.0f ms, native %.0f ms\n",
-				rate, round, o.SweepRounds, st.Latency[0], st.Latency[2], nt.Latency[0], nt.Latency[2], st.cpuPer1000(so), nt.cpuPer1000(so))
+			fl, err := cpuFloor(ctx, s, ids, rate, o.SweepFor)
+			if err != nil {
+				return fmt.Errorf("sweep %d tps: %w", rate, err)
+			}
+			pt.Floor = append(pt.Floor, fl)
+			fmt.Fprintf(o.Log, "bench: sweep %d tps, round %d/%d: p50/p99 cdc %.1f/%.1f ms, native %.1f/%.1f ms; CPU per 1000 changes cdc %.0f ms, native %.0f ms, floor %.0f ms (relay %.0f + chat %.0f)\n",
+				rate, round, o.SweepRounds, st.Latency[0], st.Latency[2], nt.Latency[0], nt.Latency[2], st.cpuPer1000(so), nt.cpuPer1000(so),
+				fl.Total(), fl.Relay, fl.Chat)
 		}
 	}
 	return nil
@@ -93,15 +105,16 @@ func (st Steady) groupPer1000(o Options, name string) float64 {
 }
 
 // writeSweep prints the sweep: per rate, the window with the median p99 of
-// each consumer, the ratios, and the CPU per 1,000 changes (medians).
+// each consumer, the ratios, the CPU per 1,000 changes and the CPU floor
+// (medians), and each target's verdict.
 func (r *Result) writeSweep(w io.Writer) {
 	if len(r.Sweep) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\nrate sweep: single-row transactions, %s windows, each consumer alone, %d interleaved rounds; source commit -> visible in chat, p50 / p95 / p99 (window with the median p99); CPU: cdc + its chat backends vs native's apply worker\n\n", r.SweepFor, r.SweepRounds)
+	fmt.Fprintf(w, "\nrate sweep: single-row transactions, %s windows, each consumer alone, %d interleaved rounds; source commit -> visible in chat, p50 / p95 / p99 (window with the median p99); CPU: cdc + its chat backends vs native's apply worker; floor: a Go relay + a chat backend applying each change with one prepared UPDATE, the least a consumer of cdc's shape can spend (cpufloor.go)\n\n", r.SweepFor, r.SweepRounds)
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
-	fmt.Fprintln(tw, "| rate\t cdc\t native\t p50 cdc/native\t p99 cdc/native\t CPU per 1,000 changes, cdc (process + chat backends) / native\t target: p50, p99, CPU ≤ native\t")
-	fmt.Fprintln(tw, "|---\t---\t---\t---\t---\t---\t---\t")
+	fmt.Fprintln(tw, "| rate\t cdc\t native\t p50 cdc/native\t p99 cdc/native\t CPU per 1,000 changes, cdc (process + chat backends) / native\t floor (relay + chat backend)\t targets: p50, p99, CPU ≤ native\t")
+	fmt.Fprintln(tw, "|---\t---\t---\t---\t---\t---\t---\t---\t")
 	o := r.Options
 	total := func(st Steady) float64 { return st.cpuPer1000(o) }
 	group := func(name string) func(Steady) float64 {
@@ -111,13 +124,38 @@ func (r *Result) writeSweep(w io.Writer) {
 		c := pt.CDC[medianByP99(latencies(pt.CDC))]
 		n := pt.Nat[medianByP99(latencies(pt.Nat))]
 		cc, nc := medianOf(pt.CDC, total), medianOf(pt.Nat, total)
-		ok := c.Latency[0] <= n.Latency[0] && c.Latency[2] <= n.Latency[2] && cc <= nc
 		proc, chat := medianOf(pt.CDC, group("cdc")), medianOf(pt.CDC, group("chat backends"))
-		fmt.Fprintf(tw, "| %d tps\t %.1f / %.1f / %.1f ms\t %.1f / %.1f / %.1f ms\t %.2f\t %.2f\t %.0f (%.0f + %.0f) / %.0f ms (%.2f)\t %s\t\n",
+		relay := medianFloat(floors(pt.Floor, func(f Floor) float64 { return f.Relay }))
+		fchat := medianFloat(floors(pt.Floor, func(f Floor) float64 { return f.Chat }))
+		fmt.Fprintf(tw, "| %d tps\t %.1f / %.1f / %.1f ms\t %.1f / %.1f / %.1f ms\t %.2f\t %.2f\t %.0f (%.0f + %.0f) / %.0f ms (%.2f)\t %.0f (%.0f + %.0f) ms (%.2f × native)\t %s, %s, %s\t\n",
 			pt.Rate, c.Latency[0], c.Latency[1], c.Latency[2], n.Latency[0], n.Latency[1], n.Latency[2],
-			c.Latency[0]/n.Latency[0], c.Latency[2]/n.Latency[2], cc, proc, chat, nc, cc/nc, verdict(ok))
+			c.Latency[0]/n.Latency[0], c.Latency[2]/n.Latency[2], cc, proc, chat, nc, cc/nc,
+			relay+fchat, relay, fchat, (relay+fchat)/nc,
+			verdict(c.Latency[0] <= n.Latency[0]), verdict(c.Latency[2] <= n.Latency[2]), cpuVerdict(cc, nc, relay+fchat))
 	}
 	tw.Flush()
+}
+
+// cpuVerdict judges cdc's CPU per change against native's, and says when
+// even the floor is above native's.
+func cpuVerdict(cdc, native, floor float64) string {
+	switch {
+	case cdc <= native:
+		return verdict(true)
+	case floor > native:
+		return "out of reach (floor > native)"
+	default:
+		return verdict(false)
+	}
+}
+
+// floors lists f of each floor window.
+func floors(fs []Floor, f func(Floor) float64) []float64 {
+	out := make([]float64, len(fs))
+	for i := range fs {
+		out[i] = f(fs[i])
+	}
+	return out
 }
 
 // medianOf is the median of f over windows.
