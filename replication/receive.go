@@ -48,7 +48,7 @@ type reader struct {
 	resume    change.Checkpoint // stored checkpoint at session start
 	committed change.Checkpoint // committed in chat (visible)
 	durable   pglogrepl.LSN     // committed in chat and on disk (Sink.Durable)
-	lastProbe time.Time         // when Durable last asked chat
+	lastProbe time.Time         // when chat last told its flushed WAL: a probe, or a write's first statement
 	lastEnd   pglogrepl.LSN     // end of the last complete transaction received
 
 	tx      sourceTx // the transaction being received
@@ -232,6 +232,9 @@ func (r *reader) waitApplied(ctx context.Context, interval time.Duration) error 
 func (r *reader) handle(a applied) error {
 	r.inflight = nil
 	r.pace.written()
+	// The write read chat's flushed WAL first thing: a steady trickle of
+	// writes keeps the durable position moving without probes of its own.
+	r.lastProbe = r.pace.sent
 	if a.err != nil {
 		return a.err
 	}
@@ -379,11 +382,12 @@ func (r *reader) flushPos() pglogrepl.LSN {
 	return r.visiblePos()
 }
 
-// probeEvery is how often an idle writer's last commits are checked for
-// durability (chat's WAL writer flushes them within wal_writer_delay).
-// Writes read the flush position themselves, so this only moves the
-// confirmed position after the last write; at 100 ms the probes cost a
-// trickle of 10 changes/s ~28 % more CPU (BENCHMARKS.md, session 9).
+// probeEvery is how long the writer stays idle before its last commits are
+// checked for durability (chat's WAL writer flushes them within
+// wal_writer_delay). Writes read the flush position themselves, so this
+// only moves the confirmed position after the last write; at 100 ms the
+// probes cost a trickle of 10 changes/s ~28 % more CPU (BENCHMARKS.md,
+// session 9).
 const probeEvery = time.Second
 
 // settle brings r.durable up to date; while the writer is idle it lets the

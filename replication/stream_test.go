@@ -2,11 +2,13 @@ package replication_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,7 +86,8 @@ func startWith(t *testing.T, p *pgtest.Pair, wrap func(*sink.Sink) change.Sink, 
 		t.Fatalf("preflight: %v", err)
 	}
 	srcTable, chatTable := p.Tables(t, cfg)
-	sk := sink.New(p.Chat, chatTable, sink.Options{Slot: p.Slot, Retry: fastRetry, Logger: logger(t)})
+	// Chat commits as cdc run makes them: asynchronously by default.
+	sk := sink.New(p.Chat, chatTable, sink.Options{Slot: p.Slot, Retry: fastRetry, Logger: logger(t), AsyncCommit: cfg.AsyncCommit})
 	opts := replication.Options{
 		SourceURL: p.SourceURL, Slot: p.Slot, Publication: cfg.PublicationName, Table: srcTable,
 		BatchMaxRows: cfg.BatchMaxRows, StatusInterval: time.Second, Retry: fastRetry, Logger: logger(t),
@@ -246,6 +249,70 @@ func TestStream_WritesAtOnceAndBatchesWhatArrivesMeanwhile(t *testing.T) {
 	batches := r.sink.Stats.Batches.Load() - before
 	if batches >= 20 || took < 500*time.Millisecond && batches > 10 {
 		t.Fatalf("20 single-row transactions committed within %s were written in %d chat transactions; want them to share", took.Round(time.Millisecond), batches)
+	}
+}
+
+// probeCounter counts the durability probes the stream asks the sink for.
+type probeCounter struct {
+	*sink.Sink
+	probes atomic.Int32
+}
+
+func (c *probeCounter) Durable(ctx context.Context, probe bool) (change.Checkpoint, error) {
+	if probe {
+		c.probes.Add(1)
+	}
+	return c.Sink.Durable(ctx, probe)
+}
+
+// TestStream_TrickleConfirmsWithoutProbes: with asynchronous chat commits,
+// a steady trickle of writes moves the slot's confirmed position through
+// the flush position each write reads, without probes of chat of its own
+// (they cost a trickle of 10 changes/s a chat round trip per 10 changes);
+// once the trickle stops, a probe confirms the last write.
+func TestStream_TrickleConfirmsWithoutProbes(t *testing.T) {
+	p := pgtest.NewPair(t, 100)
+	if !p.Config(t).AsyncCommit {
+		t.Fatal("the default configuration no longer commits asynchronously; this test is about that path")
+	}
+	var pc *probeCounter
+	start := func(s *sink.Sink) change.Sink { pc = &probeCounter{Sink: s}; return pc }
+	startWith(t, p, start, nil)
+	p.WaitEqual(t, 30*time.Second)
+	confirmed := func() pglogrepl.LSN {
+		var s string
+		if err := p.Source.QueryRow(context.Background(), "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", p.Slot).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		lsn, _ := pglogrepl.ParseLSN(s)
+		return lsn
+	}
+	before := pc.probes.Load()
+	first := confirmed()
+	for i := range 50 { // 5 s at 10 changes/s
+		pgtest.Exec(t, p.Source, "UPDATE users SET status = $1, updated_at = now() WHERE email = (SELECT min(email) FROM users)", fmt.Sprint("trickle ", i))
+		time.Sleep(100 * time.Millisecond)
+	}
+	probes := pc.probes.Load() - before
+	mid := confirmed()
+	var end string
+	if err := p.Source.QueryRow(context.Background(), "SELECT pg_current_wal_lsn()::text").Scan(&end); err != nil {
+		t.Fatal(err)
+	}
+	last, _ := pglogrepl.ParseLSN(end)
+	p.WaitEqual(t, 30*time.Second)
+	if probes > 1 {
+		t.Errorf("%d durability probes during a 5-s trickle of 10 writes/s; the writes read chat's flushed WAL themselves", probes)
+	}
+	if mid <= first {
+		t.Errorf("the slot confirmed nothing during the trickle (%s before, %s after)", first, mid)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for confirmed() < last {
+		if time.Now().After(deadline) {
+			t.Fatalf("the slot confirms %s 15 s after the trickle ended, want at least %s (the last write, once chat flushed it)", confirmed(), last)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

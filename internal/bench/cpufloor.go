@@ -48,9 +48,13 @@ const (
 )
 
 // Floor is one window of the CPU floor at a rate: CPU time, in ms per
-// 1,000 changes, of the relay process and of the chat backend.
+// 1,000 changes, of the relay process and of the chat backend; and the
+// median round trip of the chat backend's UPDATE, in ms: the hop a
+// consumer of cdc's shape makes after receiving a change and native's
+// apply worker does not.
 type Floor struct {
 	Relay, Chat float64
+	RoundTrip   float64
 }
 
 // Total is the floor's CPU per 1,000 changes.
@@ -118,12 +122,14 @@ func cpuFloor(ctx context.Context, s *servers, ids []string, rate int, d time.Du
 	w := startCPU([]procGroup{{"relay", []int{relay.cmd.Process.Pid}}, {"chat", []int{pid}}})
 	errs := make(chan error, 1)
 	go func() { errs <- relay.send(rate, d) }()
-	var n int
+	var took []float64
 	err = paced(rate, d, func(i int) error {
-		n++
+		t0 := time.Now()
 		_, err := conn.Exec(ctx, "floor", ids[i%len(ids)], "floor")
+		took = append(took, float64(time.Since(t0).Microseconds())/1000)
 		return err
 	})
+	n := len(took)
 	if rerr := <-errs; err == nil {
 		err = rerr
 	}
@@ -136,7 +142,7 @@ func cpuFloor(ctx context.Context, s *servers, ids []string, rate int, d time.Du
 		return Floor{}, fmt.Errorf("cpu floor: %w", err)
 	}
 	per := func(p ProcCPU) float64 { return p.Percent / 100 * use.Secs * 1e6 / float64(n) }
-	return Floor{Relay: per(use.Procs[0]), Chat: per(use.Procs[1])}, nil
+	return Floor{Relay: per(use.Procs[0]), Chat: per(use.Procs[1]), RoundTrip: quantiles(took)[0]}, nil
 }
 
 // paced calls f(0), f(1), … rate times a second, evenly, for d.
