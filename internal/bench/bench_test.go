@@ -51,11 +51,11 @@ func TestBench_Smoke(t *testing.T) {
 		t.Errorf("big transaction runs: cdc %d, native %d, native streaming %d", len(r.BigTxCDC), len(r.BigTxNat), len(r.BigTxNatStream))
 	}
 	for i, c := range r.BigTxCDC {
-		if c.Took <= 0 || c.SpillBytes != 0 || c.StreamBytes == 0 {
+		if c.Took <= 0 || c.SpillBytes != 0 || c.StreamBytes == 0 || c.Apply <= 0 || c.Walsender <= 0 {
 			t.Errorf("cdc's big transaction run %d: %+v, want it streamed and not spilled", i, c)
 		}
 	}
-	if n := r.BigTxNat[0]; n.SpillBytes == 0 || n.StreamBytes != 0 {
+	if n := r.BigTxNat[0]; n.SpillBytes == 0 || n.StreamBytes != 0 || n.Apply <= 0 {
 		t.Errorf("native's default big transaction run: %+v, want it spilled, not streamed", n)
 	}
 	if n := r.BigTxNatStream[0]; n.StreamBytes == 0 {
