@@ -30,7 +30,7 @@ func sweepPhase(ctx context.Context, s *servers, o Options, r *Result, env map[s
 	}
 	r.Sweep = make([]SweepPoint, len(o.SweepRates))
 	// cdc logs as users run it: the per-batch debug lines the steady phase
-	// reads cost cdc 5-15 % more CPU per change at 100 changes/s
+	// reads cost cdc ~11 % more CPU per change at 100 changes/s
 	// (BENCHMARKS.md, session 11).
 	env = maps.Clone(env)
 	env["LOG_LEVEL"] = "info"
