@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -95,16 +96,19 @@ func (r *Reconciler) chooseHash(ctx context.Context) error {
 
 // keyHash is the SQL of the key's 64-bit hash, which places rows in
 // buckets: the hash of its text form, the same on both sides.
-func (s Side) keyHash() string {
+func (s Side) keyHash() string { return "hashtextextended(" + s.keyText() + ", 0)" }
+
+// keyText is the SQL of the key's text form, the same on both sides.
+func (s Side) keyText() string {
 	keys := s.Table.KeyColumns()
 	if len(keys) == 1 {
-		return "hashtextextended(" + keys[0].TextExpr() + ", 0)"
+		return keys[0].TextExpr()
 	}
 	parts := make([]string, len(keys))
 	for i, c := range keys {
 		parts[i] = c.TextExpr()
 	}
-	return "hashtextextended(ROW(" + strings.Join(parts, ", ") + ")::text, 0)"
+	return "ROW(" + strings.Join(parts, ", ") + ")::text"
 }
 
 // keyList is the SQL reading the key columns, as the stream has them.
@@ -120,33 +124,75 @@ func (s Side) keyList() string {
 // rows maps a row's key (see schema.AppendKey) to its hash.
 type rows map[string]int64
 
-// hashes reads (key, row hash) for the rows matching where (SQL with $1…),
-// keys in the table's format.
+// hashes reads (key, row hash) for the rows matching where (SQL with $1…,
+// text parameters), keys in the table's format.
 func (s Side) hashes(ctx context.Context, where string, args ...[]byte) (rows, error) {
+	out, _, err := s.scan(ctx, where, 0, args)
+	return out, err
+}
+
+// page reads (key, row hash) for at most limit rows matching where, the
+// first in (updated_at, key text) order, and returns the position of the
+// last one when there were limit rows (nil when there were fewer: no page
+// follows).
+func (s Side) page(ctx context.Context, where string, limit int, args ...[]byte) (rows, *position, error) {
+	return s.scan(ctx, where, limit, args)
+}
+
+// position is a row's place in (updated_at, key text) order, both as
+// their text forms, passed back to the servers as parameters.
+type position struct{ at, key []byte }
+
+// scan reads (key, row hash) for the rows matching where; with limit > 0,
+// the first limit of them in position order, and the last one's position
+// when it read limit rows.
+func (s Side) scan(ctx context.Context, where string, limit int, args [][]byte) (rows, *position, error) {
 	out := rows{}
 	nkey := len(s.Table.Key)
-	sql := fmt.Sprintf("SELECT %s, %s FROM %s WHERE %s", s.keyList(), s.rowHash(), s.Table.Ident(), where)
-	formats := make([]int16, nkey+1)
+	cols, tail := "", ""
+	if limit > 0 {
+		at, key := s.order()
+		// Aliased, so that ORDER BY's bare column name means the column,
+		// not this text output of it.
+		cols = ", " + at + "::text AS cdc_position_at, " + key + " AS cdc_position_key"
+		tail = fmt.Sprintf(" ORDER BY %s, %s LIMIT %d", at, key, limit)
+	}
+	sql := fmt.Sprintf("SELECT %s, %s%s FROM %s WHERE %s%s", s.keyList(), s.rowHash(), cols, s.Table.Ident(), where, tail)
+	formats := make([]int16, nkey+1, nkey+3)
 	for i := range nkey {
 		formats[i] = s.Table.Format.Code()
 	}
 	formats[nkey] = 1
+	if limit > 0 {
+		formats = append(formats, 0, 0)
+	}
 	idx := make([]int, nkey)
 	for i := range idx {
 		idx[i] = i
 	}
+	var last *position
 	err := s.withSession(ctx, func(pc *pgconn.PgConn) error {
 		rr := pc.ExecParams(ctx, sql, args, nil, nil, formats)
 		var key []byte
+		n := 0
 		for rr.NextRow() {
 			v := rr.Values()
 			key = schema.AppendKey(key[:0], v[:nkey], idx)
 			out[string(key)] = int64(binary.BigEndian.Uint64(v[nkey]))
+			if n++; limit > 0 && n == limit {
+				last = &position{at: bytes.Clone(v[nkey+1]), key: bytes.Clone(v[nkey+2])}
+			}
 		}
 		_, err := rr.Close()
 		return err
 	})
-	return out, err
+	return out, last, err
+}
+
+// order is the SQL of a row's position: its updated_at and its key's text
+// form, compared byte by byte so both servers order alike.
+func (s Side) order() (at, key string) {
+	return schema.Quote(s.Table.Columns[s.Table.UpdatedAt].Name), "(" + s.keyText() + `) COLLATE "C"`
 }
 
 // diff compares two hash sets; keys only in src are missing from chat,

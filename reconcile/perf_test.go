@@ -33,7 +33,7 @@ WHERE abs(hashtext(id::text)) % 100 < 18`
 	if err := p.Source.QueryRow(ctx, "SELECT now()").Scan(&now); err != nil {
 		t.Fatal(err)
 	}
-	filter := r.src.sliceFilter(now.Add(-3*time.Minute), time.Time{}, true, time.Time{})
+	filter, _ := r.src.sliceFilter(now.Add(-3*time.Minute), time.Time{}, nil, nil)
 	for rep := 0; rep < 3; rep++ {
 		start := time.Now()
 		d, n, m, err := bucketDiff(ctx, r.src, r.chat, filter)

@@ -30,6 +30,7 @@ type Options struct {
 	Logger *slog.Logger
 
 	afterCompare func() // test hook: runs between compare and repair
+	sliceRows    int    // test hook: rows per window slice (0: sliceRows)
 }
 
 // Stats describe the reconciler's work since start.

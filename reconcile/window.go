@@ -4,22 +4,19 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	"github.com/myusta/cdc/internal/schema"
 )
 
-// A window is compared a slice of updated_at time at a time, each slice
-// sized (from the rows the previous slice held) to hold about sliceRows
-// rows per side, or pacedSliceRows in a paced run: memory stays flat
-// however many rows changed, and a paced run rests between short slices.
-// Slices cost: each one's bitmap scan visits most of the heap pages its
-// rows are spread over (1M rows, 360k compared, in a throw-away test: one
-// slice 0.72–0.84 s, 18 slices 0.97–1.05 s, 3 slices 0.79–0.81 s), so
-// unpaced slices are large.
+// A window is compared a slice at a time: the next sliceRows rows of the
+// source in (updated_at, key) order (pacedSliceRows in a paced run), and
+// chat's rows between the same two positions. Memory stays flat however
+// many rows changed, even when one statement stamped them all with the
+// same updated_at; a paced run rests between short slices. Slices cost:
+// each one's scan visits most of the heap pages its rows are spread over
+// (1M rows, 360k compared, in a throw-away test: one slice 0.72–0.84 s, 18
+// slices 0.97–1.05 s, 3 slices 0.79–0.81 s), so unpaced slices are large.
 const (
 	sliceRows      = 100_000
 	pacedSliceRows = 10_000
-	firstSlices    = 8 // the first slice is this fraction of the range
 )
 
 // Window compares the rows updated within the last window (by the source
@@ -33,20 +30,13 @@ func (r *Reconciler) window(ctx context.Context, window time.Duration, dryRun bo
 	if err != nil {
 		return Result{}, err
 	}
-	return r.compareRange(ctx, now.Add(-window), time.Time{}, now, dryRun, pace)
+	return r.compareRange(ctx, now.Add(-window), time.Time{}, dryRun, pace)
 }
 
 // Range compares the rows whose updated_at lies in [from, to] (to zero: no
 // upper bound) and repairs what differs, unless dryRun.
 func (r *Reconciler) Range(ctx context.Context, from, to time.Time, dryRun bool) (Result, error) {
-	end := to
-	if end.IsZero() {
-		var err error
-		if end, err = r.sourceNow(ctx); err != nil {
-			return Result{}, err
-		}
-	}
-	return r.compareRange(ctx, from, to, end, dryRun, 0)
+	return r.compareRange(ctx, from, to, dryRun, 0)
 }
 
 func (r *Reconciler) sourceNow(ctx context.Context) (time.Time, error) {
@@ -58,17 +48,17 @@ func (r *Reconciler) sourceNow(ctx context.Context) (time.Time, error) {
 }
 
 // compareRange compares [from, to] (to zero: no upper bound) in slices of
-// updated_at, the last of which starts before end and includes everything
-// after it, then repairs what differs.
+// the source's rows in (updated_at, key) order, then repairs what differs.
 //
 // Each slice's (key, row hash) pairs are read from the source, then, after
-// waiting for the stream, from chat: reading the source first keeps changes
-// in flight out of the comparison. A row that changes during the run may
-// be in one slice on one side and a later one on the other; it is then a
-// candidate that the second look in finish finds equal. Reading every row's
-// hash measured as fast as key-hash buckets restricted to the window
-// (TestPerf_WindowCompare): the row hashing dominates, not the transfer.
-func (r *Reconciler) compareRange(ctx context.Context, from, to, end time.Time, dryRun bool, pace float64) (Result, error) {
+// waiting for the stream, from chat between the same positions: reading
+// the source first keeps changes in flight out of the comparison. A row
+// that changes during the run may be in one slice on one side and a later
+// one on the other; it is then a candidate that the second look in finish
+// finds equal. Reading every row's hash measured as fast as key-hash
+// buckets restricted to the window (TestPerf_WindowCompare): the row
+// hashing dominates, not the transfer.
+func (r *Reconciler) compareRange(ctx context.Context, from, to time.Time, dryRun bool, pace float64) (Result, error) {
 	start := time.Now()
 	res := Result{}
 	if err := r.chooseHash(ctx); err != nil {
@@ -76,21 +66,30 @@ func (r *Reconciler) compareRange(ctx context.Context, from, to, end time.Time, 
 	}
 	var d differences
 	sy := r.newSyncer()
-	width := max(end.Sub(from)/firstSlices, time.Second)
 	target := sliceRows
 	if pace > 0 {
 		target = pacedSliceRows
+	}
+	if r.opts.sliceRows > 0 {
+		target = r.opts.sliceRows
 	}
 	indexed, err := r.indexed(ctx)
 	if err != nil {
 		return res, err
 	}
-	for lo := from.Truncate(time.Microsecond); ; {
-		hi := lo.Add(width).Truncate(time.Microsecond)
-		last := !hi.Before(end) || !indexed
-		filter := r.src.sliceFilter(lo, hi, last, to)
+	var after *position
+	for {
 		began := time.Now()
-		src, err := r.src.hashes(ctx, filter)
+		var src rows
+		var next *position // nil: this slice is the last
+		filter, args := r.src.sliceFilter(from, to, after, nil)
+		if indexed {
+			src, next, err = r.src.page(ctx, filter, target, args...)
+		} else {
+			// Without an index on updated_at each slice would scan the
+			// whole table: the window is read in one.
+			src, err = r.src.hashes(ctx, filter, args...)
+		}
 		if err != nil {
 			return res, err
 		}
@@ -99,7 +98,8 @@ func (r *Reconciler) compareRange(ctx context.Context, from, to, end time.Time, 
 			return res, err
 		}
 		began = time.Now()
-		chat, err := r.chat.hashes(ctx, filter)
+		filter, args = r.chat.sliceFilter(from, to, after, next)
+		chat, err := r.chat.hashes(ctx, filter, args...)
 		if err != nil {
 			return res, err
 		}
@@ -107,10 +107,10 @@ func (r *Reconciler) compareRange(ctx context.Context, from, to, end time.Time, 
 		d.add(diff(src, chat))
 		res.Checked += int64(len(src) + len(chat))
 		res.Slices++
-		if last {
+		if next == nil {
 			break
 		}
-		lo, width = hi, nextWidth(width, max(len(src), len(chat)), target)
+		after = next
 		if pace > 0 {
 			rest := time.Duration(float64(read) * pace)
 			select {
@@ -123,17 +123,6 @@ func (r *Reconciler) compareRange(ctx context.Context, from, to, end time.Time, 
 	}
 	return r.finish(ctx, res, d, start, dryRun, "window", "from", from.UTC().Format(time.RFC3339),
 		"slices", res.Slices, "rested", res.Rested.Round(time.Millisecond).String())
-}
-
-// nextWidth sizes the next slice from the rows the last one held, growing
-// by at most 4× at a time (2× after an empty slice, which tells little
-// about what follows).
-func nextWidth(width time.Duration, rows, target int) time.Duration {
-	if rows == 0 {
-		return width * 2
-	}
-	next := time.Duration(float64(width) * float64(target) / float64(rows))
-	return max(min(next, width*4), width/4, time.Millisecond)
 }
 
 // indexed reports whether both sides have an index led by the updated_at
@@ -155,21 +144,29 @@ WHERE i.indrelid = $1::regclass AND a.attname = $2)`, s.Table.Ident(), s.Table.C
 	return true, nil
 }
 
-// sliceFilter is the SQL predicate of a slice's rows: updated_at at or
-// after lo and before hi; the last slice has no upper bound but to (at or
-// before it) when to is not zero, so rows stamped a little in the future
-// by a skewed clock are included. Times are formatted here, never taken
-// from input.
-func (s Side) sliceFilter(lo, hi time.Time, last bool, to time.Time) string {
-	col := schema.Quote(s.Table.Columns[s.Table.UpdatedAt].Name)
-	f := fmt.Sprintf("%s >= %s", col, timestamp(lo))
-	switch {
-	case !last:
-		f += fmt.Sprintf(" AND %s < %s", col, timestamp(hi))
-	case !to.IsZero():
-		f += fmt.Sprintf(" AND %s <= %s", col, timestamp(to))
+// sliceFilter is the SQL predicate, with its parameters, of a slice's
+// rows: updated_at in [from, to] (to zero: no upper bound), after position
+// after (nil: from from) and up to position through, included (nil: to
+// the end). The explicit updated_at bounds let the server use an index on
+// it. from and to are formatted here, never taken from input; positions
+// are parameters.
+func (s Side) sliceFilter(from, to time.Time, after, through *position) (string, [][]byte) {
+	at, key := s.order()
+	f := fmt.Sprintf("%s >= %s", at, timestamp(from))
+	if !to.IsZero() {
+		f += fmt.Sprintf(" AND %s <= %s", at, timestamp(to))
 	}
-	return f
+	var args [][]byte
+	if after != nil {
+		args = append(args, after.at, after.key)
+		f += fmt.Sprintf(" AND %s >= $1::timestamptz AND (%s, %s) > ($1::timestamptz, $2::text)", at, at, key)
+	}
+	if through != nil {
+		n := len(args)
+		args = append(args, through.at, through.key)
+		f += fmt.Sprintf(" AND %s <= $%d::timestamptz AND (%s, %s) <= ($%d::timestamptz, $%d::text)", at, n+1, at, key, n+1, n+2)
+	}
+	return f, args
 }
 
 func timestamp(t time.Time) string {
