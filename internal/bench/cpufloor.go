@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -166,7 +167,8 @@ func paced(rate int, d time.Duration, f func(i int) error) error {
 type relayProc struct {
 	cmd       *exec.Cmd
 	src, chat net.Listener
-	conn      net.Conn // the relay's source connection
+	conn      net.Conn       // the relay's source connection
+	echoes    sync.WaitGroup // the chat end's goroutines
 }
 
 // startRelay starts the relay child and accepts its source connection;
@@ -181,7 +183,7 @@ func startRelay(ctx context.Context) (*relayProc, error) {
 		r.src.Close()
 		return nil, err
 	}
-	go echo(r.chat)
+	r.echoes.Go(func() { echo(r.chat, &r.echoes) })
 	self, err := os.Executable()
 	if err != nil {
 		r.close()
@@ -227,7 +229,8 @@ func (r *relayProc) end() error {
 	return nil
 }
 
-// close ends whatever of the relay is still running.
+// close ends whatever of the relay is still running and waits for the
+// chat end's goroutines (the relay's exit closed their connection).
 func (r *relayProc) close() {
 	if r.cmd != nil && r.cmd.ProcessState == nil && r.cmd.Process != nil {
 		_ = r.cmd.Process.Kill()
@@ -240,18 +243,20 @@ func (r *relayProc) close() {
 	if r.chat != nil {
 		r.chat.Close()
 	}
+	r.echoes.Wait()
 }
 
-// echo answers every message on every connection with itself.
-func echo(l net.Listener) {
+// echo answers every message on every connection l accepts with itself,
+// until l is closed; wg holds each connection's goroutine.
+func echo(l net.Listener, wg *sync.WaitGroup) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			return
 		}
-		go func() {
+		wg.Go(func() {
 			defer c.Close()
 			_, _ = io.Copy(c, c)
-		}()
+		})
 	}
 }
