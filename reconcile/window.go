@@ -11,9 +11,10 @@ import (
 // chat's rows between the same two positions. Memory stays flat however
 // many rows changed, even when one statement stamped them all with the
 // same updated_at; a paced run rests between short slices. Slices cost:
-// each one's scan visits most of the heap pages its rows are spread over
-// (1M rows, 360k compared, in a throw-away test: one slice 0.72–0.84 s, 18
-// slices 0.97–1.05 s, 3 slices 0.79–0.81 s), so unpaced slices are large.
+// the source's is an index scan in updated_at order (random heap pages)
+// with a sort of equal timestamps by key; a window of 1M changed rows took
+// 2.6 s in 10 slices against 2.3 s read whole (and 196 MB), so unpaced
+// slices are large (BENCHMARKS.md, session 11).
 const (
 	sliceRows      = 100_000
 	pacedSliceRows = 10_000
