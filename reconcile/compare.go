@@ -1,7 +1,6 @@
 package reconcile
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -127,71 +126,52 @@ type rows map[string]int64
 // hashes reads (key, row hash) for the rows matching where (SQL with $1…,
 // text parameters), keys in the table's format.
 func (s Side) hashes(ctx context.Context, where string, args ...[]byte) (rows, error) {
-	out, _, err := s.scan(ctx, where, 0, args)
-	return out, err
-}
-
-// page reads (key, row hash) for at most limit rows matching where, the
-// first in (updated_at, key text) order, and returns the position of the
-// last one when there were limit rows (nil when there were fewer: no page
-// follows).
-func (s Side) page(ctx context.Context, where string, limit int, args ...[]byte) (rows, *position, error) {
-	return s.scan(ctx, where, limit, args)
-}
-
-// position is a row's place in (updated_at, key text) order, both as
-// their text forms, passed back to the servers as parameters.
-type position struct{ at, key []byte }
-
-// scan reads (key, row hash) for the rows matching where; with limit > 0,
-// the first limit of them in position order, and the last one's position
-// when it read limit rows.
-func (s Side) scan(ctx context.Context, where string, limit int, args [][]byte) (rows, *position, error) {
 	out := rows{}
 	nkey := len(s.Table.Key)
-	cols, tail := "", ""
-	if limit > 0 {
-		at, key := s.order()
-		// Aliased, so that ORDER BY's bare column name means the column,
-		// not this text output of it.
-		cols = ", " + at + "::text AS cdc_position_at, " + key + " AS cdc_position_key"
-		tail = fmt.Sprintf(" ORDER BY %s, %s LIMIT %d", at, key, limit)
-	}
-	sql := fmt.Sprintf("SELECT %s, %s%s FROM %s WHERE %s%s", s.keyList(), s.rowHash(), cols, s.Table.Ident(), where, tail)
-	formats := make([]int16, nkey+1, nkey+3)
-	for i := range nkey {
-		formats[i] = s.Table.Format.Code()
-	}
-	formats[nkey] = 1
-	if limit > 0 {
-		formats = append(formats, 0, 0)
-	}
-	idx := make([]int, nkey)
-	for i := range idx {
-		idx[i] = i
-	}
-	var last *position
+	sql := fmt.Sprintf("SELECT %s, %s FROM %s WHERE %s", s.keyList(), s.rowHash(), s.Table.Ident(), where)
 	err := s.withSession(ctx, func(pc *pgconn.PgConn) error {
-		rr := pc.ExecParams(ctx, sql, args, nil, nil, formats)
+		rr := pc.ExecParams(ctx, sql, args, nil, nil, s.formats(1, 0))
+		idx := identity(nkey)
 		var key []byte
-		n := 0
 		for rr.NextRow() {
 			v := rr.Values()
 			key = schema.AppendKey(key[:0], v[:nkey], idx)
 			out[string(key)] = int64(binary.BigEndian.Uint64(v[nkey]))
-			if n++; limit > 0 && n == limit {
-				last = &position{at: bytes.Clone(v[nkey+1]), key: bytes.Clone(v[nkey+2])}
-			}
 		}
 		_, err := rr.Close()
 		return err
 	})
-	return out, last, err
+	return out, err
 }
 
-// order is the SQL of a row's position: its updated_at and its key's text
-// form, compared byte by byte so both servers order alike.
-func (s Side) order() (at, key string) {
+// formats are the result formats of the key columns (the table's
+// format), then of binaryCols binary columns and textCols text ones.
+func (s Side) formats(binaryCols, textCols int) []int16 {
+	nkey := len(s.Table.Key)
+	f := make([]int16, nkey+binaryCols+textCols)
+	for i := range f {
+		switch {
+		case i < nkey:
+			f[i] = s.Table.Format.Code()
+		case i < nkey+binaryCols:
+			f[i] = 1
+		}
+	}
+	return f
+}
+
+// identity is [0, 1, …, n-1]: the key columns' places in a result row.
+func identity(n int) []int {
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	return idx
+}
+
+// position is the SQL of a row's position: its updated_at and its key's
+// text form, compared byte by byte so both servers order alike.
+func (s Side) position() (at, key string) {
 	return schema.Quote(s.Table.Columns[s.Table.UpdatedAt].Name), "(" + s.keyText() + `) COLLATE "C"`
 }
 

@@ -57,3 +57,29 @@ WHERE abs(hashtext(id::text)) % 100 < 18`
 		t.Logf("window of %d+%d rows: buckets %s, per-row hashes %s", n, m, buckets.Round(time.Millisecond), perRow.Round(time.Millisecond))
 	}
 }
+
+// TestPerf_WindowStampedAlike times window runs over 1M rows one UPDATE
+// stamped alike on both sides, unpaced and paced as cdc run's scheduled
+// run is, with the Go heap's peak growth. PERF=1 runs it; it asserts only
+// that the tables compare equal.
+func TestPerf_WindowStampedAlike(t *testing.T) {
+	if os.Getenv("PERF") == "" {
+		t.Skip("a measurement, not a test: PERF=1 runs it")
+	}
+	ctx := context.Background()
+	p, r, _ := setup(t, 1_000_000, Options{})
+	stamp := time.Now().UTC()
+	for _, pool := range []*pgxpool.Pool{p.Source, p.Chat} {
+		pgtest.Exec(t, pool, "UPDATE users SET status = 'alike', updated_at = $1", stamp)
+		pgtest.Exec(t, pool, "VACUUM ANALYZE users")
+	}
+	for _, pace := range []float64{0, 2, 0} {
+		start := time.Now()
+		res, err := r.window(ctx, 3*time.Minute, false, pace)
+		if err != nil || res.Repair.Repairs() != 0 {
+			t.Fatalf("%+v %v", res, err)
+		}
+		t.Logf("pace %g: %s, %d slices, rested %s, %d rows compared", pace, time.Since(start).Round(time.Millisecond),
+			res.Slices, res.Rested.Round(time.Millisecond), res.Checked)
+	}
+}

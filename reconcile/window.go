@@ -1,20 +1,25 @@
 package reconcile
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// A window is compared a slice at a time: the next sliceRows rows of the
-// source in (updated_at, key) order (pacedSliceRows in a paced run), and
-// chat's rows between the same two positions. Memory stays flat however
-// many rows changed, even when one statement stamped them all with the
-// same updated_at; a paced run rests between short slices. Slices cost:
-// the source's is an index scan in updated_at order (random heap pages)
-// with a sort of equal timestamps by key; a window of 1M changed rows took
-// 2.6 s in 10 slices against 2.3 s read whole (and 196 MB), so unpaced
-// slices are large (BENCHMARKS.md, session 11).
+// A window is compared a slice at a time: the source's next sliceRows rows
+// in updated_at order (pacedSliceRows in a paced run), extended to the last
+// of the rows sharing the slice's last updated_at, and chat's rows in the
+// same updated_at range. The sides are merged as they stream (merge.go), so
+// memory stays flat however many rows one statement stamped alike; a paced
+// run rests between slices. A slice ends between two timestamps, never
+// inside a group of rows stamped alike: paging inside one by key would make
+// the server read the whole group again for every page (1M rows stamped by
+// one UPDATE took ~100 paced pages of a full group read each, and lifted
+// the stream's p99 at 3,000 changes/s from 12 to 460 ms; BENCHMARKS.md,
+// session 12).
 const (
 	sliceRows      = 100_000
 	pacedSliceRows = 10_000
@@ -48,17 +53,14 @@ func (r *Reconciler) sourceNow(ctx context.Context) (time.Time, error) {
 	return now, nil
 }
 
-// compareRange compares [from, to] (to zero: no upper bound) in slices of
-// the source's rows in (updated_at, key) order, then repairs what differs.
+// compareRange compares [from, to] (to zero: no upper bound) a slice at a
+// time (see compareSlice), then repairs what differs.
 //
-// Each slice's (key, row hash) pairs are read from the source, then, after
-// waiting for the stream, from chat between the same positions: reading
-// the source first keeps changes in flight out of the comparison. A row
-// that changes during the run may be in one slice on one side and a later
-// one on the other; it is then a candidate that the second look in finish
-// finds equal. Reading every row's hash measured as fast as key-hash
-// buckets restricted to the window (TestPerf_WindowCompare): the row
-// hashing dominates, not the transfer.
+// A row that changes during the run may be in one slice on one side and a
+// later one on the other; it is then a candidate that the second look in
+// finish finds equal. Reading every row's hash measured as fast as
+// key-hash buckets restricted to the window (TestPerf_WindowCompare): the
+// row hashing dominates, not the transfer.
 func (r *Reconciler) compareRange(ctx context.Context, from, to time.Time, dryRun bool, pace float64) (Result, error) {
 	start := time.Now()
 	res := Result{}
@@ -78,42 +80,31 @@ func (r *Reconciler) compareRange(ctx context.Context, from, to time.Time, dryRu
 	if err != nil {
 		return res, err
 	}
-	var after *position
+	var after []byte
 	for {
-		began := time.Now()
-		var src rows
-		var next *position // nil: this slice is the last
-		filter, args := r.src.sliceFilter(from, to, after, nil)
+		var through []byte // nil: this slice is the last
 		if indexed {
-			src, next, err = r.src.page(ctx, filter, target, args...)
-		} else {
-			// Without an index on updated_at each slice would scan the
-			// whole table: the window is read in one.
-			src, err = r.src.hashes(ctx, filter, args...)
+			// Without an index on updated_at, finding each boundary
+			// would scan the table: the window is read in one slice.
+			filter, args := r.src.sliceFilter(from, to, after, nil)
+			if through, err = r.src.boundary(ctx, filter, args, target); err != nil {
+				return res, err
+			}
 		}
+		filter, args := r.src.sliceFilter(from, to, after, through)
+		s, err := r.compareSlice(ctx, sy, filter, args)
 		if err != nil {
 			return res, err
 		}
-		read := time.Since(began)
-		if err := sy.wait(ctx); err != nil {
-			return res, err
-		}
-		began = time.Now()
-		filter, args = r.chat.sliceFilter(from, to, after, next)
-		chat, err := r.chat.hashes(ctx, filter, args...)
-		if err != nil {
-			return res, err
-		}
-		read += time.Since(began)
-		d.add(diff(src, chat))
-		res.Checked += int64(len(src) + len(chat))
+		d.add(s.d.missing, s.d.stale, s.d.extra)
+		res.Checked += s.checked
 		res.Slices++
-		if next == nil {
+		if through == nil {
 			break
 		}
-		after = next
+		after = through
 		if pace > 0 {
-			rest := time.Duration(float64(read) * pace)
+			rest := time.Duration(float64(s.read) * pace)
 			select {
 			case <-ctx.Done():
 				return res, ctx.Err()
@@ -124,6 +115,29 @@ func (r *Reconciler) compareRange(ctx context.Context, from, to time.Time, dryRu
 	}
 	return r.finish(ctx, res, d, start, dryRun, "window", "from", from.UTC().Format(time.RFC3339),
 		"slices", res.Slices, "rested", res.Rested.Round(time.Millisecond).String())
+}
+
+// boundary returns the updated_at, as text, of the source's limit-th row
+// matching filter in updated_at order: the last timestamp of the slice
+// starting there. Nil when fewer rows match: the slice runs to the end.
+func (s Side) boundary(ctx context.Context, filter string, args [][]byte, limit int) ([]byte, error) {
+	at, _ := s.position()
+	// Aliased, so that ORDER BY's bare column name means the column, not
+	// this text output of it.
+	sql := fmt.Sprintf("SELECT %s::text AS cdc_boundary FROM %s WHERE %s ORDER BY %s OFFSET %d LIMIT 1", at, s.Table.Ident(), filter, at, limit-1)
+	var out []byte
+	err := s.withSession(ctx, func(pc *pgconn.PgConn) error {
+		rr := pc.ExecParams(ctx, sql, args, nil, nil, nil)
+		for rr.NextRow() {
+			out = bytes.Clone(rr.Values()[0])
+		}
+		_, err := rr.Close()
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("find the end of a slice: %w", err)
+	}
+	return out, nil
 }
 
 // indexed reports whether both sides have an index led by the updated_at
@@ -146,26 +160,25 @@ WHERE i.indrelid = $1::regclass AND a.attname = $2)`, s.Table.Ident(), s.Table.C
 }
 
 // sliceFilter is the SQL predicate, with its parameters, of a slice's
-// rows: updated_at in [from, to] (to zero: no upper bound), after position
-// after (nil: from from) and up to position through, included (nil: to
-// the end). The explicit updated_at bounds let the server use an index on
-// it. from and to are formatted here, never taken from input; positions
-// are parameters.
-func (s Side) sliceFilter(from, to time.Time, after, through *position) (string, [][]byte) {
-	at, key := s.order()
+// rows: updated_at in [from, to] (to zero: no upper bound), after the
+// timestamp after (nil: from from) and up to through, included (nil: to the
+// end). The explicit bounds let the server use an index on updated_at.
+// from and to are formatted here, never taken from input; after and
+// through, read from the source, are parameters.
+func (s Side) sliceFilter(from, to time.Time, after, through []byte) (string, [][]byte) {
+	at, _ := s.position()
 	f := fmt.Sprintf("%s >= %s", at, timestamp(from))
 	if !to.IsZero() {
 		f += fmt.Sprintf(" AND %s <= %s", at, timestamp(to))
 	}
 	var args [][]byte
 	if after != nil {
-		args = append(args, after.at, after.key)
-		f += fmt.Sprintf(" AND %s >= $1::timestamptz AND (%s, %s) > ($1::timestamptz, $2::text)", at, at, key)
+		args = append(args, after)
+		f += fmt.Sprintf(" AND %s > $%d::timestamptz", at, len(args))
 	}
 	if through != nil {
-		n := len(args)
-		args = append(args, through.at, through.key)
-		f += fmt.Sprintf(" AND %s <= $%d::timestamptz AND (%s, %s) <= ($%d::timestamptz, $%d::text)", at, n+1, at, key, n+1, n+2)
+		args = append(args, through)
+		f += fmt.Sprintf(" AND %s <= $%d::timestamptz", at, len(args))
 	}
 	return f, args
 }
