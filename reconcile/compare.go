@@ -95,19 +95,16 @@ func (r *Reconciler) chooseHash(ctx context.Context) error {
 
 // keyHash is the SQL of the key's 64-bit hash, which places rows in
 // buckets: the hash of its text form, the same on both sides.
-func (s Side) keyHash() string { return "hashtextextended(" + s.keyText() + ", 0)" }
-
-// keyText is the SQL of the key's text form, the same on both sides.
-func (s Side) keyText() string {
+func (s Side) keyHash() string {
 	keys := s.Table.KeyColumns()
 	if len(keys) == 1 {
-		return keys[0].TextExpr()
+		return "hashtextextended(" + keys[0].TextExpr() + ", 0)"
 	}
 	parts := make([]string, len(keys))
 	for i, c := range keys {
 		parts[i] = c.TextExpr()
 	}
-	return "ROW(" + strings.Join(parts, ", ") + ")::text"
+	return "hashtextextended(ROW(" + strings.Join(parts, ", ") + ")::text, 0)"
 }
 
 // keyList is the SQL reading the key columns, as the stream has them.
@@ -123,15 +120,23 @@ func (s Side) keyList() string {
 // rows maps a row's key (see schema.AppendKey) to its hash.
 type rows map[string]int64
 
-// hashes reads (key, row hash) for the rows matching where (SQL with $1…,
-// text parameters), keys in the table's format.
+// hashes reads (key, row hash) for the rows matching where (SQL with $1…),
+// keys in the table's format.
 func (s Side) hashes(ctx context.Context, where string, args ...[]byte) (rows, error) {
 	out := rows{}
 	nkey := len(s.Table.Key)
 	sql := fmt.Sprintf("SELECT %s, %s FROM %s WHERE %s", s.keyList(), s.rowHash(), s.Table.Ident(), where)
+	formats := make([]int16, nkey+1)
+	for i := range nkey {
+		formats[i] = s.Table.Format.Code()
+	}
+	formats[nkey] = 1
+	idx := make([]int, nkey)
+	for i := range idx {
+		idx[i] = i
+	}
 	err := s.withSession(ctx, func(pc *pgconn.PgConn) error {
-		rr := pc.ExecParams(ctx, sql, args, nil, nil, s.formats(1, 0))
-		idx := identity(nkey)
+		rr := pc.ExecParams(ctx, sql, args, nil, nil, formats)
 		var key []byte
 		for rr.NextRow() {
 			v := rr.Values()
@@ -144,36 +149,8 @@ func (s Side) hashes(ctx context.Context, where string, args ...[]byte) (rows, e
 	return out, err
 }
 
-// formats are the result formats of the key columns (the table's
-// format), then of binaryCols binary columns and textCols text ones.
-func (s Side) formats(binaryCols, textCols int) []int16 {
-	nkey := len(s.Table.Key)
-	f := make([]int16, nkey+binaryCols+textCols)
-	for i := range f {
-		switch {
-		case i < nkey:
-			f[i] = s.Table.Format.Code()
-		case i < nkey+binaryCols:
-			f[i] = 1
-		}
-	}
-	return f
-}
-
-// identity is [0, 1, …, n-1]: the key columns' places in a result row.
-func identity(n int) []int {
-	idx := make([]int, n)
-	for i := range idx {
-		idx[i] = i
-	}
-	return idx
-}
-
-// position is the SQL of a row's position: its updated_at and its key's
-// text form, compared byte by byte so both servers order alike.
-func (s Side) position() (at, key string) {
-	return schema.Quote(s.Table.Columns[s.Table.UpdatedAt].Name), "(" + s.keyText() + `) COLLATE "C"`
-}
+// updatedAt is the SQL naming the updated_at column.
+func (s Side) updatedAt() string { return schema.Quote(s.Table.Columns[s.Table.UpdatedAt].Name) }
 
 // diff compares two hash sets; keys only in src are missing from chat,
 // keys in both with another hash are stale, keys only in chat are extra

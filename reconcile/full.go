@@ -90,14 +90,26 @@ func int8Array(v []int64) []byte {
 
 // bucketDiff compares the rows matching filter ("" for the whole table) on
 // both sides and returns the keys that differ, and how many rows the two
-// sides hold.
-func bucketDiff(ctx context.Context, src, chat Side, filter string) (d differences, srcRows, chatRows int64, err error) {
+// sides hold. Each level reads both sides at once; between, when not nil,
+// runs after the source's first statement is sent and before chat's (the
+// window waits there for the stream, so that chat holds what the source's
+// snapshot does). Memory holds a level's bucket summaries and at most
+// about chunkRows rows' hashes, however many rows match.
+func bucketDiff(ctx context.Context, src, chat Side, filter string, between func(context.Context) error) (d differences, srcRows, chatRows int64, err error) {
 	var parents []int64
 	for depth := 1; depth <= maxDepth; depth++ {
 		var sb, cb map[int64]summary
 		g, gctx := errgroup.WithContext(ctx)
 		g.Go(func() (err error) { sb, err = src.buckets(gctx, depth, parents, filter); return err })
-		g.Go(func() (err error) { cb, err = chat.buckets(gctx, depth, parents, filter); return err })
+		g.Go(func() (err error) {
+			if depth == 1 && between != nil {
+				if err := between(gctx); err != nil {
+					return err
+				}
+			}
+			cb, err = chat.buckets(gctx, depth, parents, filter)
+			return err
+		})
 		if err := g.Wait(); err != nil {
 			return d, 0, 0, err
 		}
@@ -138,6 +150,7 @@ func bucketDiff(ctx context.Context, src, chat Side, filter string) (d differenc
 				return d, 0, 0, err
 			}
 			d.add(diff(sr, cr))
+			d.fetched += int64(len(sr) + len(cr))
 		}
 		if len(deeper) == 0 {
 			break
@@ -170,6 +183,7 @@ func chunks(buckets []int64, size map[int64]int64, limit int64) [][]int64 {
 // differences are the keys (binary) found to differ, by kind.
 type differences struct {
 	missing, stale, extra [][]byte
+	fetched               int64 // rows whose hashes were read to find them
 }
 
 func (d *differences) add(missing, stale, extra [][]byte) {

@@ -36,7 +36,7 @@ WHERE abs(hashtext(id::text)) % 100 < 18`
 	filter, _ := r.src.sliceFilter(now.Add(-3*time.Minute), time.Time{}, nil, nil)
 	for rep := 0; rep < 3; rep++ {
 		start := time.Now()
-		d, n, m, err := bucketDiff(ctx, r.src, r.chat, filter)
+		d, n, m, err := bucketDiff(ctx, r.src, r.chat, filter, nil)
 		if err != nil || !d.empty() {
 			t.Fatalf("buckets: %v, %d keys differ", err, len(d.keys()))
 		}
@@ -54,7 +54,13 @@ WHERE abs(hashtext(id::text)) % 100 < 18`
 			t.Fatal("row hashes differ")
 		}
 		perRow := time.Since(start)
-		t.Logf("window of %d+%d rows: buckets %s, per-row hashes %s", n, m, buckets.Round(time.Millisecond), perRow.Round(time.Millisecond))
+		start = time.Now()
+		res, err := r.Window(ctx, 3*time.Minute, true)
+		if err != nil || res.Found != 0 {
+			t.Fatalf("window: %+v %v", res, err)
+		}
+		t.Logf("window of %d+%d rows: buckets %s, per-row hashes %s, Window %s (%d slices)", n, m, buckets.Round(time.Millisecond),
+			perRow.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), res.Slices)
 	}
 }
 

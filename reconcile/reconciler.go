@@ -85,6 +85,8 @@ type Result struct {
 	Slices  int           // slices of updated_at a window run read
 	Rested  time.Duration // time a paced run paused between slices
 	Took    time.Duration
+
+	fetched int64 // rows whose hashes were read into memory (in buckets that differed)
 }
 
 // Run reconciles until ctx ends. Runs never overlap: the next one is
@@ -142,7 +144,7 @@ func (r *Reconciler) Full(ctx context.Context, dryRun bool) (Result, error) {
 	if err := r.sync(ctx); err != nil {
 		return res, err
 	}
-	d, srcRows, chatRows, err := bucketDiff(ctx, r.src, r.chat, "")
+	d, srcRows, chatRows, err := bucketDiff(ctx, r.src, r.chat, "", nil)
 	if err != nil {
 		return res, err
 	}

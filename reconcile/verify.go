@@ -74,7 +74,7 @@ func (r *Reconciler) Verify(ctx context.Context, full bool) (Report, error) {
 	if err := r.chooseHash(ctx); err != nil {
 		return rep, err
 	}
-	d, srcRows, chatRows, err := bucketDiff(ctx, r.src, r.chat, "")
+	d, srcRows, chatRows, err := bucketDiff(ctx, r.src, r.chat, "", nil)
 	if err != nil {
 		return rep, err
 	}

@@ -132,7 +132,7 @@ func TestLoad_RejectsBadValues(t *testing.T) {
 		{"full reconcile without unit", map[string]string{"FULL_RECONCILE_INTERVAL": "5"}, "FULL_RECONCILE_INTERVAL", "0 for off"},
 		{"full reconcile negative", map[string]string{"FULL_RECONCILE_INTERVAL": "-1h"}, "FULL_RECONCILE_INTERVAL", "such as 1h or 30m"},
 		{"full reconcile too long", map[string]string{"FULL_RECONCILE_INTERVAL": "721h"}, "FULL_RECONCILE_INTERVAL", "such as 1h or 30m"},
-		{"source pool one", map[string]string{"SOURCE_DB_POOL_SIZE": "1"}, "SOURCE_DB_POOL_SIZE", "from 2 to 1000"},
+		{"source pool zero", map[string]string{"SOURCE_DB_POOL_SIZE": "0"}, "SOURCE_DB_POOL_SIZE", "from 1 to 1000"},
 		{"source pool text", map[string]string{"SOURCE_DB_POOL_SIZE": "ten"}, "SOURCE_DB_POOL_SIZE", "an integer"},
 		{"chat pool zero", map[string]string{"CHAT_DB_POOL_SIZE": "0"}, "CHAT_DB_POOL_SIZE", "from 2 to 1000"},
 		{"chat pool one", map[string]string{"CHAT_DB_POOL_SIZE": "1"}, "CHAT_DB_POOL_SIZE", "from 2 to 1000"},
@@ -391,9 +391,9 @@ func TestLoad_AcceptsValues(t *testing.T) {
 				t.Errorf("URLs = %q, %q", c.SourceURL, c.ChatURL)
 			}
 		}},
-		{"pools of two", map[string]string{"CHAT_DB_POOL_SIZE": "2", "SOURCE_DB_POOL_SIZE": "2"}, func(t *testing.T, c *config.Config) {
-			if c.ChatPoolSize != 2 || c.SourcePoolSize != 2 {
-				t.Errorf("pools = %d, %d; want 2, 2", c.ChatPoolSize, c.SourcePoolSize)
+		{"chat pool two", map[string]string{"CHAT_DB_POOL_SIZE": "2", "SOURCE_DB_POOL_SIZE": "1"}, func(t *testing.T, c *config.Config) {
+			if c.ChatPoolSize != 2 || c.SourcePoolSize != 1 {
+				t.Errorf("pools = %d, %d; want 2, 1", c.ChatPoolSize, c.SourcePoolSize)
 			}
 		}},
 		{"lag thresholds", map[string]string{"LAG_WARN": "5s", "LAG_CRITICAL": "5s"}, func(t *testing.T, c *config.Config) {

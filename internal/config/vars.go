@@ -69,8 +69,8 @@ var Vars = []Var{
 		c.FullReconcileInterval = d
 		return err
 	}},
-	{"SOURCE_DB_POOL_SIZE", "10", "max connections to the source database (at least 2: a reconcile read holds one while it waits for the stream)", func(c *Config, s string) error {
-		n, err := parseInt(s, 2, 1000, "an integer from 2 to 1000")
+	{"SOURCE_DB_POOL_SIZE", "10", "max connections to the source database", func(c *Config, s string) error {
+		n, err := parseInt(s, 1, 1000, "an integer from 1 to 1000")
 		c.SourcePoolSize = int32(n)
 		return err
 	}},
