@@ -28,6 +28,14 @@ func main() {
 		}
 		return
 	}
+	if spec := os.Getenv(bench.ApplyEnv); spec != "" {
+		// The consumer of the sweep's latency floor, started by a running bench.
+		if err := bench.RunApply(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "cdc-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	o := bench.Options{Log: os.Stderr}
 	flag.IntVar(&o.Rows, "rows", 1_000_000, "rows in the users table")
 	flag.IntVar(&o.Reps, "reps", 3, "repetitions of the copy, backlog and steady phases (medians are reported)")

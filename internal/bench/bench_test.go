@@ -66,9 +66,14 @@ func TestBench_Smoke(t *testing.T) {
 	} else if f := r.Sweep[0].Floor[0]; f.Relay <= 0 || f.Chat <= 0 {
 		t.Errorf("CPU floor not measured: %+v", f)
 	}
+	if len(r.Sweep) != 1 || len(r.Sweep[0].Apply) != 1 {
+		t.Errorf("sweep: %+v, want one window of the latency floor", r.Sweep)
+	} else if a := r.Sweep[0].Apply[0]; a.Samples < 200 || a.Latency[0] <= 0 || a.CPU.Secs <= 0 {
+		t.Errorf("latency floor: %d samples, latency %v, CPU %+v; want 3 s of 100 changes/s applied and measured", a.Samples, a.Latency, a.CPU)
+	}
 	var table bytes.Buffer
 	r.Write(&table)
-	for _, want := range []string{"floor (relay + chat backend)", "initial copy", "backlog catch-up", "walsender alone", "steady", "notify mode", "kept up with", "peak RSS", "CPU during the window", "email swap", "native, streaming = on"} {
+	for _, want := range []string{"CPU floor (relay + chat backend)", "latency floor", "initial copy", "backlog catch-up", "walsender alone", "steady", "notify mode", "kept up with", "peak RSS", "CPU during the window", "email swap", "native, streaming = on"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

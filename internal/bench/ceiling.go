@@ -36,6 +36,14 @@ func (c *ceiling) create(ctx context.Context) error {
 	return nil
 }
 
+// drop drops the slot, waiting for its consumer to let go of it.
+func (c *ceiling) drop() {
+	if conn, err := db.ConnectReplication(context.Background(), c.dsn); err == nil {
+		_ = pglogrepl.DropReplicationSlot(context.Background(), conn, c.slot, pglogrepl.DropReplicationSlotOptions{Wait: true})
+		_ = conn.Close(context.Background())
+	}
+}
+
 // drain reads the slot until the insert of the marker row arrives (its
 // uuid's 16 bytes appear in an Insert message), returns how long that took,
 // and drops the slot.
@@ -50,10 +58,7 @@ func (c *ceiling) drain(ctx context.Context, marker string) (time.Duration, erro
 	}
 	defer func() {
 		_ = conn.Close(context.Background())
-		if conn, err := db.ConnectReplication(context.Background(), c.dsn); err == nil {
-			_ = pglogrepl.DropReplicationSlot(context.Background(), conn, c.slot, pglogrepl.DropReplicationSlotOptions{Wait: true})
-			_ = conn.Close(context.Background())
-		}
+		c.drop()
 	}()
 	start := time.Now()
 	err = pglogrepl.StartReplication(ctx, conn, c.slot, 0, pglogrepl.StartReplicationOptions{
@@ -91,10 +96,7 @@ func (c *ceiling) latency(ctx context.Context) ([]float64, error) {
 	}
 	defer func() {
 		_ = conn.Close(context.Background())
-		if conn, err := db.ConnectReplication(context.Background(), c.dsn); err == nil {
-			_ = pglogrepl.DropReplicationSlot(context.Background(), conn, c.slot, pglogrepl.DropReplicationSlotOptions{Wait: true})
-			_ = conn.Close(context.Background())
-		}
+		c.drop()
 	}()
 	err = pglogrepl.StartReplication(context.Background(), conn, c.slot, 0, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '1'", "publication_names 'cdc_users'", "binary 'true'"},

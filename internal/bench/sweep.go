@@ -14,7 +14,8 @@ import (
 type SweepPoint struct {
 	Rate     int
 	CDC, Nat []Steady
-	Floor    []Floor // the CPU floor (cpufloor.go), one window per round
+	Floor    []Floor  // the CPU floor (cpufloor.go), one window per round
+	Apply    []Steady // the latency floor (applyfloor.go), one window per round
 }
 
 // sweepPhase measures steady latency and CPU at each of o.SweepRates,
@@ -71,18 +72,24 @@ func sweepPhase(ctx context.Context, s *servers, o Options, r *Result, env map[s
 				return fmt.Errorf("sweep %d tps: %w", rate, err)
 			}
 			pt.Floor = append(pt.Floor, fl)
-			fmt.Fprintf(o.Log, "bench: sweep %d tps, round %d/%d: p50/p99 cdc %.1f/%.1f ms, native %.1f/%.1f ms; CPU per 1000 changes cdc %.0f ms, native %.0f ms, floor %.0f ms (relay %.0f + chat %.0f; round trip %.2f ms)\n",
-				rate, round, o.SweepRounds, st.Latency[0], st.Latency[2], nt.Latency[0], nt.Latency[2], st.cpuPer1000(so), nt.cpuPer1000(so),
-				fl.Total(), fl.Relay, fl.Chat, fl.RoundTrip)
+			ap, err := applyFloor(ctx, s, ids, so)
+			if err != nil {
+				return fmt.Errorf("sweep %d tps: %w", rate, err)
+			}
+			pt.Apply = append(pt.Apply, ap)
+			fmt.Fprintf(o.Log, "bench: sweep %d tps, round %d/%d: p50/p99 cdc %.1f/%.1f ms, native %.1f/%.1f ms, latency floor %.1f/%.1f ms; CPU per 1000 changes cdc %.0f ms, native %.0f ms, floor %.0f ms (relay %.0f + chat %.0f; round trip %.2f ms)\n",
+				rate, round, o.SweepRounds, st.Latency[0], st.Latency[2], nt.Latency[0], nt.Latency[2], ap.Latency[0], ap.Latency[2],
+				st.cpuPer1000(so), nt.cpuPer1000(so), fl.Total(), fl.Relay, fl.Chat, fl.RoundTrip)
 		}
 	}
 	return nil
 }
 
 // consumerGroups are the process groups that count as a consumer's own
-// work: cdc and its chat backends, or the apply worker (the walsender is
-// the source's, the same for both).
-var consumerGroups = map[string]bool{"cdc": true, "chat backends": true, "apply worker": true}
+// work: cdc and its chat backends, the apply worker, or the latency
+// floor's consumer and its chat backend (the walsender is the source's,
+// the same for all).
+var consumerGroups = map[string]bool{"cdc": true, "chat backends": true, "apply worker": true, "floor consumer": true}
 
 // cpuPer1000 is the consumer's CPU time, in ms, per 1,000 changes the
 // load made during the window.
@@ -117,10 +124,10 @@ func (r *Result) writeSweep(w io.Writer) {
 	if len(r.Sweep) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\nrate sweep: single-row transactions, %s windows, each consumer alone, %d interleaved rounds; source commit -> visible in chat, p50 / p95 / p99 (window with the median p99); CPU: cdc + its chat backends vs native's apply worker; floor: a Go relay + a chat backend applying each change with one prepared UPDATE, the least a consumer of cdc's shape can spend, and that UPDATE's median round trip, the hop native does not make (cpufloor.go)\n\n", r.SweepFor, r.SweepRounds)
+	fmt.Fprintf(w, "\nrate sweep: single-row transactions, %s windows, each consumer alone, %d interleaved rounds; source commit -> visible in chat, p50 / p95 / p99 (window with the median p99); CPU: cdc + its chat backends vs native's apply worker; CPU floor: a Go relay + a chat backend applying each change with one prepared UPDATE, the least a consumer of cdc's shape can spend, and that UPDATE's median round trip, the hop native does not make (cpufloor.go); latency floor: the simplest real consumer, applying each change on arrival with one prepared statement, no batching (applyfloor.go); a target is out of reach when its floor is above native\n\n", r.SweepFor, r.SweepRounds)
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
-	fmt.Fprintln(tw, "| rate\t cdc\t native\t p50 cdc/native\t p99 cdc/native\t CPU per 1,000 changes, cdc (process + chat backends) / native\t floor (relay + chat backend)\t targets: p50, p99, CPU ≤ native\t")
-	fmt.Fprintln(tw, "|---\t---\t---\t---\t---\t---\t---\t---\t")
+	fmt.Fprintln(tw, "| rate\t cdc\t native\t latency floor\t p50 cdc/native\t p99 cdc/native\t CPU per 1,000 changes, cdc (process + chat backends) / native\t CPU floor (relay + chat backend)\t targets: p50, p99, CPU ≤ native\t")
+	fmt.Fprintln(tw, "|---\t---\t---\t---\t---\t---\t---\t---\t---\t")
 	o := r.Options
 	total := func(st Steady) float64 { return st.cpuPer1000(o) }
 	group := func(name string) func(Steady) float64 {
@@ -129,23 +136,28 @@ func (r *Result) writeSweep(w io.Writer) {
 	for _, pt := range r.Sweep {
 		c := pt.CDC[medianByP99(latencies(pt.CDC))]
 		n := pt.Nat[medianByP99(latencies(pt.Nat))]
+		var a Steady
+		if len(pt.Apply) > 0 {
+			a = pt.Apply[medianByP99(latencies(pt.Apply))]
+		}
 		cc, nc := medianOf(pt.CDC, total), medianOf(pt.Nat, total)
 		proc, chat := medianOf(pt.CDC, group("cdc")), medianOf(pt.CDC, group("chat backends"))
 		relay := medianFloat(floors(pt.Floor, func(f Floor) float64 { return f.Relay }))
 		fchat := medianFloat(floors(pt.Floor, func(f Floor) float64 { return f.Chat }))
 		trip := medianFloat(floors(pt.Floor, func(f Floor) float64 { return f.RoundTrip }))
-		fmt.Fprintf(tw, "| %d tps\t %.1f / %.1f / %.1f ms\t %.1f / %.1f / %.1f ms\t %.2f\t %.2f\t %.0f (%.0f + %.0f) / %.0f ms (%.2f)\t %.0f (%.0f + %.0f) ms (%.2f × native); round trip %.2f ms\t %s, %s, %s\t\n",
+		fmt.Fprintf(tw, "| %d tps\t %.1f / %.1f / %.1f ms\t %.1f / %.1f / %.1f ms\t %.1f / %.1f / %.1f ms, CPU %.0f ms\t %.2f\t %.2f\t %.0f (%.0f + %.0f) / %.0f ms (%.2f)\t %.0f (%.0f + %.0f) ms (%.2f × native); round trip %.2f ms\t %s, %s, %s\t\n",
 			pt.Rate, c.Latency[0], c.Latency[1], c.Latency[2], n.Latency[0], n.Latency[1], n.Latency[2],
+			a.Latency[0], a.Latency[1], a.Latency[2], medianOf(pt.Apply, total),
 			c.Latency[0]/n.Latency[0], c.Latency[2]/n.Latency[2], cc, proc, chat, nc, cc/nc,
 			relay+fchat, relay, fchat, (relay+fchat)/nc, trip,
-			verdict(c.Latency[0] <= n.Latency[0]), verdict(c.Latency[2] <= n.Latency[2]), cpuVerdict(cc, nc, relay+fchat))
+			floorVerdict(c.Latency[0], n.Latency[0], a.Latency[0]), floorVerdict(c.Latency[2], n.Latency[2], a.Latency[2]), floorVerdict(cc, nc, relay+fchat))
 	}
 	tw.Flush()
 }
 
-// cpuVerdict judges cdc's CPU per change against native's, and says when
-// even the floor is above native's.
-func cpuVerdict(cdc, native, floor float64) string {
+// floorVerdict judges cdc's measure (latency or CPU, lower is better)
+// against native's, and says when even the floor's is above native's.
+func floorVerdict(cdc, native, floor float64) string {
 	switch {
 	case cdc <= native:
 		return verdict(true)
