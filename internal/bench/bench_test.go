@@ -122,3 +122,24 @@ func TestMedianByP99(t *testing.T) {
 		}
 	}
 }
+
+// TestVerdicts: the CPU target is out of reach only when cdc spends at
+// least the floor (it applies changes one by one) and the floor is above
+// native; a latency floor above native never makes a target out of reach.
+func TestVerdicts(t *testing.T) {
+	for _, c := range []struct {
+		got, want string
+	}{
+		{cpuVerdict(100, 120, 200), "met"},
+		{cpuVerdict(700, 280, 650), "out of reach (floor > native)"},
+		{cpuVerdict(140, 126, 212), "MISSED"}, // batching: below the floor
+		{cpuVerdict(300, 280, 250), "MISSED"},
+		{latencyVerdict(0.5, 0.6, 2.0), "met"},
+		{latencyVerdict(1.1, 0.8, 1.1), "MISSED (floor too)"},
+		{latencyVerdict(8.3, 0.6, 0.5), "MISSED"},
+	} {
+		if c.got != c.want {
+			t.Errorf("got %q, want %q", c.got, c.want)
+		}
+	}
+}
