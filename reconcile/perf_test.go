@@ -33,7 +33,7 @@ WHERE abs(hashtext(id::text)) % 100 < 18`
 	if err := p.Source.QueryRow(ctx, "SELECT now()").Scan(&now); err != nil {
 		t.Fatal(err)
 	}
-	filter, _ := r.src.sliceFilter(now.Add(-3*time.Minute), time.Time{}, nil, nil)
+	filter := r.src.sliceFilter(now.Add(-3*time.Minute), time.Time{}, true, time.Time{})
 	for rep := 0; rep < 3; rep++ {
 		start := time.Now()
 		d, n, m, err := bucketDiff(ctx, r.src, r.chat, filter, nil)
@@ -59,8 +59,14 @@ WHERE abs(hashtext(id::text)) % 100 < 18`
 		if err != nil || res.Found != 0 {
 			t.Fatalf("window: %+v %v", res, err)
 		}
-		t.Logf("window of %d+%d rows: buckets %s, per-row hashes %s, Window %s (%d slices)", n, m, buckets.Round(time.Millisecond),
-			perRow.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), res.Slices)
+		took := time.Since(start)
+		paced, err := r.window(ctx, 3*time.Minute, true, 2)
+		if err != nil || paced.Found != 0 {
+			t.Fatalf("paced window: %+v %v", paced, err)
+		}
+		t.Logf("window of %d+%d rows: buckets %s, per-row hashes %s, Window %s (%d slices), paced %s reading in %d slices",
+			n, m, buckets.Round(time.Millisecond), perRow.Round(time.Millisecond), took.Round(time.Millisecond), res.Slices,
+			(paced.Took - paced.Rested).Round(time.Millisecond), paced.Slices)
 	}
 }
 

@@ -31,6 +31,7 @@ type Options struct {
 
 	afterCompare func() // test hook: runs between compare and repair
 	sliceRows    int    // test hook: rows per window slice (0: sliceRows)
+	rowsAtOnce   int    // test hook: most rows a side a slice reads row by row (0: rowsAtOnce)
 }
 
 // Stats describe the reconciler's work since start.

@@ -1,26 +1,30 @@
 package reconcile
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/myusta/cdc/internal/schema"
 )
 
-// A window is compared as the full compare compares the table (full.go):
-// each side sums row hashes per key-hash bucket inside its database, and
-// only rows of buckets that differ are read, a chunk at a time, so memory
-// stays flat however many rows changed, even when one statement stamped a
-// million of them alike. A paced run (cdc run's scheduled one) reads the
-// window in slices of about pacedSliceRows rows in updated_at order and
-// rests between them; a slice ends between two timestamps, never inside a
-// group of rows stamped alike, which only a scan of the whole group could
-// split (paging such a group by key re-read it per page: a 1M-row UPDATE's
-// window took 4 min 25 s paced; BENCHMARKS.md, session 12). Other runs read
-// the window in one slice.
-const pacedSliceRows = 10_000
+// A window is compared a slice of updated_at time at a time, each slice
+// sized (from the rows the previous slice held) to hold about sliceRows
+// rows per side, or pacedSliceRows in a paced run, which rests between
+// short slices; memory stays flat however many rows changed (see
+// compareSlice).
+// Slices cost: each one's bitmap scan visits most of the heap pages its
+// rows are spread over (1M rows, 360k compared, in a throw-away test: one
+// slice 0.72–0.84 s, 18 slices 0.97–1.05 s, 3 slices 0.79–0.81 s), so
+// unpaced slices are large.
+const (
+	sliceRows      = 100_000
+	pacedSliceRows = 10_000
+	firstSlices    = 8 // the first slice is this fraction of the range
+	// rowsAtOnce bounds the rows a side whose hashes one slice holds:
+	// about 5 MB a side.
+	rowsAtOnce = 50_000
+)
 
 // Window compares the rows updated within the last window (by the source
 // database's clock) and repairs what differs, unless dryRun.
@@ -33,13 +37,20 @@ func (r *Reconciler) window(ctx context.Context, window time.Duration, dryRun bo
 	if err != nil {
 		return Result{}, err
 	}
-	return r.compareRange(ctx, now.Add(-window), time.Time{}, dryRun, pace)
+	return r.compareRange(ctx, now.Add(-window), time.Time{}, now, dryRun, pace)
 }
 
 // Range compares the rows whose updated_at lies in [from, to] (to zero: no
 // upper bound) and repairs what differs, unless dryRun.
 func (r *Reconciler) Range(ctx context.Context, from, to time.Time, dryRun bool) (Result, error) {
-	return r.compareRange(ctx, from, to, dryRun, 0)
+	end := to
+	if end.IsZero() {
+		var err error
+		if end, err = r.sourceNow(ctx); err != nil {
+			return Result{}, err
+		}
+	}
+	return r.compareRange(ctx, from, to, end, dryRun, 0)
 }
 
 func (r *Reconciler) sourceNow(ctx context.Context) (time.Time, error) {
@@ -50,60 +61,41 @@ func (r *Reconciler) sourceNow(ctx context.Context) (time.Time, error) {
 	return now, nil
 }
 
-// compareRange compares [from, to] (to zero: no upper bound), paced runs a
-// slice at a time, then repairs what differs.
+// compareRange compares [from, to] (to zero: no upper bound) in slices of
+// updated_at, the last of which starts before end and includes everything
+// after it, then repairs what differs.
 //
-// Each slice's source statement is sent first and chat's after waiting
-// for the stream, so chat holds what the source's snapshot does: changes
-// in flight are not taken for drift. A row that changes during the run may
-// be in one slice on one side and a later one on the other; it is then a
+// Each slice is read from the source, then, after waiting for the stream,
+// from chat (see compareSlice): reading the source first keeps changes in
+// flight out of the comparison. A row that changes during the run may be
+// in one slice on one side and a later one on the other; it is then a
 // candidate that the second look in finish finds equal.
-func (r *Reconciler) compareRange(ctx context.Context, from, to time.Time, dryRun bool, pace float64) (Result, error) {
+func (r *Reconciler) compareRange(ctx context.Context, from, to, end time.Time, dryRun bool, pace float64) (Result, error) {
 	start := time.Now()
 	res := Result{}
 	if err := r.chooseHash(ctx); err != nil {
 		return res, err
 	}
-	target := 0 // rows a slice: 0 for the whole range in one
+	var d differences
+	sy := r.newSyncer()
+	width := max(end.Sub(from)/firstSlices, time.Second)
+	target := sliceRows
 	if pace > 0 {
 		target = pacedSliceRows
 	}
 	if r.opts.sliceRows > 0 {
 		target = r.opts.sliceRows
 	}
-	if target > 0 {
-		// Without an index on updated_at, finding each slice's end would
-		// scan the table: the range is read in one slice.
-		indexed, err := r.indexed(ctx)
-		if err != nil {
-			return res, err
-		}
-		if !indexed {
-			target = 0
-		}
+	indexed, err := r.indexed(ctx)
+	if err != nil {
+		return res, err
 	}
-	var d differences
-	sy := r.newSyncer()
-	var after []byte
-	for {
-		var through []byte // nil: this slice is the last
-		if target > 0 {
-			var err error
-			if through, err = r.src.boundary(ctx, from, to, after, target); err != nil {
-				return res, err
-			}
-		}
-		filter, err := r.src.sliceFilter(from, to, after, through)
-		if err != nil {
-			return res, err
-		}
+	for lo := from.Truncate(time.Microsecond); ; {
+		hi := lo.Add(width).Truncate(time.Microsecond)
+		last := !hi.Before(end) || !indexed
+		filter := r.src.sliceFilter(lo, hi, last, to)
 		began := time.Now()
-		var waited time.Duration
-		sd, srcRows, chatRows, err := bucketDiff(ctx, r.src, r.chat, filter, func(ctx context.Context) error {
-			t := time.Now()
-			defer func() { waited = time.Since(t) }()
-			return sy.wait(ctx)
-		})
+		sd, srcRows, chatRows, waited, err := r.compareSlice(ctx, sy, filter)
 		if err != nil {
 			return res, err
 		}
@@ -112,10 +104,10 @@ func (r *Reconciler) compareRange(ctx context.Context, from, to time.Time, dryRu
 		res.fetched += sd.fetched
 		res.Checked += srcRows + chatRows
 		res.Slices++
-		if through == nil {
+		if last {
 			break
 		}
-		after = through
+		lo, width = hi, nextWidth(width, int(max(srcRows, chatRows)), target)
 		if pace > 0 {
 			rest := time.Duration(float64(read) * pace)
 			select {
@@ -130,8 +122,64 @@ func (r *Reconciler) compareRange(ctx context.Context, from, to time.Time, dryRu
 		"slices", res.Slices, "rested", res.Rested.Round(time.Millisecond).String())
 }
 
+// nextWidth sizes the next slice from the rows the last one held, growing
+// by at most 4× at a time (2× after an empty slice, which tells little
+// about what follows).
+func nextWidth(width time.Duration, rows, target int) time.Duration {
+	if rows == 0 {
+		return width * 2
+	}
+	next := time.Duration(float64(width) * float64(target) / float64(rows))
+	return max(min(next, width*4), width/4, time.Millisecond)
+}
+
+// compareSlice compares the rows matching filter and returns how long it
+// waited for the stream. A slice of at most rowsAtOnce rows a side (every
+// slice but one holding a group of rows one statement stamped alike, which
+// no slice of time can split) is read row by row: the source, then, after
+// waiting for the stream, chat, one scan each. A larger one is compared
+// by bucket sums as the full compare compares the table (full.go): each
+// side sums row hashes per key-hash bucket inside its database, the
+// source's statement sent before the wait and chat's after it, and only
+// rows of buckets that differ are read, a chunk at a time. Memory holds at
+// most about rowsAtOnce rows' hashes a side either way.
+func (r *Reconciler) compareSlice(ctx context.Context, sy *syncer, filter string) (d differences, srcRows, chatRows int64, waited time.Duration, err error) {
+	wait := func(ctx context.Context) error {
+		t := time.Now()
+		defer func() { waited += time.Since(t) }()
+		return sy.wait(ctx)
+	}
+	most := rowsAtOnce
+	if r.opts.rowsAtOnce > 0 {
+		most = r.opts.rowsAtOnce
+	}
+	// hashes reads "WHERE filter", so the limit follows it.
+	limited := fmt.Sprintf("%s LIMIT %d", filter, most+1)
+	src, err := r.src.hashes(ctx, limited)
+	if err != nil {
+		return d, 0, 0, waited, err
+	}
+	if len(src) <= most {
+		if err := wait(ctx); err != nil {
+			return d, 0, 0, waited, err
+		}
+		chat, err := r.chat.hashes(ctx, limited)
+		if err != nil {
+			return d, 0, 0, waited, err
+		}
+		if len(chat) <= most {
+			d.add(diff(src, chat))
+			d.fetched = int64(len(src) + len(chat))
+			return d, int64(len(src)), int64(len(chat)), waited, nil
+		}
+	}
+	d, srcRows, chatRows, err = bucketDiff(ctx, r.src, r.chat, filter, wait)
+	return d, srcRows, chatRows, waited, err
+}
+
 // indexed reports whether both sides have an index led by the updated_at
-// column.
+// column. Without one every slice would scan the whole table, so the window
+// is then read in one slice.
 func (r *Reconciler) indexed(ctx context.Context) (bool, error) {
 	for _, s := range []Side{r.src, r.chat} {
 		var ok bool
@@ -148,74 +196,23 @@ WHERE i.indrelid = $1::regclass AND a.attname = $2)`, s.Table.Ident(), s.Table.C
 	return true, nil
 }
 
-// boundary returns the updated_at, as text, of the source's limit-th row in
-// updated_at order after after (nil: from from) within [from, to]: the
-// last timestamp of the slice starting there. Nil when fewer rows follow:
-// the slice runs to the end.
-func (s Side) boundary(ctx context.Context, from, to time.Time, after []byte, limit int) ([]byte, error) {
-	filter, err := s.sliceFilter(from, to, after, nil)
-	if err != nil {
-		return nil, err
+// sliceFilter is the SQL predicate of a slice's rows: updated_at at or
+// after lo and before hi; the last slice has no upper bound but to (at or
+// before it) when to is not zero, so rows stamped a little in the future
+// by a skewed clock are included. Times are formatted here, never taken
+// from input.
+func (s Side) sliceFilter(lo, hi time.Time, last bool, to time.Time) string {
+	col := schema.Quote(s.Table.Columns[s.Table.UpdatedAt].Name)
+	f := fmt.Sprintf("%s >= %s", col, timestamp(lo))
+	switch {
+	case !last:
+		f += fmt.Sprintf(" AND %s < %s", col, timestamp(hi))
+	case !to.IsZero():
+		f += fmt.Sprintf(" AND %s <= %s", col, timestamp(to))
 	}
-	at := s.updatedAt()
-	// Aliased, so that ORDER BY's bare column name means the column, not
-	// this text output of it.
-	sql := fmt.Sprintf("SELECT %s::text AS cdc_boundary FROM %s WHERE %s ORDER BY %s OFFSET %d LIMIT 1", at, s.Table.Ident(), filter, at, limit-1)
-	var out []byte
-	err = s.withSession(ctx, func(pc *pgconn.PgConn) error {
-		rr := pc.ExecParams(ctx, sql, nil, nil, nil, nil)
-		for rr.NextRow() {
-			out = bytes.Clone(rr.Values()[0])
-		}
-		_, err := rr.Close()
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("find the end of a slice: %w", err)
-	}
-	return out, nil
-}
-
-// sliceFilter is the SQL predicate of a slice's rows: updated_at in [from,
-// to] (to zero: no upper bound), after the timestamp after (nil: from
-// from) and up to through, included (nil: to the end). The explicit bounds
-// let the server use an index on updated_at. from and to are formatted
-// here; after and through, the source's text of a timestamp, are checked
-// to be only that before they are quoted.
-func (s Side) sliceFilter(from, to time.Time, after, through []byte) (string, error) {
-	at := s.updatedAt()
-	f := fmt.Sprintf("%s >= %s", at, timestamp(from))
-	if !to.IsZero() {
-		f += fmt.Sprintf(" AND %s <= %s", at, timestamp(to))
-	}
-	for _, b := range []struct {
-		op string
-		v  []byte
-	}{{">", after}, {"<=", through}} {
-		if b.v == nil {
-			continue
-		}
-		lit, err := timestampText(b.v)
-		if err != nil {
-			return "", err
-		}
-		f += fmt.Sprintf(" AND %s %s %s", at, b.op, lit)
-	}
-	return f, nil
+	return f
 }
 
 func timestamp(t time.Time) string {
 	return "'" + t.UTC().Format(time.RFC3339Nano) + "'::timestamptz"
-}
-
-// timestampText quotes a timestamp's text as the server wrote it (ISO
-// style: digits, '-', ':', '.', '+', spaces, and words such as infinity
-// or BC) as a timestamptz literal, refusing any other character.
-func timestampText(v []byte) (string, error) {
-	for _, c := range v {
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || bytes.IndexByte([]byte("-:.+ "), c) >= 0) {
-			return "", fmt.Errorf("unexpected updated_at text %q from the source", v)
-		}
-	}
-	return "'" + string(v) + "'::timestamptz", nil
 }
