@@ -149,9 +149,6 @@ func (s Side) hashes(ctx context.Context, where string, args ...[]byte) (rows, e
 	return out, err
 }
 
-// updatedAt is the SQL naming the updated_at column.
-func (s Side) updatedAt() string { return schema.Quote(s.Table.Columns[s.Table.UpdatedAt].Name) }
-
 // diff compares two hash sets; keys only in src are missing from chat,
 // keys in both with another hash are stale, keys only in chat are extra
 // (as far as these sets tell: the repair re-reads each key).
