@@ -13,6 +13,7 @@ import (
 // rows per side, or pacedSliceRows in a paced run, which rests between
 // short slices; memory stays flat however many rows changed (see
 // compareSlice).
+//
 // Slices cost: each one's bitmap scan visits most of the heap pages its
 // rows are spread over (1M rows, 360k compared, in a throw-away test: one
 // slice 0.72–0.84 s, 18 slices 0.97–1.05 s, 3 slices 0.79–0.81 s), so
@@ -21,8 +22,9 @@ const (
 	sliceRows      = 100_000
 	pacedSliceRows = 10_000
 	firstSlices    = 8 // the first slice is this fraction of the range
-	// rowsAtOnce bounds the rows a side whose hashes one slice holds:
-	// about 5 MB a side.
+	// rowsAtOnce bounds the rows a side whose hashes one slice holds,
+	// about 5 MB a side; a larger slice is first read this far, then
+	// compared by bucket sums.
 	rowsAtOnce = 50_000
 )
 
