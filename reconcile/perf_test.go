@@ -72,8 +72,7 @@ WHERE abs(hashtext(id::text)) % 100 < 18`
 
 // TestPerf_WindowStampedAlike times window runs over 1M rows one UPDATE
 // stamped alike on both sides, unpaced and paced as cdc run's scheduled
-// run is, with the Go heap's peak growth. PERF=1 runs it; it asserts only
-// that the tables compare equal.
+// run is. PERF=1 runs it; it asserts only that the tables compare equal.
 func TestPerf_WindowStampedAlike(t *testing.T) {
 	if os.Getenv("PERF") == "" {
 		t.Skip("a measurement, not a test: PERF=1 runs it")

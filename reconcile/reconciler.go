@@ -87,7 +87,7 @@ type Result struct {
 	Rested  time.Duration // time a paced run paused between slices
 	Took    time.Duration
 
-	fetched int64 // rows whose hashes were read into memory (in buckets that differed)
+	fetched int64 // rows whose hashes were read into memory (small slices, buckets that differed)
 }
 
 // Run reconciles until ctx ends. Runs never overlap: the next one is

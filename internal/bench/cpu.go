@@ -136,7 +136,15 @@ func walsender(ctx context.Context, s *servers, slot string) ([]int, error) {
 
 // cdcProcesses are cdc, its chat backends and its walsender.
 func cdcProcesses(ctx context.Context, s *servers, proc *cdcProc) ([]procGroup, error) {
-	chat, err := pidsOf(ctx, s.cdc, "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()", chatCDC)
+	return consumerProcesses(ctx, s, "cdc", proc.cmd.Process.Pid, slot,
+		s.cdc, "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()", chatCDC)
+}
+
+// consumerProcesses are a consumer process (pid, as name), its chat
+// backends (chatSQL with arg on chat lists them) and the walsender of its
+// slot.
+func consumerProcesses(ctx context.Context, s *servers, name string, pid int, slot string, chat *pgxpool.Pool, chatSQL string, arg any) ([]procGroup, error) {
+	backends, err := pidsOf(ctx, chat, chatSQL, arg)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +152,7 @@ func cdcProcesses(ctx context.Context, s *servers, proc *cdcProc) ([]procGroup, 
 	if err != nil {
 		return nil, err
 	}
-	return []procGroup{{"cdc", []int{proc.cmd.Process.Pid}}, {"chat backends", chat}, {"walsender", ws}}, nil
+	return []procGroup{{name, []int{pid}}, {"chat backends", backends}, {"walsender", ws}}, nil
 }
 
 // nativeProcesses are the subscription's apply worker and its walsender.

@@ -136,10 +136,7 @@ func (r *Result) writeSweep(w io.Writer) {
 	for _, pt := range r.Sweep {
 		c := pt.CDC[medianByP99(latencies(pt.CDC))]
 		n := pt.Nat[medianByP99(latencies(pt.Nat))]
-		var a Steady
-		if len(pt.Apply) > 0 {
-			a = pt.Apply[medianByP99(latencies(pt.Apply))]
-		}
+		a := pt.Apply[medianByP99(latencies(pt.Apply))]
 		cc, nc := medianOf(pt.CDC, total), medianOf(pt.Nat, total)
 		proc, chat := medianOf(pt.CDC, group("cdc")), medianOf(pt.CDC, group("chat backends"))
 		relay := medianFloat(floors(pt.Floor, func(f Floor) float64 { return f.Relay }))
