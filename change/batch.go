@@ -110,6 +110,10 @@ func (b *Batch) NewValues() [][]byte { return b.arena.values(b.ncols) }
 // Copy returns a copy of p owned by the batch.
 func (b *Batch) Copy(p []byte) []byte { return b.arena.copy(p) }
 
+// Size is the bytes of the values copied into the batch since Reset,
+// replaced ones included: what the batch holds in memory for its rows.
+func (b *Batch) Size() int { return b.arena.used }
+
 // Add records c, replacing an earlier change of the same key. An update that
 // does not carry some columns inherits them from an earlier upsert in the
 // batch, so it only stays partial when the target must supply them.
@@ -194,6 +198,7 @@ func (b *Batch) Reset() {
 type arena struct {
 	bytes  chunks[byte]
 	slices chunks[[]byte]
+	used   int // bytes copied since reset
 }
 
 func (a *arena) copy(p []byte) []byte {
@@ -202,12 +207,14 @@ func (a *arena) copy(p []byte) []byte {
 	}
 	d := a.bytes.take(len(p), 256<<10)
 	copy(d, p)
+	a.used += len(p)
 	return d
 }
 
 func (a *arena) values(n int) [][]byte { return a.slices.take(n, 8192) }
 
 func (a *arena) reset() {
+	a.used = 0
 	a.bytes.reset()
 	a.slices.reset()
 }

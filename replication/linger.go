@@ -10,7 +10,7 @@ import "time"
 // load that delays changes on a busy machine, not the wait. At lower rates
 // a change that finds the writer idle is written at once.
 func (r *reader) lingering() bool {
-	return r.busy() && r.cur.Received < r.s.opts.BatchMaxRows && time.Since(r.cur.Started) < r.lingerFor()
+	return r.busy() && !r.full() && time.Since(r.cur.Started) < r.lingerFor()
 }
 
 // pace is what the reader knows of the load: the average gap between the

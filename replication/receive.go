@@ -132,7 +132,7 @@ func (r *reader) run(ctx context.Context) (err error) {
 			return r.drain()
 		}
 		r.dispatch(false)
-		for r.inflight != nil && r.cur.Received >= r.s.opts.BatchMaxRows {
+		for r.inflight != nil && r.full() {
 			// Backpressure: stop reading until the sink takes the next
 			// batch, but keep telling the server we are alive.
 			if err := r.waitApplied(ctx, interval); err != nil {
@@ -278,6 +278,14 @@ func (r *reader) publishPending() {
 	r.s.Stats.Pending.Store(ns)
 }
 
+// full reports that the current batch holds BATCH_MAX_ROWS changes or
+// BATCH_MAX_MB of values (wide rows: ten thousand 1.3-kB rows held twice,
+// by the reader and the writer, made cdc's peak RSS 134 MB; BENCHMARKS.md,
+// session 13).
+func (r *reader) full() bool {
+	return r.cur.Received >= r.s.opts.BatchMaxRows || (r.s.opts.BatchMaxBytes > 0 && r.cur.Size() >= r.s.opts.BatchMaxBytes)
+}
+
 // idle reports that nothing received is waiting to be committed.
 func (r *reader) idle() bool {
 	return r.inflight == nil && r.cur.Received == 0 && !r.tx.open && r.st.replay == nil && r.lastEnd <= r.committed.LSN
@@ -297,7 +305,7 @@ func (r *reader) dispatch(force bool) {
 	}
 	switch {
 	case r.tx.open:
-		if force || r.cur.Received < r.s.opts.BatchMaxRows {
+		if force || !r.full() {
 			return
 		}
 		r.cur.Open = true

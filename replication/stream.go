@@ -26,7 +26,8 @@ type Options struct {
 	Slot           string        // replication slot name
 	Publication    string        // publication name
 	Table          *schema.Table // the source table's synced columns
-	BatchMaxRows   int           // most changes per chat transaction
+	BatchMaxRows   int           // a batch is full at this many changes
+	BatchMaxBytes  int           // a batch is full at this many bytes of values (0: no bound)
 	BatchMaxWait   time.Duration // how long a small batch may wait for more while the sink is idle
 	CopyWorkers    int           // parts of the first copy copied at once (at most)
 	StatusInterval time.Duration // longest gap between standby status updates

@@ -342,3 +342,43 @@ func TestStream_IdleRestartReportsTheCheckpoint(t *testing.T) {
 		t.Errorf("applied %s after an idle restart, want the checkpoint %s", got, cp.LSN)
 	}
 }
+
+// byteCounter records the largest batch, in bytes of values, the stream
+// hands the sink.
+type byteCounter struct {
+	*sink.Sink
+	largest, batches atomic.Int64
+}
+
+func (c *byteCounter) Apply(ctx context.Context, b *change.Batch) error {
+	c.batches.Add(1)
+	if n := int64(b.Size()); n > c.largest.Load() {
+		c.largest.Store(n)
+	}
+	return c.Sink.Apply(ctx, b)
+}
+
+// TestStream_BatchesBoundedByBytes: wide rows fill a batch by BATCH_MAX_MB
+// before BATCH_MAX_ROWS, so a transaction of 2,000 rows of ~1 kB is held
+// 64 kB at a time (one chat transaction still: chat's readers see it
+// whole, which cmd/cdc's TestAtomic_LargeTransactionIsWholeInChat covers).
+func TestStream_BatchesBoundedByBytes(t *testing.T) {
+	p := pgtest.NewPair(t, 2000)
+	const bound = 64 << 10
+	var counter *byteCounter
+	startWith(t, p, func(s *sink.Sink) change.Sink {
+		counter = &byteCounter{Sink: s}
+		return counter
+	}, func(o *replication.Options) { o.BatchMaxRows, o.BatchMaxBytes = 10000, bound })
+	p.WaitEqual(t, 30*time.Second)
+	before := counter.batches.Load()
+	pgtest.Exec(t, p.Source, `UPDATE users SET profile_picture = repeat(md5(id::text), 32), updated_at = now()`)
+	p.WaitEqual(t, 30*time.Second)
+	// A batch is full once it reaches the bound: at most one row past it.
+	if largest := counter.largest.Load(); largest > bound+2<<10 {
+		t.Fatalf("a batch held %d bytes of values, bound %d", largest, bound)
+	}
+	if n := counter.batches.Load() - before; n < 2000*1024/bound {
+		t.Fatalf("2,000 rows of ~1 kB written in %d batches; want at least %d of 64 kB", n, 2000*1024/bound)
+	}
+}

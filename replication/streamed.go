@@ -218,7 +218,7 @@ func (r *reader) streamCommit(m []byte, sentAt time.Time) error {
 func (r *reader) replayNext() error {
 	rp := r.st.replay
 	r.lastMsg = time.Now() // the connection is quiet because we are not reading
-	for i := 0; i < replayStep && r.cur.Received < r.s.opts.BatchMaxRows; i++ {
+	for i := 0; i < replayStep && !r.full(); i++ {
 		m, err := rp.r.next()
 		if errors.Is(err, io.EOF) {
 			r.st.replay = nil

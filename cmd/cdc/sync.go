@@ -191,6 +191,7 @@ func (d *daemon) newSource(cfg *config.Config, sk *sink.Sink, srcTable *schema.T
 		Publication:    cfg.PublicationName,
 		Table:          srcTable,
 		BatchMaxRows:   cfg.BatchMaxRows,
+		BatchMaxBytes:  cfg.BatchMaxMB << 20,
 		BatchMaxWait:   cfg.BatchMaxWait,
 		CopyWorkers:    cfg.CopyWorkers,
 		StatusInterval: cfg.StatusInterval,

@@ -51,6 +51,7 @@ type Config struct {
 	PublicationName string // PUBLICATION_NAME
 
 	BatchMaxRows     int           // BATCH_MAX_ROWS
+	BatchMaxMB       int           // BATCH_MAX_MB
 	BatchMaxWait     time.Duration // BATCH_MAX_WAIT
 	AsyncCommit      bool          // CHAT_SYNCHRONOUS_COMMIT=off
 	CopyWorkers      int           // COPY_WORKERS

@@ -128,6 +128,11 @@ var Vars = []Var{
 		c.BatchMaxRows = n
 		return err
 	}},
+	{"BATCH_MAX_MB", "4", "most megabytes of row values in one batch, so that wide rows are not held ten thousand at a time (a single larger change is a batch of its own; replication mode)", func(c *Config, s string) error {
+		n, err := parseInt(s, 1, 1024, "an integer number of megabytes from 1 to 1024")
+		c.BatchMaxMB = n
+		return err
+	}},
 	{"BATCH_MAX_WAIT", "10ms", "under heavy load (transactions arriving faster than chat writes one at a time), longest a change waits for others to share its chat transaction while the writer is idle, less the time the source's walsender held it after its commit; at lower rates a change is written at once (0 to 1s; 0 = always at once)", func(c *Config, s string) error {
 		d, err := parseDuration(s, 0, time.Second, "a duration from 0 to 1s, such as 10ms")
 		c.BatchMaxWait = d
