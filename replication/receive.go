@@ -279,9 +279,9 @@ func (r *reader) publishPending() {
 }
 
 // full reports that the current batch holds BATCH_MAX_ROWS changes or
-// BATCH_MAX_MB of values (wide rows: ten thousand 1.3-kB rows held twice,
-// by the reader and the writer, made cdc's peak RSS 134 MB; BENCHMARKS.md,
-// session 13).
+// BATCH_MAX_MB of values. Wide rows reach the second first: ten thousand
+// 1.3-kB rows, held by the reader, the writer and the COPY buffer, made
+// cdc's peak RSS 134 MB; 40-43 MB at 2 MB (BENCHMARKS.md, session 13).
 func (r *reader) full() bool {
 	return r.cur.Received >= r.s.opts.BatchMaxRows || (r.s.opts.BatchMaxBytes > 0 && r.cur.Size() >= r.s.opts.BatchMaxBytes)
 }

@@ -58,7 +58,7 @@ func TestLoad_Defaults(t *testing.T) {
 		SlotName:              "cdc_users",
 		PublicationName:       "cdc_users",
 		BatchMaxRows:          10000,
-		BatchMaxMB:            4,
+		BatchMaxMB:            2,
 		BatchMaxWait:          10 * time.Millisecond,
 		AsyncCommit:           true,
 		CopyWorkers:           2,

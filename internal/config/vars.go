@@ -128,7 +128,7 @@ var Vars = []Var{
 		c.BatchMaxRows = n
 		return err
 	}},
-	{"BATCH_MAX_MB", "4", "most megabytes of row values in one batch, so that wide rows are not held ten thousand at a time (a single larger change is a batch of its own; replication mode)", func(c *Config, s string) error {
+	{"BATCH_MAX_MB", "2", "most megabytes of row values in one batch, so that wide rows are not held ten thousand at a time (a single larger change is a batch of its own; replication mode)", func(c *Config, s string) error {
 		n, err := parseInt(s, 1, 1024, "an integer number of megabytes from 1 to 1024")
 		c.BatchMaxMB = n
 		return err
