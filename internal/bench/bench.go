@@ -163,6 +163,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			return nil, err
 		}
 	}
+	if err := autovacuum(ctx, s, true); err != nil {
+		return nil, err
+	}
 	if o.BigTxRows > 0 {
 		if err := b.bigTxPhase(ctx); err != nil {
 			return nil, fmt.Errorf("big transaction phase: %w", err)

@@ -46,9 +46,10 @@ ALTER TABLE users
   ADD COLUMN score numeric(10,2) DEFAULT round((random() * 100)::numeric, 2),
   ADD COLUMN referral_code uuid DEFAULT gen_random_uuid()`
 
-// autovacuum turns autovacuum of the chat tables on or off.
+// autovacuum turns autovacuum of the users tables on or off, on every
+// server.
 func autovacuum(ctx context.Context, s *servers, on bool) error {
-	for _, p := range []*pgxpool.Pool{s.cdc, s.native, s.pipe} {
+	for _, p := range []*pgxpool.Pool{s.source, s.cdc, s.native, s.pipe} {
 		if _, err := p.Exec(ctx, fmt.Sprintf("ALTER TABLE users SET (autovacuum_enabled = %v)", on)); err != nil {
 			return fmt.Errorf("autovacuum: %w", err)
 		}

@@ -37,11 +37,18 @@ type Inside struct {
 // The result holds every window and, for each consumer, the window with
 // the median p99. It returns with cdc stopped and native enabled.
 func steadyRounds(ctx context.Context, s *servers, o Options, r *Result, env map[string]string, nat *native, floor *ceiling, ids []string) error {
-	// A VACUUM first, so autovacuum of the backlog's dead rows does not
-	// land in a window.
+	// Autovacuum off from here through the sweep (bench.go turns it back
+	// on): steadyPhase vacuums before every window instead, so that no
+	// consumer's window holds a vacuum of the others' dead rows. With it
+	// on, the source's autovacuum of the wide table (~15 s, once a minute
+	// under this load) fell in one window in three, and cdc's p99 there
+	// was 277-334 ms (BENCHMARKS.md, session 13).
+	if err := autovacuum(ctx, s, false); err != nil {
+		return err
+	}
 	for _, p := range []*pgxpool.Pool{s.source, s.cdc, s.native} {
-		if _, err := p.Exec(ctx, "VACUUM ANALYZE users"); err != nil {
-			return fmt.Errorf("vacuum: %w", err)
+		if _, err := p.Exec(ctx, "ANALYZE users"); err != nil {
+			return fmt.Errorf("analyze: %w", err)
 		}
 	}
 	for _, p := range []*pgxpool.Pool{s.cdc, s.native} {
@@ -141,6 +148,9 @@ func latencies(ws []Steady) [][3]float64 {
 // the window. A consumer gets catchUpWithin to apply what the load wrote.
 func steadyPhase(ctx context.Context, s *servers, chat *pgxpool.Pool, ids []string, o Options, name string, begin func(), watch func(context.Context) ([]procGroup, error)) (Steady, error) {
 	var st Steady
+	if err := vacuum(ctx, s); err != nil {
+		return st, err
+	}
 	// The consumer first catches up on what was written while it was
 	// stopped, so the window measures steady state, not a backlog.
 	caughtUp := func() error {
@@ -211,4 +221,15 @@ func steadyFloor(ctx context.Context, s *servers, floor *ceiling, ids []string, 
 		return [3]float64{}, out.err
 	}
 	return quantiles(out.ms), nil
+}
+
+// vacuum clears the dead rows the last window left on every server, so
+// that each window starts alike.
+func vacuum(ctx context.Context, s *servers) error {
+	for _, p := range []*pgxpool.Pool{s.source, s.cdc, s.native, s.pipe} {
+		if _, err := p.Exec(ctx, "VACUUM users"); err != nil {
+			return fmt.Errorf("vacuum: %w", err)
+		}
+	}
+	return nil
 }
