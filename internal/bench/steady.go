@@ -38,11 +38,11 @@ type Inside struct {
 // the median p99. It returns with cdc stopped and native enabled.
 func steadyRounds(ctx context.Context, s *servers, o Options, r *Result, env map[string]string, nat *native, floor *ceiling, ids []string) error {
 	// Autovacuum off from here through the sweep (bench.go turns it back
-	// on): steadyPhase vacuums before every window instead, so that no
-	// consumer's window holds a vacuum of the others' dead rows. With it
-	// on, the source's autovacuum of the wide table (~15 s, once a minute
-	// under this load) fell in one window in three, and cdc's p99 there
-	// was 277-334 ms (BENCHMARKS.md, session 13).
+	// on): steadyPhase and steadyFloor vacuum before every latency window
+	// instead, so that no consumer's window holds a vacuum of the others'
+	// dead rows. With it on, the source's autovacuum of the wide table
+	// (~15 s, once a minute under this load) fell in one window in three,
+	// and cdc's p99 there was 277-334 ms (BENCHMARKS.md, session 13).
 	if err := autovacuum(ctx, s, false); err != nil {
 		return err
 	}
@@ -197,6 +197,9 @@ func steadyPhase(ctx context.Context, s *servers, chat *pgxpool.Pool, ids []stri
 // steadyFloor makes the steady load with only the discarding consumer
 // reading, and returns the percentiles of commit -> arrival.
 func steadyFloor(ctx context.Context, s *servers, floor *ceiling, ids []string, o Options) ([3]float64, error) {
+	if err := vacuum(ctx, s); err != nil {
+		return [3]float64{}, err
+	}
 	if err := floor.create(ctx); err != nil {
 		return [3]float64{}, err
 	}
