@@ -193,6 +193,12 @@ func (r *reader) receive(ctx context.Context, interval time.Duration) error {
 		return r.copyData(msg.Data)
 	case *pgproto3.ErrorResponse:
 		return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+	case *pgproto3.NoticeResponse:
+		// A walsender warns and goes on (18 skips a dropped publication
+		// with a WARNING; a promoted standby warns of a missing slot
+		// named in synchronized_standby_slots): so does cdc, saying so.
+		r.s.notice(pgconn.ErrorResponseToPgError((*pgproto3.ErrorResponse)(msg)))
+		return nil
 	default:
 		return fmt.Errorf("replication stream: unexpected %T", msg)
 	}

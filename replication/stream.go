@@ -60,6 +60,42 @@ type Stats struct {
 	// Refused is the error no retry fixes that ended the last session (a
 	// statement chat or the source refuses), nil once changes flow again.
 	Refused atomic.Pointer[string]
+	// Notice is the last notice or warning the source sent on the
+	// replication connection, nil when it sent none.
+	Notice atomic.Pointer[Notice]
+}
+
+// Notice is a notice or warning the source sent on the replication
+// connection.
+type Notice struct {
+	At       time.Time
+	Severity string // WARNING, NOTICE, …
+	Text     string // the message with its detail and hint
+}
+
+// notice logs a server notice with its detail and hint and keeps it for
+// health.
+func (s *Stream) notice(n *pgconn.PgError) {
+	text := n.Message
+	sev := n.SeverityUnlocalized // 9.6+; Severity may be translated
+	if sev == "" {
+		sev = n.Severity
+	}
+	attrs := []any{"severity", sev, "code", n.Code}
+	if n.Detail != "" {
+		text += "; detail: " + n.Detail
+		attrs = append(attrs, "detail", n.Detail)
+	}
+	if n.Hint != "" {
+		text += "; hint: " + n.Hint
+		attrs = append(attrs, "hint", n.Hint)
+	}
+	level := slog.LevelInfo
+	if sev == "WARNING" {
+		level = slog.LevelWarn
+	}
+	s.log.Log(context.Background(), level, "source on the replication connection: "+n.Message, attrs...)
+	s.Stats.Notice.Store(&Notice{At: time.Now(), Severity: sev, Text: text})
 }
 
 // Stream consumes the slot with pgoutput and feeds the sink. It owns its

@@ -23,6 +23,9 @@ func (s *streamSource) SourceStatus() health.SourceStatus {
 	if r := st.Refused.Load(); r != nil {
 		out.Refused = *r
 	}
+	if n := st.Notice.Load(); n != nil {
+		out.Notice = health.Notice{At: n.At, Severity: n.Severity, Text: n.Text}
+	}
 	return out
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -60,6 +61,7 @@ const (
 	CheckDeadLetters = "dead_letters"
 	CheckStandby     = "standby"
 	CheckObjects     = "source_objects"
+	CheckNotices     = "source_notices"
 )
 
 // readiness is what /readyz requires to pass.
@@ -110,6 +112,9 @@ func evaluate(st *Stats, th Thresholds) Health {
 	}
 	add(CheckStream, streamCheck(st, th))
 	add(CheckObjects, objectsCheck(st))
+	if st.Stream.NoticeAt != nil {
+		add(CheckNotices, noticeCheck(st))
+	}
 	add(CheckLag, lagCheck(st, th))
 	add(CheckErrorRate, errorRateCheck(st))
 	add(CheckFailures, failuresCheck(st))
@@ -170,6 +175,22 @@ func streamCheck(st *Stats, th Thresholds) Check {
 	}
 	return Check{Fail, what + " disconnected for " + roundDur(st.disconnected),
 		"check that the source database is up and reachable (SOURCE_DATABASE_URL) and read cdc's log for the cause"}
+}
+
+// noticeShown is how long a warning from the source keeps its check at
+// warn.
+const noticeShown = 15 * time.Minute
+
+// noticeCheck reports the last notice or warning the source sent on the
+// replication connection; a warning stays a warning for noticeShown.
+func noticeCheck(st *Stats) Check {
+	s := st.Stream
+	ago := roundDur(st.Now.Sub(*s.NoticeAt))
+	if s.NoticeSeverity == "WARNING" && st.Now.Sub(*s.NoticeAt) < noticeShown {
+		return Check{Warn, fmt.Sprintf("the source warned %s ago: %s", ago, s.Notice),
+			"do what the source's warning says (cdc's log has it with its detail and hint); the stream goes on meanwhile"}
+	}
+	return Check{Status: Pass, Message: fmt.Sprintf("last %s from the source, %s ago: %s", strings.ToLower(s.NoticeSeverity), ago, s.Notice)}
 }
 
 func objectsCheck(st *Stats) Check {

@@ -86,6 +86,18 @@ func TestEvaluate(t *testing.T) {
 			s.Now = time.Now()
 			s.Stream.SourceObjectsLast, s.Stream.SourceObjectsLastAt = "publication cdc_users was dropped", ptr(s.Now.Add(-11*time.Minute))
 		}, Healthy, "", Pass, true, ""},
+		{"source warned a while ago", func(s *Stats) {
+			s.Now = time.Now()
+			s.Stream.Notice, s.Stream.NoticeSeverity, s.Stream.NoticeAt = "skipped loading publication \"cdc_users\"", "WARNING", ptr(s.Now.Add(-time.Minute))
+		}, Degraded, CheckNotices, Warn, true, "source's warning says"},
+		{"source warned long ago", func(s *Stats) {
+			s.Now = time.Now()
+			s.Stream.Notice, s.Stream.NoticeSeverity, s.Stream.NoticeAt = "skipped loading publication \"cdc_users\"", "WARNING", ptr(s.Now.Add(-16*time.Minute))
+		}, Healthy, "", Pass, true, ""},
+		{"source sent a notice", func(s *Stats) {
+			s.Now = time.Now()
+			s.Stream.Notice, s.Stream.NoticeSeverity, s.Stream.NoticeAt = "something to note", "NOTICE", ptr(s.Now)
+		}, Healthy, "", Pass, true, ""},
 		{"chat pool busy", func(s *Stats) { s.Pools[1].Acquired = 8 }, Degraded, CheckPools, Warn, true, "CHAT_DB_POOL_SIZE"},
 		{"chat unreachable", func(s *Stats) {
 			s.Databases[1] = DatabaseStats{Name: "chat", Error: "connection refused"}

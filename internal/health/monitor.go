@@ -46,12 +46,22 @@ type SourceStatus struct {
 	// Refused is the error no retry fixes that stops the source, "" when
 	// there is none.
 	Refused string
+	// Notice is the last notice or warning the source sent on the
+	// replication connection; zero when it sent none.
+	Notice Notice
 	// Pending is when the oldest change not yet in chat was committed on
 	// the source (or notified); zero when nothing is pending.
 	Pending time.Time
 	// Positions are the WAL positions of a replication source; nil for
 	// one without them.
 	Positions *Positions
+}
+
+// Notice is a notice or warning a database sent.
+type Notice struct {
+	At       time.Time
+	Severity string
+	Text     string
 }
 
 // Positions are a replication source's WAL positions.
@@ -350,6 +360,10 @@ func sourceStats(st *Stats, p *Parts, now time.Time) {
 	}
 	src := p.Source.SourceStatus()
 	st.Stream.Reconnects, st.Stream.Refused = src.Reconnects, src.Refused
+	if n := src.Notice; n.Text != "" {
+		at := n.At
+		st.Stream.Notice, st.Stream.NoticeSeverity, st.Stream.NoticeAt = n.Text, n.Severity, &at
+	}
 	if pos := src.Positions; pos != nil {
 		if st.lsn = pos.Applied; st.lsn != 0 {
 			str := pglogrepl.LSN(st.lsn).String()

@@ -91,6 +91,12 @@ type StreamStats struct {
 	// Refused is the error no retry fixes that stops the stream (a
 	// statement a database refuses), "" when there is none.
 	Refused string `json:"refused,omitempty"`
+	// Notice is the last notice or warning the source sent on the
+	// replication connection (its message, detail and hint), with its
+	// severity and time.
+	Notice         string     `json:"notice,omitempty"`
+	NoticeSeverity string     `json:"noticeSeverity,omitempty"`
+	NoticeAt       *time.Time `json:"noticeAt,omitempty"`
 	// SourceObjects is what is wrong now with cdc's objects on the source
 	// (publication, notify trigger, the table and its synced columns), ""
 	// when nothing is.

@@ -103,3 +103,41 @@ func versionLess(a, b [2]int) bool {
 	}
 	return a[1] < b[1]
 }
+
+// BinDirFor returns the bin directory of PostgreSQL major version major:
+// $PG_BIN_<major> if set, else the directory .ci/install-pg installs it in
+// ($XDG_CACHE_HOME/cdc/pg/<major>/bin, ~/.cache/cdc/pg/<major>/bin or
+// /var/cache/cdc/pg/<major>/bin), else a usual installation directory of
+// that version such as /usr/lib/postgresql/<major>/bin.
+func BinDirFor(major int) (string, error) {
+	env := fmt.Sprintf("PG_BIN_%d", major)
+	if dir := os.Getenv(env); dir != "" {
+		if !hasServerBinaries(dir) {
+			return "", fmt.Errorf("find postgres %d binaries: %s=%s does not contain initdb and postgres", major, env, dir)
+		}
+		return filepath.Clean(dir), nil
+	}
+	var candidates []string
+	cache := os.Getenv("XDG_CACHE_HOME")
+	if home, err := os.UserHomeDir(); cache == "" && err == nil {
+		cache = filepath.Join(home, ".cache")
+	}
+	if cache != "" {
+		candidates = append(candidates, filepath.Join(cache, "cdc", "pg", strconv.Itoa(major), "bin"))
+	}
+	candidates = append(candidates, filepath.Join("/var/cache/cdc/pg", strconv.Itoa(major), "bin"))
+	for _, pattern := range binGlobs {
+		matches, _ := filepath.Glob(pattern)
+		for _, m := range matches {
+			if installVersion(m)[0] == major {
+				candidates = append(candidates, m)
+			}
+		}
+	}
+	for _, dir := range candidates {
+		if hasServerBinaries(dir) {
+			return dir, nil
+		}
+	}
+	return "", fmt.Errorf("PostgreSQL %d server binaries not found: run .ci/install-pg (Linux x86-64) or set %s", major, env)
+}

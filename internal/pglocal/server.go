@@ -40,6 +40,9 @@ type Options struct {
 	// server's user) before the server starts, e.g. "server.crt" and
 	// "server.key" with Settings {"ssl": "on"}.
 	Files map[string][]byte
+	// Bin is the directory of the server binaries (initdb, postgres); ""
+	// means BinDir.
+	Bin string
 }
 
 // StopMode selects how the postmaster is shut down.
@@ -103,9 +106,14 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err := platformSupported(); err != nil {
 		return nil, err
 	}
-	bin, err := BinDir()
-	if err != nil {
-		return nil, err
+	bin := opts.Bin
+	if bin == "" {
+		var err error
+		if bin, err = BinDir(); err != nil {
+			return nil, err
+		}
+	} else if !hasServerBinaries(bin) {
+		return nil, fmt.Errorf("find postgres binaries: %s does not contain initdb and postgres", bin)
 	}
 	own, err := lookupOwner()
 	if err != nil {

@@ -56,7 +56,7 @@ func ChatServer(t testing.TB) *pglocal.Server {
 	chatOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		chatShared, chatInitErr = pglocal.Start(ctx, pglocal.Options{Fast: true, Settings: map[string]string{
+		chatShared, chatInitErr = pglocal.Start(ctx, pglocal.Options{Fast: true, Bin: os.Getenv("PG_BIN_CHAT"), Settings: map[string]string{
 			"max_replication_slots": "16", "max_wal_senders": "16",
 		}})
 	})
@@ -68,28 +68,54 @@ func ChatServer(t testing.TB) *pglocal.Server {
 
 // NewClusterPair is a bare pair (reference users table on the source, no
 // migrations) whose chat database is on ChatServer: two clusters, as in
-// production. The chat database gets a few dozen types of its own first,
-// so that types created later have other OIDs than on the source.
+// production. Chat's OID counter is first moved well away from the
+// source's (types of its own in schema cdc_pad), so that types created
+// later on both sides have other OIDs.
 func NewClusterPair(t testing.TB) *Pair {
 	t.Helper()
 	p := newPair(t, Server(t), ChatServer(t), 0)
-	var ddl strings.Builder
-	ddl.WriteString("CREATE SCHEMA cdc_pad;")
-	for i := range 40 {
-		fmt.Fprintf(&ddl, "CREATE TYPE cdc_pad.e%d AS ENUM ('x'); CREATE TYPE cdc_pad.c%d AS (a int);", i, i)
+	Exec(t, p.Chat, "CREATE SCHEMA cdc_pad")
+	const gap = 5000 // OIDs; the types a test creates take far fewer
+	for i := 0; ; i++ {
+		src, chat := nextOID(t, p.Source), nextOID(t, p.Chat)
+		if chat > src+gap || src > chat+gap {
+			return p
+		}
+		var ddl strings.Builder
+		for j := range 500 { // 3 OIDs each: the type, its array, its label
+			fmt.Fprintf(&ddl, "CREATE TYPE cdc_pad.e%d_%d AS ENUM ('x');", i, j)
+		}
+		Exec(t, p.Chat, ddl.String())
 	}
-	Exec(t, p.Chat, ddl.String())
-	return p
+}
+
+// nextOID is about the OID the database's cluster assigns next.
+func nextOID(t testing.TB, pool *pgxpool.Pool) int64 {
+	t.Helper()
+	var oid int64
+	Exec(t, pool, "CREATE TYPE cdc_oid_probe AS ENUM ()")
+	// By name in pg_type, not 'cdc_oid_probe'::regtype: a cached plan
+	// would keep the first probe's OID as a constant.
+	if err := pool.QueryRow(context.Background(), "SELECT oid::int8 FROM pg_type WHERE typname = 'cdc_oid_probe'").Scan(&oid); err != nil {
+		t.Fatal(err)
+	}
+	Exec(t, pool, "DROP TYPE cdc_oid_probe")
+	return oid
 }
 
 // Server returns the test binary's shared server, starting it on first use.
 // A machine without PostgreSQL fails the test with the install command.
+//
+// PG_BIN_SOURCE and PG_BIN_CHAT choose the binaries of Server and
+// ChatServer (default: PG_BIN, else pglocal.BinDir). When PG_BIN_CHAT is
+// set, every pair's chat database is on ChatServer, so a suite run with
+// two versions tests that pair of versions (see .ci/run's matrix).
 func Server(t testing.TB) *pglocal.Server {
 	t.Helper()
 	once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		shared, initErr = pglocal.Start(ctx, pglocal.Options{Fast: true, Settings: map[string]string{
+		shared, initErr = pglocal.Start(ctx, pglocal.Options{Fast: true, Bin: os.Getenv("PG_BIN_SOURCE"), Settings: map[string]string{
 			"max_replication_slots": "64", "max_wal_senders": "64", "wal_sender_timeout": "60s",
 		}})
 	})
@@ -143,6 +169,9 @@ func NewBarePair(t testing.TB, srv *pglocal.Server, users int) *Pair {
 
 func newPair(t testing.TB, srcSrv, chatSrv *pglocal.Server, users int) *Pair {
 	t.Helper()
+	if chatSrv == shared && os.Getenv("PG_BIN_CHAT") != "" {
+		chatSrv = ChatServer(t)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	n := seq.Add(1)
@@ -363,4 +392,31 @@ func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// BinFor returns the bin directory of PostgreSQL major version major for
+// a test that needs that version. Without it the test is skipped, saying
+// how to install it, unless CDC_REQUIRE_PG_VERSIONS is set (CI sets it:
+// there a missing version fails the test).
+func BinFor(t testing.TB, major int) string {
+	t.Helper()
+	dir, err := pglocal.BinDirFor(major)
+	if err == nil {
+		return dir
+	}
+	if os.Getenv("CDC_REQUIRE_PG_VERSIONS") != "" {
+		t.Fatal(err)
+	}
+	t.Skip(err)
+	return ""
+}
+
+// Major returns the major version of the server pool connects to.
+func Major(t testing.TB, pool *pgxpool.Pool) int {
+	t.Helper()
+	var v int
+	if err := pool.QueryRow(context.Background(), "SELECT current_setting('server_version_num')::int / 10000").Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
