@@ -102,7 +102,12 @@ type Server struct {
 
 // Start initialises (or reuses) a cluster and starts a postgres server,
 // returning once it accepts connections.
-func Start(ctx context.Context, opts Options) (_ *Server, err error) {
+func Start(ctx context.Context, opts Options) (*Server, error) {
+	return start(ctx, opts, func(s *Server) error { return s.initdb(ctx, opts.Fast) })
+}
+
+// start starts a server whose new cluster seed creates.
+func start(ctx context.Context, opts Options, seed func(*Server) error) (_ *Server, err error) {
 	if err := platformSupported(); err != nil {
 		return nil, err
 	}
@@ -139,7 +144,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		return nil, err
 	}
 	if _, statErr := os.Stat(filepath.Join(s.dataDir, "PG_VERSION")); statErr != nil {
-		if err := s.initdb(ctx, opts.Fast); err != nil {
+		if err := seed(s); err != nil {
 			return nil, err
 		}
 	}
