@@ -28,6 +28,9 @@ type SlotHealth struct {
 	// invalidated by max_slot_wal_keep_size; -1 when there is no limit.
 	SafeWALBytes int64
 	CheckedAt    time.Time
+	// Promotion says what a promotion of a standby would cost the slot
+	// (see Promotion).
+	Promotion string
 }
 
 // ReadSlotHealth reads the slot's row of pg_replication_slots.
@@ -50,6 +53,11 @@ FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&h.Active, &h.WALSta
 	if safe != nil {
 		h.SafeWALBytes = *safe
 	}
+	p, err := ReadPromotion(ctx, pool, slot)
+	if err != nil {
+		return h, err
+	}
+	h.Promotion = p.String()
 	return h, nil
 }
 
@@ -78,13 +86,17 @@ func (w *SlotWatcher) Last() SlotHealth {
 // Run polls until ctx ends.
 func (w *SlotWatcher) Run(ctx context.Context) {
 	log := w.Logger.With("component", "slot", "slot", w.Slot)
-	warned := ""
+	warned, promotion := "", ""
 	t := time.NewTicker(w.Every)
 	defer t.Stop()
 	for {
 		h, err := ReadSlotHealth(ctx, w.Pool, w.Slot)
 		if err == nil {
 			w.last.Store(&h)
+			if h.Promotion != promotion && h.Exists {
+				log.Info(h.Promotion)
+				promotion = h.Promotion
+			}
 			state := slotWarning(h, w.WarnBytes)
 			if state != warned {
 				switch state {

@@ -29,8 +29,7 @@ const copyBuffer = 64 << 10
 // the slot's consistent point, stored in chat with the last copied rows, so
 // streaming resumes exactly where the copy ends.
 func (s *Stream) firstCopy(ctx context.Context, conn *pgconn.PgConn) (change.Checkpoint, error) {
-	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, s.opts.Slot, "pgoutput",
-		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
+	res, err := createSlot(ctx, conn, s.opts.Slot)
 	if err != nil {
 		return change.Checkpoint{}, fmt.Errorf("create slot %s: %w", s.opts.Slot, err)
 	}

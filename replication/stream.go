@@ -115,6 +115,12 @@ type Stream struct {
 
 	nudged atomic.Bool            // Sync asks the reader for a keepalive
 	wake   atomic.Pointer[func()] // interrupts the active reader's receive
+
+	// The source as the last session found it (Run's goroutine only): a
+	// new timeline means a standby was promoted, and kept says whether
+	// the slot was kept in step with the standbys then.
+	timeline int32
+	kept     bool
 }
 
 // Sync waits until every change the source had committed when Sync was
@@ -230,7 +236,11 @@ func (s *Stream) session(ctx, applyCtx context.Context) (streamed bool, err erro
 	// A source transaction the last session did not receive whole comes
 	// again from its start: what its first batches wrote goes.
 	s.sink.Discard()
-	cp, err := s.prepare(ctx, conn)
+	sys, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		return false, fmt.Errorf("identify system: %w", err)
+	}
+	cp, err := s.prepare(ctx, conn, sys.Timeline)
 	if err != nil {
 		return false, err
 	}
@@ -260,11 +270,12 @@ func (s *Stream) session(ctx, applyCtx context.Context) (streamed bool, err erro
 type slotInfo struct {
 	Plugin, Database, WALStatus string
 	ActivePID                   *int32
+	Failover                    bool
 }
 
 // prepare inspects the slot and the stored checkpoint and returns where to
 // start streaming, creating the slot and copying the table when needed.
-func (s *Stream) prepare(ctx context.Context, conn *pgconn.PgConn) (change.Checkpoint, error) {
+func (s *Stream) prepare(ctx context.Context, conn *pgconn.PgConn, timeline int32) (change.Checkpoint, error) {
 	if s.Stats.Refused.Load() != nil {
 		// The last session ended on a refused statement: make sure the
 		// statements work before dropping or creating any slot.
@@ -279,9 +290,10 @@ func (s *Stream) prepare(ctx context.Context, conn *pgconn.PgConn) (change.Check
 	var slot *slotInfo
 	var info slotInfo
 	var currentDB string
-	err = s.pool.QueryRow(ctx, `SELECT COALESCE(s.plugin, ''), COALESCE(s.database, ''), COALESCE(s.wal_status, ''), s.active_pid, current_database()
+	err = s.pool.QueryRow(ctx, `SELECT COALESCE(s.plugin, ''), COALESCE(s.database, ''), COALESCE(s.wal_status, ''), s.active_pid,
+       COALESCE((to_jsonb(s) ->> 'failover')::bool, false), current_database()
 FROM (SELECT 1) one LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, s.opts.Slot).
-		Scan(&info.Plugin, &info.Database, &info.WALStatus, &info.ActivePID, &currentDB)
+		Scan(&info.Plugin, &info.Database, &info.WALStatus, &info.ActivePID, &info.Failover, &currentDB)
 	if err != nil {
 		return cp, fmt.Errorf("inspect slot: %w", err)
 	}
@@ -308,6 +320,18 @@ FROM (SELECT 1) one LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, s.opt
 			return cp, err
 		}
 		slot = nil
+	case s.timeline != 0 && timeline != s.timeline && !s.kept:
+		s.log.Warn("the source was promoted from a standby whose copy of the slot synchronized_standby_slots did not keep in step: chat may hold changes the new primary lacks; recreating the slot and copying the table (the copy compares every row and repairs chat)",
+			"timeline", timeline, "was", s.timeline)
+		if err := s.dropSlot(ctx, conn); err != nil {
+			return cp, err
+		}
+		slot = nil
+	case s.timeline != 0 && timeline != s.timeline:
+		s.log.Warn("the source was promoted from a standby: continuing from its synced slot", "timeline", timeline, "was", s.timeline, "checkpoint", cp.LSN)
+	}
+	if err := s.noteSource(ctx, conn, timeline, slot); err != nil {
+		return cp, err
 	}
 	if slot != nil {
 		return cp, nil
@@ -316,6 +340,27 @@ FROM (SELECT 1) one LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, s.opt
 		s.log.Warn("slot is missing although chat has a checkpoint (it was dropped or lost); creating it and copying again", "checkpoint", cp.LSN)
 	}
 	return s.firstCopy(ctx, conn)
+}
+
+// noteSource records the source's timeline and whether a promotion would
+// keep the slot, and makes an existing slot a failover slot where the
+// source supports it (a slot created before an upgrade to 17 is not one).
+func (s *Stream) noteSource(ctx context.Context, conn *pgconn.PgConn, timeline int32, slot *slotInfo) error {
+	if slot != nil && !slot.Failover && serverMajor(conn) >= 17 {
+		if err := makeFailover(ctx, conn, s.opts.Slot); err != nil {
+			return err
+		}
+		s.log.Info("made the slot a failover slot, which standbys with sync_replication_slots keep a copy of")
+	}
+	p, err := ReadPromotion(ctx, s.pool, s.opts.Slot)
+	if err != nil {
+		return err
+	}
+	if slot == nil {
+		p.Failover = serverMajor(conn) >= 17 // the slot about to be created
+	}
+	s.timeline, s.kept = timeline, p.Keeps()
+	return nil
 }
 
 // recreated handles a stream that stopped because the publication was

@@ -46,7 +46,7 @@ type slotReport struct{ *replication.SlotWatcher }
 func (w slotReport) SlotStatus() health.SlotStats {
 	h := w.Last()
 	s := health.SlotStats{Name: w.Slot, Exists: h.Exists, Active: h.Active, WALStatus: h.WALStatus,
-		RetainedBytes: h.RetainedBytes, LagBytes: h.LagBytes}
+		RetainedBytes: h.RetainedBytes, LagBytes: h.LagBytes, Promotion: h.Promotion}
 	if h.SafeWALBytes >= 0 && h.Exists {
 		safe := h.SafeWALBytes
 		s.SafeWALBytes = &safe

@@ -341,7 +341,11 @@ func slotCheck(s *SlotStats, stream StreamStats, th Thresholds) Check {
 		return Check{Warn, "slot " + s.Name + " retains " + bytesString(s.RetainedBytes) + " of WAL on the source (over SLOT_WAL_WARN_MB)",
 			"cdc is behind or was stopped: check the stream and chat; the WAL is released as cdc confirms"}
 	}
-	return Check{Status: Pass, Message: "slot " + s.Name + " retains " + bytesString(s.RetainedBytes) + " (" + s.WALStatus + ")"}
+	msg := "slot " + s.Name + " retains " + bytesString(s.RetainedBytes) + " (" + s.WALStatus + ")"
+	if s.Promotion != "" {
+		msg += "; " + s.Promotion
+	}
+	return Check{Status: Pass, Message: msg}
 }
 
 func roundDur(d time.Duration) string {

@@ -158,6 +158,9 @@ type SlotStats struct {
 	LagBytes      int64      `json:"lagBytes"`     // current WAL − confirmed_flush_lsn
 	SafeWALBytes  *int64     `json:"safeWalBytes"` // null: no max_slot_wal_keep_size
 	CheckedAt     *time.Time `json:"checkedAt"`
+	// Promotion says what a promotion of a standby of the source would
+	// cost: continuing from the synced slot, or a new slot and a copy.
+	Promotion string `json:"promotion,omitempty"`
 }
 
 // PoolStats is one connection pool's use.
