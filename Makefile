@@ -1,7 +1,7 @@
 # The README's two commands: `make dev` and `make test`.
 GO ?= go
 
-.PHONY: test test-chromium cross dev build vet bench bench-text chaos
+.PHONY: test test-chromium test-matrix cross dev build vet bench bench-text chaos
 
 test: vet
 	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
@@ -12,6 +12,13 @@ test: vet
 # The status page loaded in headless Chromium (build tag chromium).
 test-chromium:
 	$(GO) test -race -count=1 -timeout 5m -tags chromium -run TestStatusPage ./cmd/cdc
+
+# The tests that depend on the server's behaviour, for the source→chat
+# pairs 15→18, 18→15, 16→17, 17→16 and 18→18 (.ci/install-pg installs the
+# versions); MATRIX="15:18" picks pairs.
+MATRIX ?=
+test-matrix:
+	.ci/matrix $(MATRIX)
 
 vet:
 	$(GO) vet ./...

@@ -43,11 +43,8 @@ func Preflight(ctx context.Context, pool *pgxpool.Pool, src Source) (*schema.Tab
 	if err != nil {
 		return nil, fmt.Errorf("read source settings: %w", err)
 	}
-	if version < 150000 {
-		return nil, &PreflightError{
-			Cause: fmt.Sprintf("the source runs PostgreSQL %d.%d; replication mode needs 15 or newer (publication column lists keep secret columns on the source)", version/10000, version%100),
-			Fix:   "upgrade the source, or set SYNC_MODE=notify",
-		}
+	if err := versionError(version); err != nil {
+		return nil, err
 	}
 	if walLevel != "logical" {
 		return nil, &PreflightError{
@@ -82,6 +79,29 @@ func Preflight(ctx context.Context, pool *pgxpool.Pool, src Source) (*schema.Tab
 		return nil, err
 	}
 	return table, nil
+}
+
+// CheckSourceVersion refuses a source older than PostgreSQL 15 for
+// replication mode with a *PreflightError.
+func CheckSourceVersion(ctx context.Context, pool *pgxpool.Pool) error {
+	var version int
+	if err := pool.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
+		return fmt.Errorf("read source version: %w", err)
+	}
+	if err := versionError(version); err != nil {
+		return err
+	}
+	return nil
+}
+
+func versionError(version int) *PreflightError {
+	if version >= 150000 {
+		return nil
+	}
+	return &PreflightError{
+		Cause: fmt.Sprintf("the source runs PostgreSQL %d.%d; replication mode needs 15 or newer (publication column lists keep secret columns on the source)", version/10000, version%100),
+		Fix:   "upgrade the source, or set SYNC_MODE=notify",
+	}
 }
 
 // LoadTable describes the synced table on one side ("source" or "chat"),

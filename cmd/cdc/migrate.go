@@ -57,6 +57,11 @@ func oneShotPatience(p retry.Policy) (d time.Duration) {
 // migrate brings both databases to what cdc needs; running it twice changes
 // nothing the second time.
 func migrate(ctx context.Context, out io.Writer, log *slog.Logger, cfg *config.Config, srcPool, chatPool *pgxpool.Pool, createTypes bool) error {
+	if cfg.Mode == config.ModeReplication {
+		if err := replication.CheckSourceVersion(ctx, srcPool); err != nil {
+			return err
+		}
+	}
 	n, err := migrations.MigrateChat(ctx, chatPool, log)
 	if err != nil {
 		return err

@@ -268,3 +268,21 @@ func TestMigrate_IsIdempotentAndRunSaysWhatToRun(t *testing.T) {
 		t.Fatalf("narrow sync copied %d rows with email and without last_name (want 10), err %v", n, err)
 	}
 }
+
+// TestRun_SourceOlderThan15 runs run and migrate against a PostgreSQL 14
+// source: both exit 2 saying why (publication column lists, which keep
+// secret columns on the source, arrived in 15) and what to do.
+func TestRun_SourceOlderThan15(t *testing.T) {
+	srv, err := pglocal.Start(t.Context(), pglocal.Options{Fast: true, Bin: pgtest.BinFor(t, 14)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Stop() })
+	p := pgtest.NewBarePair(t, srv, 10)
+	for _, cmd := range []string{"migrate", "run"} {
+		code, out := runCDC(t, p.Env(), cmd)
+		if code != exitUsage || !strings.Contains(out, "the source runs PostgreSQL 14") || !strings.Contains(out, "SYNC_MODE=notify") {
+			t.Errorf("%s: exit %d, output:\n%s", cmd, code, out)
+		}
+	}
+}
