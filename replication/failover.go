@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/myusta/cdc/internal/schema"
@@ -81,17 +82,15 @@ func createSlot(ctx context.Context, conn *pgconn.PgConn, slot string) (pglogrep
 		return pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput",
 			pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
 	}
-	return pglogrepl.ParseCreateReplicationSlot(conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+quoteIdent(slot)+" LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER true)"))
+	return pglogrepl.ParseCreateReplicationSlot(conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+pgx.Identifier{slot}.Sanitize()+" LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER true)"))
 }
 
 // makeFailover turns an existing slot into a failover slot (17+), as
 // cdc creates them there; a slot created before an upgrade to 17 is not.
 func makeFailover(ctx context.Context, conn *pgconn.PgConn, slot string) error {
-	_, err := conn.Exec(ctx, "ALTER_REPLICATION_SLOT "+quoteIdent(slot)+" (FAILOVER true)").ReadAll()
+	_, err := conn.Exec(ctx, "ALTER_REPLICATION_SLOT "+pgx.Identifier{slot}.Sanitize()+" (FAILOVER true)").ReadAll()
 	if err != nil {
 		return fmt.Errorf("make slot %s a failover slot: %w", slot, err)
 	}
 	return nil
 }
-
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
