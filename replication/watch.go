@@ -178,19 +178,22 @@ func (w *Watch) check(ctx context.Context) error {
 		w.gapSince = w.lastOK
 	}
 	msg := strings.Join(d.problems, "; ")
-	w.opts.Drift.set(msg)
 	w.log.Error("cdc's objects on the source changed: "+msg, "since", w.gapSince.UTC().Format(time.RFC3339))
 	if d.fatal != "" {
+		w.opts.Drift.set(msg)
 		w.log.Error("cdc cannot follow this change by itself: " + d.fatal)
 		return nil
 	}
 	if d.restore {
+		// Health shows the drift once with the outcome of the restore,
+		// never a half-told state in between.
 		if err := w.restore(ctx, d.spec); err != nil {
 			w.opts.Drift.set(msg + "; " + err.Error())
 			w.log.Error("cannot restore cdc's objects on the source: "+err.Error(), "fix", w.fixHint())
 			return nil
 		}
 	}
+	w.opts.Drift.set(msg)
 	if d.follow {
 		w.log.Warn("following the change: the sync starts again with the source's new names; update the configuration to match (SOURCE_TABLE, SYNC_COLUMNS) so the next start agrees",
 			"table", d.spec.SourceTable.String(), "sync_columns", syncColumns(d.spec))
