@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -80,6 +81,14 @@ func EnsurePublication(ctx context.Context, pool *pgxpool.Pool, spec Spec) (stri
 	if err != nil {
 		return "", fmt.Errorf("source table: %w", err)
 	}
+	var gen *GeneratedError
+	if err := CheckPublishable(ctx, pool, t); errors.As(err, &gen) {
+		// A configuration problem (exit 2), named before the server's
+		// "cannot use generated column … in publication column list".
+		return "", &config.Error{Var: "SYNC_COLUMNS", Msg: gen.Error()}
+	} else if err != nil {
+		return "", err
+	}
 	pub := ident.Quote(spec.Publication)
 	target := fmt.Sprintf("%s (%s)", t.Ident(), t.ColumnList())
 	var allTables bool
@@ -125,4 +134,101 @@ func DropPublication(ctx context.Context, pool *pgxpool.Pool, spec Spec) (string
 		return "", fmt.Errorf("drop publication %s: %w", spec.Publication, err)
 	}
 	return "dropped publication " + spec.Publication, nil
+}
+
+// GeneratedColumn is a synced source column whose value its server
+// computes (GENERATED ALWAYS AS … STORED, or VIRTUAL from PostgreSQL 18).
+type GeneratedColumn struct {
+	Name    string
+	Virtual bool   // computed when read, never stored
+	Expr    string // the generation expression, as pg_get_expr shows it
+}
+
+// GeneratedColumns lists t's synced columns that are generated, in t's
+// column order.
+func GeneratedColumns(ctx context.Context, q schema.Querier, t *schema.Table) ([]GeneratedColumn, error) {
+	rows, err := q.Query(ctx, `SELECT a.attname, a.attgenerated = 'v', COALESCE(pg_get_expr(d.adbin, d.adrelid), '')
+FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attrelid = $1 AND a.attname = ANY($2) AND a.attgenerated IN ('s', 'v') AND NOT a.attisdropped
+ORDER BY array_position($2, a.attname::text)`, t.OID, t.Names())
+	if err != nil {
+		return nil, fmt.Errorf("read generated columns of %s: %w", t, err)
+	}
+	var out []GeneratedColumn
+	var c GeneratedColumn
+	if _, err := pgx.ForEachRow(rows, []any{&c.Name, &c.Virtual, &c.Expr}, func() error {
+		out = append(out, c)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("read generated columns of %s: %w", t, err)
+	}
+	return out, nil
+}
+
+// GeneratedError reports synced source columns that a publication cannot
+// carry: generated columns before PostgreSQL 18, virtual generated columns
+// on any version.
+type GeneratedError struct {
+	Table   *schema.Table
+	Version int // server_version_num
+	Columns []GeneratedColumn
+}
+
+// Cause says which columns the source cannot publish and why.
+func (e *GeneratedError) Cause() string {
+	defs := make([]string, len(e.Columns))
+	for i, c := range e.Columns {
+		kind := "STORED"
+		if c.Virtual {
+			kind = "VIRTUAL"
+		}
+		defs[i] = fmt.Sprintf("%s GENERATED ALWAYS AS (%s) %s", ident.Display(c.Name), c.Expr, kind)
+	}
+	why := fmt.Sprintf("PostgreSQL %d cannot publish generated columns (18 can publish stored ones)", e.Version/10000)
+	if e.Version >= 180000 {
+		why = "PostgreSQL cannot publish virtual generated columns"
+	}
+	verb := "is a generated column"
+	if len(e.Columns) > 1 {
+		verb = "are generated columns"
+	}
+	return fmt.Sprintf("%s %s of the source table %s (%s), and %s", e.names(), verb, e.Table, strings.Join(defs, "; "), why)
+}
+
+// Fix says what to do instead: let chat compute the column.
+func (e *GeneratedError) Fix() string {
+	fix := fmt.Sprintf("leave %s out of SYNC_COLUMNS and let chat compute it: add it to chat's table as a generated column with the same expression "+
+		"(ALTER TABLE … ADD COLUMN … GENERATED ALWAYS AS (…) STORED); cdc writes only the synced columns and leaves chat's other columns, generated ones included, to chat", e.names())
+	if e.Version >= 180000 {
+		return fix + "; or define it STORED on the source"
+	}
+	return fix + "; or upgrade the source to PostgreSQL 18, which publishes stored generated columns"
+}
+
+func (e *GeneratedError) names() string {
+	names := make([]string, len(e.Columns))
+	for i, c := range e.Columns {
+		names[i] = ident.Display(c.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
+func (e *GeneratedError) Error() string { return e.Cause() + ": " + e.Fix() }
+
+// CheckPublishable returns a *GeneratedError when SYNC_COLUMNS names
+// generated columns of t that the source's publication cannot carry.
+func CheckPublishable(ctx context.Context, q schema.Querier, t *schema.Table) error {
+	gen, err := GeneratedColumns(ctx, q, t)
+	if err != nil || len(gen) == 0 {
+		return err
+	}
+	var version int
+	if err := q.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
+		return fmt.Errorf("read source version: %w", err)
+	}
+	bad := slices.DeleteFunc(gen, func(c GeneratedColumn) bool { return version >= 180000 && !c.Virtual })
+	if len(bad) == 0 {
+		return nil
+	}
+	return &GeneratedError{Table: t, Version: version, Columns: bad}
 }

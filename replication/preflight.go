@@ -75,6 +75,9 @@ func Preflight(ctx context.Context, pool *pgxpool.Pool, src Source) (*schema.Tab
 			Fix:   fmt.Sprintf("run GRANT SELECT ON %s TO %s", table.Ident(), pgx.Identifier{user}.Sanitize()),
 		}
 	}
+	if err := CheckGenerated(ctx, pool, table); err != nil {
+		return nil, err
+	}
 	if err := checkPublication(ctx, pool, src, table); err != nil {
 		return nil, err
 	}
@@ -89,6 +92,20 @@ func CheckSourceVersion(ctx context.Context, pool *pgxpool.Pool) error {
 		return fmt.Errorf("read source version: %w", err)
 	}
 	if err := versionError(version); err != nil {
+		return err
+	}
+	return nil
+}
+
+// CheckGenerated refuses, with a *PreflightError, generated columns of
+// the source table t in SYNC_COLUMNS that replication mode cannot publish:
+// stored ones before PostgreSQL 18 and virtual ones on any version (notify
+// mode reads them with queries and needs no such check).
+func CheckGenerated(ctx context.Context, q schema.Querier, t *schema.Table) error {
+	var gen *migrations.GeneratedError
+	if err := migrations.CheckPublishable(ctx, q, t); errors.As(err, &gen) {
+		return &PreflightError{Cause: "SYNC_COLUMNS: " + gen.Cause(), Fix: gen.Fix()}
+	} else if err != nil {
 		return err
 	}
 	return nil

@@ -15,6 +15,7 @@ import (
 
 	"github.com/myusta/cdc/change"
 	"github.com/myusta/cdc/internal/schema"
+	"github.com/myusta/cdc/migrations"
 )
 
 // progressEvery is how often the first copy reports progress.
@@ -59,6 +60,12 @@ func copyTable(ctx context.Context, pool *pgxpool.Pool, t *schema.Table, snapsho
 	if err := pool.QueryRow(ctx, "SELECT GREATEST(reltuples, 0) FROM pg_class WHERE oid = $1::regclass", t.Ident()).Scan(&estimate); err != nil {
 		return fmt.Errorf("estimate rows: %w", err)
 	}
+	// COPY names no generated column of a table (COPY t (col)); a query
+	// reads it (COPY (SELECT col FROM t)).
+	gen, err := migrations.GeneratedColumns(ctx, pool, t)
+	if err != nil {
+		return err
+	}
 	outs := make([]change.CopyOut, len(parts))
 	pids := make([]uint32, len(parts))
 	for i, where := range parts {
@@ -68,7 +75,7 @@ func copyTable(ctx context.Context, pool *pgxpool.Pool, t *schema.Table, snapsho
 		}
 		defer src.Release()
 		pids[i] = src.Conn().PgConn().PID()
-		outs[i] = copyOut(src, t, snapshot, where)
+		outs[i] = copyOut(src, t, snapshot, where, len(gen) < 0)
 	}
 	start := time.Now()
 	stop := reportProgress(ctx, pool, log, pids, estimate, start)
@@ -126,15 +133,19 @@ pg_relation_size($1::regclass) / current_setting('block_size')::int, has_table_p
 }
 
 // copyOut writes the rows matching where (all when empty) on src under the
-// snapshot (a fresh one when empty).
-func copyOut(src *pgxpool.Conn, t *schema.Table, snapshot, where string) change.CopyOut {
+// snapshot (a fresh one when empty); query reads them with a query, which
+// generated columns need.
+func copyOut(src *pgxpool.Conn, t *schema.Table, snapshot, where string, query bool) change.CopyOut {
 	format := " (FORMAT binary)"
 	if t.Format == schema.Text {
 		format = ""
 	}
 	sql := fmt.Sprintf("COPY %s (%s) TO STDOUT%s", t.Ident(), t.ColumnList(), format)
-	if where != "" {
+	switch {
+	case where != "":
 		sql = fmt.Sprintf("COPY (SELECT %s FROM %s WHERE %s) TO STDOUT%s", t.ColumnList(), t.Ident(), where, format)
+	case query:
+		sql = fmt.Sprintf("COPY (SELECT %s FROM %s) TO STDOUT%s", t.ColumnList(), t.Ident(), format)
 	}
 	return func(ctx context.Context, w io.Writer) error {
 		tx, err := src.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})

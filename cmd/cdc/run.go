@@ -101,10 +101,27 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		return err
 	}
 	warnLeftovers(ctx, log, cfg, d.srcPool)
-	// One active cdc per slot: a second instance stands by here (healthy,
-	// not ready) until the active one stops or dies.
+	for {
+		err = d.lead(ctx, cfg, src, chat)
+		if !errors.Is(err, leader.ErrLost) || ctx.Err() != nil {
+			return err
+		}
+		// Another instance may be active by now: stand by again, as a
+		// new process would.
+		log.Warn("lost the leader lock (its chat connection failed while another cdc took it): standing by again")
+		if src, chat, err = d.preflight(ctx, cfg); err != nil {
+			return err
+		}
+	}
+}
+
+// lead waits for the leader lock (one active cdc per slot: a second
+// instance stands by here, healthy and not ready, until the active one
+// stops or dies), then syncs until ctx ends or the lock is lost, when it
+// returns leader.ErrLost.
+func (d *daemon) lead(ctx context.Context, cfg *config.Config, src, chat *schema.Table) error {
 	lock, err := leader.Acquire(ctx, leader.Options{DSN: cfg.ChatURL, Slot: cfg.SlotName, Every: time.Second,
-		Retry: reconnectPolicy(cfg), Logger: log, Standby: mon.Standby})
+		Retry: reconnectPolicy(cfg), Logger: d.log, Standby: d.mon.Standby})
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -112,7 +129,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		return err
 	}
 	defer lock.Release()
-	mon.Active()
+	d.mon.Active()
 	ctx, stopActive := context.WithCancelCause(ctx)
 	var lost errgroup.Group
 	defer func() { stopActive(nil); _ = lost.Wait() }()
@@ -137,9 +154,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		}
 	}
 	if cause := context.Cause(ctx); errors.Is(cause, leader.ErrLost) {
-		// Another instance may be active by now: exit, and let the
-		// supervisor's restart stand this one by again.
-		return fmt.Errorf("stopped: %w (its chat connection failed)", cause)
+		return cause
 	}
 	return err
 }
@@ -157,7 +172,7 @@ type daemon struct {
 func (d *daemon) preflight(ctx context.Context, cfg *config.Config) (src, chat *schema.Table, err error) {
 	if cfg.Mode == config.ModeNotify {
 		src, err = replication.PreflightNotify(ctx, d.srcPool, sourceSpec(cfg))
-	} else {
+	} else if err = checkReplicationConn(ctx, cfg); err == nil {
 		src, err = replication.Preflight(ctx, d.srcPool, sourceSpec(cfg))
 	}
 	if err != nil {
@@ -238,7 +253,8 @@ func checkStatements(ctx context.Context, sk *sink.Sink, src reconcile.Side) err
 
 // openPool opens a pool and waits until the database answers. Outages are
 // retried (forever, loudly after MAX_RECONNECT_ATTEMPTS); a wrong password or
-// database name is a configuration error.
+// database name is a configuration error, and so is a pooler that shares
+// server sessions between clients (db.CheckSession).
 func openPool(ctx context.Context, log *slog.Logger, varName, dsn string, size int32, p retry.Policy) (*pgxpool.Pool, error) {
 	pool, err := db.NewPool(ctx, dsn, size)
 	if err != nil {
@@ -246,10 +262,19 @@ func openPool(ctx context.Context, log *slog.Logger, varName, dsn string, size i
 	}
 	what := "connect to " + varName + " (if this persists: check its host and port, and that PostgreSQL is running)"
 	err = retry.Do(ctx, p, log.With("database", varName), what, func(ctx context.Context) error {
+		// The probe comes first: in a pool's connections cdc's session
+		// settings would stay behind on a shared server session.
+		if err := db.CheckSession(ctx, dsn); err != nil {
+			return err
+		}
 		return pool.Ping(ctx)
 	})
 	if err != nil {
 		pool.Close()
+		var shared *db.SharedSessionError
+		if errors.As(err, &shared) {
+			return nil, &config.Error{Var: varName, Msg: shared.Error()}
+		}
 		if cerr := connectProblem(varName, err); cerr != nil {
 			return nil, cerr
 		}

@@ -186,7 +186,7 @@ func (d *daemon) newSource(cfg *config.Config, sk *sink.Sink, srcTable *schema.T
 	log.Info("sync mode: replication (SYNC_MODE=replication, pgoutput slot " + cfg.SlotName + "); set SYNC_MODE=notify where the source forbids logical replication")
 	slot := &replication.SlotWatcher{Pool: d.srcPool, Slot: cfg.SlotName, WarnBytes: cfg.SlotWALWarnBytes, Every: cfg.StatusInterval, Logger: log}
 	stream := replication.New(d.srcPool, sk, replication.Options{
-		SourceURL:      cfg.SourceURL,
+		SourceURL:      cfg.ReplicationDSN(),
 		Slot:           cfg.SlotName,
 		Publication:    cfg.PublicationName,
 		Table:          srcTable,

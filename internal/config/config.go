@@ -30,9 +30,11 @@ type Config struct {
 	// variables (typos), for the caller to log.
 	Warnings []string
 
-	SourceURL string // SOURCE_DATABASE_URL
-	ChatURL   string // CHAT_DATABASE_URL
-	Mode      string // SYNC_MODE
+	SourceURL      string // SOURCE_DATABASE_URL
+	ReplicationURL string // SOURCE_REPLICATION_URL, "" = SourceURL
+	PrimaryURL     string // SOURCE_PRIMARY_URL, "" = the source is a primary
+	ChatURL        string // CHAT_DATABASE_URL
+	Mode           string // SYNC_MODE
 
 	SyncInterval          time.Duration // SYNC_INTERVAL_MINUTES
 	WindowMultiplier      float64       // SYNC_WINDOW_MULTIPLIER
@@ -270,6 +272,14 @@ func (c *Config) check() error {
 		}
 	}
 	return nil
+}
+
+// ReplicationDSN is the DSN of the replication connection.
+func (c *Config) ReplicationDSN() string {
+	if c.ReplicationURL != "" {
+		return c.ReplicationURL
+	}
+	return c.SourceURL
 }
 
 // RequireDatabases reports a missing SOURCE_DATABASE_URL or CHAT_DATABASE_URL.

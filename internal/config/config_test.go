@@ -112,6 +112,8 @@ func TestLoad_RejectsBadValues(t *testing.T) {
 		{"source dsn malformed url", map[string]string{"SOURCE_DATABASE_URL": "postgres://u@host:notaport/db"}, "SOURCE_DATABASE_URL", "not a valid PostgreSQL DSN"},
 		{"source dsn malformed kv", map[string]string{"SOURCE_DATABASE_URL": "host=x port=abc"}, "SOURCE_DATABASE_URL", "postgres://user:pass@host:5432/db"},
 		{"chat dsn malformed", map[string]string{"CHAT_DATABASE_URL": "postgres://u@host:99x/db"}, "CHAT_DATABASE_URL", "not a valid PostgreSQL DSN"},
+		{"replication dsn malformed", map[string]string{"SOURCE_REPLICATION_URL": "postgres://u@host:99x/db"}, "SOURCE_REPLICATION_URL", "not a valid PostgreSQL DSN"},
+		{"primary dsn malformed", map[string]string{"SOURCE_PRIMARY_URL": "host=h port=x"}, "SOURCE_PRIMARY_URL", "not a valid PostgreSQL DSN"},
 		{"sync mode", map[string]string{"SYNC_MODE": "x"}, "SYNC_MODE", "use replication or notify"},
 		{"example password", map[string]string{"CHAT_DATABASE_URL": "host=h user=u password='change-me'"}, "CHAT_DATABASE_URL", "example password change-me"},
 		{"source run role not an identifier", map[string]string{"SOURCE_RUN_ROLE": "Cdc-Reader"}, "SOURCE_RUN_ROLE", "unexpected"},

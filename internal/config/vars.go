@@ -47,6 +47,14 @@ var Vars = []Var{
 		c.ChatURL = s
 		return checkDSN(s)
 	}},
+	{"SOURCE_REPLICATION_URL", "", "DSN of the replication connection when it must differ from SOURCE_DATABASE_URL (the queries go through a pooler: the replication connection cannot); default SOURCE_DATABASE_URL", func(c *Config, s string) error {
+		c.ReplicationURL = s
+		return checkDSN(s)
+	}},
+	{"SOURCE_PRIMARY_URL", "", "DSN of the source's primary when SOURCE_DATABASE_URL names a hot standby (16+): the publication, the notify trigger and their checks are made there", func(c *Config, s string) error {
+		c.PrimaryURL = s
+		return checkDSN(s)
+	}},
 	{"SYNC_MODE", ModeReplication, "replication (pgoutput slot) or notify (trigger + LISTEN/NOTIFY fallback)", func(c *Config, s string) error {
 		if s != ModeReplication && s != ModeNotify {
 			return fmt.Errorf("%q is not a mode: use replication or notify", s)

@@ -88,11 +88,20 @@ func ConnectReplication(ctx context.Context, dsn string) (*pgconn.PgConn, error)
 
 // Connect opens one plain connection to dsn.
 func Connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	return connect(ctx, dsn, true)
+}
+
+// connect opens one connection to dsn, with TextSettings applied when
+// settings is set.
+func connect(ctx context.Context, dsn string, settings bool) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return nil, errors.New("parse DSN: invalid connection string")
 	}
 	tune(&cfg.Config)
+	if !settings {
+		cfg.AfterConnect = nil
+	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
