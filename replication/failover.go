@@ -28,15 +28,24 @@ type Promotion struct {
 	// Idle are the physical slots named in StandbySlots that no standby
 	// streams through now: logical changes wait for them.
 	Idle []string
+	// OnStandby: the source cdc reads is itself a hot standby (16+), and
+	// the slot is its own.
+	OnStandby bool
 }
 
-// Keeps reports whether a promoted standby continues from the synced slot.
-func (p Promotion) Keeps() bool { return p.Version >= 170000 && p.Failover && p.StandbySlots != "" }
+// Keeps reports whether a promoted standby continues from the slot: the
+// synced copy of a failover slot, or the slot of a standby source, which
+// stays the promoted server's own.
+func (p Promotion) Keeps() bool {
+	return p.OnStandby || p.Version >= 170000 && p.Failover && p.StandbySlots != ""
+}
 
 // String says what a promotion costs and why.
 func (p Promotion) String() string {
 	const redo = "a promotion recreates the slot and copies the table (a full compare): "
 	switch {
+	case p.OnStandby:
+		return "the slot is on the standby cdc reads: promoting that standby keeps the slot; a promotion of another standby recreates it and copies the table"
 	case p.Version < 170000:
 		return redo + "before PostgreSQL 17 a standby has no copy of a logical slot"
 	case !p.Failover:
@@ -56,12 +65,12 @@ func (p Promotion) String() string {
 func ReadPromotion(ctx context.Context, q schema.Querier, slot string) (Promotion, error) {
 	var p Promotion
 	// to_jsonb reads the failover column where it exists (17+).
-	err := q.QueryRow(ctx, `SELECT current_setting('server_version_num')::int,
+	err := q.QueryRow(ctx, `SELECT current_setting('server_version_num')::int, pg_is_in_recovery(),
        COALESCE((SELECT (to_jsonb(s) ->> 'failover')::bool FROM pg_replication_slots s WHERE slot_name = $1), false),
        COALESCE(current_setting('synchronized_standby_slots', true), ''),
        ARRAY(SELECT n FROM unnest(string_to_array(replace(COALESCE(current_setting('synchronized_standby_slots', true), ''), ' ', ''), ',')) n
              WHERE n <> '' AND NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = n AND active))`, slot).
-		Scan(&p.Version, &p.Failover, &p.StandbySlots, &p.Idle)
+		Scan(&p.Version, &p.OnStandby, &p.Failover, &p.StandbySlots, &p.Idle)
 	if err != nil {
 		return p, fmt.Errorf("read the slot's failover setup: %w", err)
 	}
@@ -76,9 +85,9 @@ func serverMajor(conn *pgconn.PgConn) int {
 }
 
 // createSlot creates the slot with an exported snapshot, as a failover
-// slot where the source supports it (17+).
-func createSlot(ctx context.Context, conn *pgconn.PgConn, slot string) (pglogrepl.CreateReplicationSlotResult, error) {
-	if serverMajor(conn) < 17 {
+// slot where the source supports it (17+, not on a standby).
+func createSlot(ctx context.Context, conn *pgconn.PgConn, slot string, onStandby bool) (pglogrepl.CreateReplicationSlotResult, error) {
+	if serverMajor(conn) < 17 || onStandby {
 		return pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput",
 			pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
 	}

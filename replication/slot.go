@@ -38,8 +38,8 @@ func ReadSlotHealth(ctx context.Context, pool *pgxpool.Pool, slot string) (SlotH
 	h := SlotHealth{CheckedAt: time.Now()}
 	var safe *int64
 	err := pool.QueryRow(ctx, `SELECT active, COALESCE(wal_status, ''),
-       COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint,
-       COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint,
+       COALESCE(pg_wal_lsn_diff(`+positionSQL+`, restart_lsn), 0)::bigint,
+       COALESCE(pg_wal_lsn_diff(`+positionSQL+`, confirmed_flush_lsn), 0)::bigint,
        safe_wal_size
 FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&h.Active, &h.WALStatus, &h.RetainedBytes, &h.LagBytes, &safe)
 	if errors.Is(err, pgx.ErrNoRows) {

@@ -30,7 +30,11 @@ const copyBuffer = 64 << 10
 // the slot's consistent point, stored in chat with the last copied rows, so
 // streaming resumes exactly where the copy ends.
 func (s *Stream) firstCopy(ctx context.Context, conn *pgconn.PgConn) (change.Checkpoint, error) {
-	res, err := createSlot(ctx, conn, s.opts.Slot)
+	var res pglogrepl.CreateReplicationSlotResult
+	err := s.onStandbyNudged(ctx, func() (err error) {
+		res, err = createSlot(ctx, conn, s.opts.Slot, s.onStandby)
+		return err
+	})
 	if err != nil {
 		return change.Checkpoint{}, fmt.Errorf("create slot %s: %w", s.opts.Slot, err)
 	}
@@ -75,7 +79,7 @@ func copyTable(ctx context.Context, pool *pgxpool.Pool, t *schema.Table, snapsho
 		}
 		defer src.Release()
 		pids[i] = src.Conn().PgConn().PID()
-		outs[i] = copyOut(src, t, snapshot, where, len(gen) < 0)
+		outs[i] = copyOut(src, t, snapshot, where, len(gen) > 0)
 	}
 	start := time.Now()
 	stop := reportProgress(ctx, pool, log, pids, estimate, start)

@@ -34,7 +34,12 @@ type Options struct {
 	Retry          retry.Policy  // reconnect backoff; Loud = MAX_RECONNECT_ATTEMPTS
 	DrainTimeout   time.Duration // how long shutdown may spend committing the batch in hand
 	SpoolDir       string        // where large streamed source transactions wait for their commit ("" = the system's temporary directory)
-	Logger         *slog.Logger
+	// Primary is the source's primary when the source is a hot standby
+	// (nil otherwise, or when cdc was given none): a slot created on a
+	// standby waits for the primary's next snapshot of running
+	// transactions, which cdc asks it for.
+	Primary *pgxpool.Pool
+	Logger  *slog.Logger
 }
 
 // Stats describes the stream's progress since start.
@@ -119,19 +124,23 @@ type Stream struct {
 	// The source as the last session found it (Run's goroutine only): a
 	// new timeline means a standby was promoted, and kept says whether
 	// the slot was kept in step with the standbys then.
-	timeline int32
-	kept     bool
+	timeline  int32
+	kept      bool
+	onStandby bool // the source is a hot standby
 }
+
+// positionSQL is the source's WAL position: on a primary the insert
+// position, not pg_current_wal_lsn() (the write position), since with
+// asynchronous commit a committed transaction can lie beyond the write
+// position for a moment; on a standby source, what it has replayed.
+const positionSQL = "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END"
 
 // Sync waits until every change the source had committed when Sync was
 // called is committed in chat (or ctx ends). An idle stream is nudged to
 // ask the server for a keepalive, so its position moves at once.
 func (s *Stream) Sync(ctx context.Context) error {
-	// The insert position, not pg_current_wal_lsn() (the write position):
-	// with asynchronous commit a committed transaction can lie beyond the
-	// write position for a moment.
 	var now string
-	if err := s.pool.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&now); err != nil {
+	if err := s.pool.QueryRow(ctx, "SELECT "+positionSQL+"::text").Scan(&now); err != nil {
 		return fmt.Errorf("read source position: %w", err)
 	}
 	target, err := pglogrepl.ParseLSN(now)
@@ -328,7 +337,11 @@ FROM (SELECT 1) one LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, s.opt
 		}
 		slot = nil
 	case s.timeline != 0 && timeline != s.timeline:
-		s.log.Warn("the source was promoted from a standby: continuing from its synced slot", "timeline", timeline, "was", s.timeline, "checkpoint", cp.LSN)
+		if s.onStandby {
+			s.log.Warn("the source standby was promoted: continuing from its own slot", "timeline", timeline, "was", s.timeline, "checkpoint", cp.LSN)
+		} else {
+			s.log.Warn("the source was promoted from a standby: continuing from its synced slot", "timeline", timeline, "was", s.timeline, "checkpoint", cp.LSN)
+		}
 	}
 	if err := s.noteSource(ctx, conn, timeline, slot); err != nil {
 		return cp, err
@@ -346,20 +359,21 @@ FROM (SELECT 1) one LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, s.opt
 // keep the slot, and makes an existing slot a failover slot where the
 // source supports it (a slot created before an upgrade to 17 is not one).
 func (s *Stream) noteSource(ctx context.Context, conn *pgconn.PgConn, timeline int32, slot *slotInfo) error {
-	if slot != nil && !slot.Failover && serverMajor(conn) >= 17 {
-		if err := makeFailover(ctx, conn, s.opts.Slot); err != nil {
-			return err
-		}
-		s.log.Info("made the slot a failover slot, which standbys with sync_replication_slots keep a copy of")
-	}
 	p, err := ReadPromotion(ctx, s.pool, s.opts.Slot)
 	if err != nil {
 		return err
 	}
-	if slot == nil {
-		p.Failover = serverMajor(conn) >= 17 // the slot about to be created
+	if slot != nil && !slot.Failover && serverMajor(conn) >= 17 && !p.OnStandby {
+		if err := makeFailover(ctx, conn, s.opts.Slot); err != nil {
+			return err
+		}
+		s.log.Info("made the slot a failover slot, which standbys with sync_replication_slots keep a copy of")
+		p.Failover = true
 	}
-	s.timeline, s.kept = timeline, p.Keeps()
+	if slot == nil {
+		p.Failover = serverMajor(conn) >= 17 && !p.OnStandby // the slot about to be created
+	}
+	s.timeline, s.kept, s.onStandby = timeline, p.Keeps(), p.OnStandby
 	return nil
 }
 

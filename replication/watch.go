@@ -22,9 +22,12 @@ import (
 
 // WatchOptions configure a Watch.
 type WatchOptions struct {
-	Pool  *pgxpool.Pool   // the source
-	Table *schema.Table   // the source table as cdc follows it (OID and attnums identify it)
-	Spec  migrations.Spec // what cdc migrate converges the source to
+	Pool *pgxpool.Pool // the source
+	// Primary is where the source's objects are restored when the source
+	// is a hot standby (nil: Pool).
+	Primary *pgxpool.Pool
+	Table   *schema.Table   // the source table as cdc follows it (OID and attnums identify it)
+	Spec    migrations.Spec // what cdc migrate converges the source to
 	// Notify selects the notify-mode objects (the trigger) instead of
 	// replication mode's (the publication).
 	Notify bool
@@ -285,13 +288,17 @@ func (w *Watch) fixHint() string {
 func (w *Watch) restore(ctx context.Context, spec migrations.Spec) error {
 	var msg string
 	var err error
+	pool := w.opts.Pool
+	if w.opts.Primary != nil {
+		pool = w.opts.Primary
+	}
 	if w.opts.Notify {
-		msg, err = migrations.EnsureNotifyTrigger(ctx, w.opts.Pool, spec)
+		msg, err = migrations.EnsureNotifyTrigger(ctx, pool, spec)
 		if msg == "" && err == nil {
 			msg = "enabled trigger " + migrations.NotifyTrigger
 		}
 	} else {
-		msg, err = migrations.EnsurePublication(ctx, w.opts.Pool, spec)
+		msg, err = migrations.EnsurePublication(ctx, pool, spec)
 	}
 	if err != nil {
 		var pgErr *pgconn.PgError

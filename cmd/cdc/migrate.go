@@ -62,6 +62,15 @@ func migrate(ctx context.Context, out io.Writer, log *slog.Logger, cfg *config.C
 			return err
 		}
 	}
+	primary, err := openPrimary(ctx, log, cfg, srcPool, writePolicy(cfg))
+	if err != nil {
+		return err
+	}
+	if primary != nil {
+		defer primary.Close()
+	}
+	// What only a primary can do goes there; the reads stay on srcPool.
+	srcWriter := orPool(primary, srcPool)
 	n, err := migrations.MigrateChat(ctx, chatPool, log)
 	if err != nil {
 		return err
@@ -74,8 +83,16 @@ func migrate(ctx context.Context, out io.Writer, log *slog.Logger, cfg *config.C
 	spec := migrations.SpecFor(cfg)
 	// Configuration problems (a table or column that is not there, a key
 	// without an index) are named here, with the fix, and exit 2.
-	if _, err := replication.LoadTable(ctx, srcPool, spec.Source(), "source", "check SOURCE_TABLE and the database in the DSN"); err != nil {
+	src, err := replication.LoadTable(ctx, srcPool, spec.Source(), "source", "check SOURCE_TABLE and the database in the DSN")
+	if err != nil {
 		return err
+	}
+	if cfg.Mode == config.ModeReplication {
+		// Before chat's table is made: a refused generated column must not
+		// be created there as a plain one.
+		if err := replication.CheckGenerated(ctx, srcPool, src); err != nil {
+			return err
+		}
 	}
 	created, notes, err := migrations.EnsureChatTable(ctx, srcPool, chatPool, spec, createTypes)
 	var missing *migrations.MissingTypesError
@@ -93,13 +110,13 @@ func migrate(ctx context.Context, out io.Writer, log *slog.Logger, cfg *config.C
 	} else {
 		fmt.Fprintf(out, "chat: table %s exists\n", cfg.ChatTable)
 	}
-	if err := grantRunRoles(ctx, out, cfg, srcPool, chatPool, spec); err != nil {
+	if err := grantRunRoles(ctx, out, cfg, srcWriter, chatPool, spec); err != nil {
 		return err
 	}
 	if cfg.Mode == config.ModeNotify {
-		err = migrateNotify(ctx, out, cfg, srcPool, spec)
+		err = migrateNotify(ctx, out, cfg, srcWriter, spec)
 	} else {
-		err = migratePublication(ctx, out, cfg, srcPool, spec)
+		err = migratePublication(ctx, out, cfg, srcWriter, spec)
 	}
 	if err != nil {
 		return err

@@ -96,10 +96,17 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		return shutdownOr(ctx, err)
 	}
 	defer d.chatPool.Close()
+	if d.primary, err = openPrimary(ctx, log, cfg, d.srcPool, reconnectPolicy(cfg)); err != nil {
+		return shutdownOr(ctx, err)
+	}
+	if d.primary != nil {
+		defer d.primary.Close()
+	}
 	src, chat, err := d.preflight(ctx, cfg)
 	if err != nil {
 		return err
 	}
+	replication.LogFeatures(ctx, log, d.srcPool, cfg.Mode == config.ModeReplication)
 	warnLeftovers(ctx, log, cfg, d.srcPool)
 	for {
 		err = d.lead(ctx, cfg, src, chat)
@@ -165,6 +172,7 @@ type daemon struct {
 	start             time.Time
 	mon               *health.Monitor
 	srcPool, chatPool *pgxpool.Pool
+	primary           *pgxpool.Pool     // the source's primary when the source is a hot standby, else nil
 	drift             replication.Drift // what the watch found, across restarts of the sync
 }
 

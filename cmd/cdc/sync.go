@@ -196,6 +196,7 @@ func (d *daemon) newSource(cfg *config.Config, sk *sink.Sink, srcTable *schema.T
 		CopyWorkers:    cfg.CopyWorkers,
 		StatusInterval: cfg.StatusInterval,
 		SpoolDir:       cfg.SpoolDir,
+		Primary:        d.primary,
 		Retry:          reconnectPolicy(cfg),
 		Logger:         log,
 	})
@@ -210,7 +211,7 @@ func (d *daemon) newWatch(cfg *config.Config, srcTable *schema.Table, rec *recon
 	reload func(spec migrations.Spec, since time.Time, why string)) *replication.Watch {
 	window := time.Duration(float64(cfg.SyncInterval) * cfg.WindowMultiplier)
 	return replication.NewWatch(replication.WatchOptions{
-		Pool: d.srcPool, Table: srcTable, Spec: migrations.SpecFor(cfg), Notify: cfg.Mode == config.ModeNotify,
+		Pool: d.srcPool, Primary: d.primary, Table: srcTable, Spec: migrations.SpecFor(cfg), Notify: cfg.Mode == config.ModeNotify,
 		Every: cfg.StatusInterval, RepairSince: repairSince, Drift: &d.drift, Logger: d.log,
 		Recorded: func(ctx context.Context) (map[string]migrations.SyncedColumn, error) {
 			return migrations.ReadColumns(ctx, d.chatPool, cfg.SlotName)
