@@ -96,6 +96,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		return shutdownOr(ctx, err)
 	}
 	defer d.chatPool.Close()
+	logRoundTrips(ctx, log, d.srcPool, d.chatPool)
 	if d.primary, err = openPrimary(ctx, log, cfg, d.srcPool, reconnectPolicy(cfg)); err != nil {
 		return shutdownOr(ctx, err)
 	}

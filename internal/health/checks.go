@@ -305,7 +305,14 @@ func databasesCheck(st *Stats) Check {
 		msg += d.Name + " database unreachable: " + d.Error
 	}
 	if msg == "" {
-		return Check{Status: Pass, Message: "both databases answer"}
+		rt := ""
+		for _, d := range st.Databases {
+			rt += fmt.Sprintf(", %s %.1f ms", d.Name, d.RoundTripMs)
+		}
+		if rt != "" {
+			rt = " (round trip" + rt[1:] + ")"
+		}
+		return Check{Status: Pass, Message: "both databases answer" + rt}
 	}
 	return Check{Fail, msg, "check that the database server is up and reachable from cdc (SOURCE_DATABASE_URL, CHAT_DATABASE_URL); cdc reconnects by itself"}
 }

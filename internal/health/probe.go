@@ -56,12 +56,12 @@ func (m *Monitor) probeLoop(ctx context.Context) {
 func (m *Monitor) probeOnce(ctx context.Context, p *Parts) {
 	var dbs []DatabaseStats
 	if p.SourcePool != nil {
-		dbs = append(dbs, m.probeDB(ctx, "source", func(ctx context.Context) error { return p.SourcePool.Ping(ctx) }))
+		dbs = append(dbs, m.probeDB(ctx, "source", p.SourcePool, nil))
 	}
 	var unresolved int64
 	var recent []DeadLetter
 	if p.ChatPool != nil {
-		dbs = append(dbs, m.probeDB(ctx, "chat", func(ctx context.Context) (err error) {
+		dbs = append(dbs, m.probeDB(ctx, "chat", p.ChatPool, func(ctx context.Context) (err error) {
 			unresolved, recent, err = readDeadLetters(ctx, p.ChatPool)
 			return err
 		}))
@@ -88,12 +88,23 @@ func (m *Monitor) probeOnce(ctx context.Context, p *Parts) {
 	}
 }
 
-// probeDB runs one probe with probeTimeout.
-func (m *Monitor) probeDB(ctx context.Context, name string, probe func(ctx context.Context) error) DatabaseStats {
+// probeDB pings pool (if any), timing the round trip, then runs then (if any),
+// all within probeTimeout.
+func (m *Monitor) probeDB(ctx context.Context, name string, pool *pgxpool.Pool, then func(ctx context.Context) error) DatabaseStats {
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	err := probe(pctx)
-	d := DatabaseStats{Name: name, Reachable: err == nil, CheckedAt: time.Now()}
+	var err error
+	var rt time.Duration
+	if pool != nil {
+		start := time.Now()
+		err = pool.Ping(pctx)
+		rt = time.Since(start)
+	}
+	d := DatabaseStats{Name: name, Reachable: err == nil, CheckedAt: time.Now(), RoundTripMs: float64(rt.Microseconds()) / 1000}
+	if err == nil && then != nil {
+		err = then(pctx)
+		d.Reachable = err == nil
+	}
 	switch {
 	case err == nil:
 	case timedOut(pctx, err):

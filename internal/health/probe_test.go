@@ -64,7 +64,7 @@ func TestProbe_DeadLettersAndReachability(t *testing.T) {
 // TestProbe_MasksPasswords checks a probe error never carries a password.
 func TestProbe_MasksPasswords(t *testing.T) {
 	m := newTestMonitor("replication")
-	d := m.probeDB(context.Background(), "chat", func(context.Context) error {
+	d := m.probeDB(context.Background(), "chat", nil, func(context.Context) error {
 		return errors.New("cannot connect to postgres://cdc:pw-Tr0ub4dor@db:5432/chat")
 	})
 	if d.Reachable || strings.Contains(d.Error, "pw-Tr0ub4dor") || !strings.Contains(d.Error, "db:5432") {

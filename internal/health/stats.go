@@ -178,6 +178,10 @@ type DatabaseStats struct {
 	Reachable bool      `json:"reachable"`
 	Error     string    `json:"error,omitempty"`
 	CheckedAt time.Time `json:"checkedAt"`
+	// RoundTripMs is the probe's ping on an idle pooled connection, in
+	// milliseconds: the network round trip between cdc and the database,
+	// which every chat commit (beside chat: every source read) waits for.
+	RoundTripMs float64 `json:"roundTripMs"`
 }
 
 // Sample is the work done in one throughput interval.
