@@ -68,3 +68,10 @@ func (e *CheckError) Error() string { return e.What + ": " + e.Err.Error() }
 
 // Unwrap returns the database's error.
 func (e *CheckError) Unwrap() error { return e.Err }
+
+// Timeline is the source's timeline as a stream last saw it, and whether
+// a promotion of its standby keeps the slot (replication.Promotion).
+type Timeline struct {
+	ID    int32
+	Keeps bool
+}

@@ -13,7 +13,7 @@ import (
 )
 
 // chatTables are cdc's own tables in the chat database that cdc run writes.
-var chatTables = []string{"cdc_checkpoint", "sync_errors", "cdc_columns"}
+var chatTables = []string{"cdc_checkpoint", "sync_errors", "cdc_columns", "cdc_source"}
 
 // roleInfo reads whether role exists and has REPLICATION.
 func roleInfo(ctx context.Context, pool *pgxpool.Pool, role string) (replication bool, err error) {

@@ -296,6 +296,9 @@ func (s *Stream) prepare(ctx context.Context, conn *pgconn.PgConn, timeline int3
 	if err != nil {
 		return cp, err
 	}
+	if err := s.recallTimeline(ctx); err != nil {
+		return cp, err
+	}
 	var slot *slotInfo
 	var info slotInfo
 	var currentDB string
@@ -374,6 +377,32 @@ func (s *Stream) noteSource(ctx context.Context, conn *pgconn.PgConn, timeline i
 		p.Failover = serverMajor(conn) >= 17 && !p.OnStandby // the slot about to be created
 	}
 	s.timeline, s.kept, s.onStandby = timeline, p.Keeps(), p.OnStandby
+	if m, ok := s.sink.(timelines); ok {
+		return m.StoreSourceTimeline(ctx, change.Timeline{ID: timeline, Keeps: s.kept})
+	}
+	return nil
+}
+
+// timelines is a sink that keeps the source's timeline across restarts
+// (sink.Sink, in chat's cdc_source), so that a cdc started after a
+// promotion knows whether the slot it finds can be trusted.
+type timelines interface {
+	SourceTimeline(ctx context.Context) (change.Timeline, bool, error)
+	StoreSourceTimeline(ctx context.Context, t change.Timeline) error
+}
+
+// recallTimeline loads the recorded timeline when this process has not
+// seen the source yet.
+func (s *Stream) recallTimeline(ctx context.Context) error {
+	m, ok := s.sink.(timelines)
+	if !ok || s.timeline != 0 {
+		return nil
+	}
+	t, ok, err := m.SourceTimeline(ctx)
+	if err != nil || !ok {
+		return err
+	}
+	s.timeline, s.kept = t.ID, t.Keeps
 	return nil
 }
 

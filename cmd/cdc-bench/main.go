@@ -53,8 +53,19 @@ func main() {
 	flag.DurationVar(&o.SweepFor, "sweep-for", 20*time.Second, "length of each sweep window")
 	flag.IntVar(&o.SweepRounds, "sweep-rounds", 2, "rounds through the sweep's rates")
 	flag.IntVar(&o.BigTxRows, "big-tx", 1_000_000, "rows one source transaction updates for the large-transaction catch-up (at most --rows); 0: skip it")
+	flag.BoolVar(&o.Regions, "regions", true, "run the cross-region phase after the others (default off with --core)")
+	flag.DurationVar(&o.RegionRTT, "region-rtt", 40*time.Millisecond, "cross-region phase: round trip between the source's region and chat's (half of it each way)")
+	flag.IntVar(&o.RegionRows, "region-rows", 100_000, "cross-region phase: rows in its users table (it runs on servers of its own)")
+	flag.IntVar(&o.RegionTPS, "region-tps", 200, "cross-region phase: single-row transactions per second in its steady windows")
+	flag.DurationVar(&o.RegionFor, "region-for", 15*time.Second, "cross-region phase: length of its steady windows")
+	flag.StringVar(&o.Only, "only", "", "run only this phase: regions")
 	out := flag.String("out", "", "also write the table to this file")
 	flag.Parse()
+	explicit := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+	if o.Core && !explicit["regions"] {
+		o.Regions = false
+	}
 	o.RampRates = parseRates("--ramp", *rates)
 	if *sweep != "" {
 		o.SweepRates = parseRates("--sweep", *sweep)
@@ -75,6 +86,11 @@ func main() {
 		{"--big-tx", o.BigTxRows >= 0, "0 or more"},
 		{"--shape", o.Shape == bench.ShapeReference || o.Shape == bench.ShapeWide, "reference or wide"},
 		{"--wire", o.Wire == "auto" || o.Wire == "binary" || o.Wire == "text", "auto, binary or text"},
+		{"--region-rtt", o.RegionRTT >= 2*time.Millisecond, "at least 2ms"},
+		{"--region-rows", o.RegionRows >= 1000, "at least 1000"},
+		{"--region-tps", o.RegionTPS >= 1, "at least 1"},
+		{"--region-for", o.RegionFor >= time.Second, "at least 1s"},
+		{"--only", o.Only == "" || o.Only == bench.OnlyRegions, "empty or regions"},
 	} {
 		if !c.ok {
 			fmt.Fprintf(os.Stderr, "cdc-bench: %s must be %s\n", c.name, c.want)

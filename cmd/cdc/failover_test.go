@@ -29,15 +29,16 @@ func TestFailover(t *testing.T) {
 	for _, tc := range []struct {
 		major       int
 		sync, guard bool // the standby syncs the slot; synchronized_standby_slots names the standby
-	}{{15, false, false}, {17, true, true}, {17, true, false}, {18, true, true}} {
-		t.Run(fmt.Sprintf("%d sync=%t guard=%t", tc.major, tc.sync, tc.guard), func(t *testing.T) {
+		down        bool // cdc is stopped during the promotion and started after it
+	}{{15, false, false, false}, {17, true, true, false}, {17, true, false, false}, {17, true, false, true}, {18, true, true, true}} {
+		t.Run(fmt.Sprintf("%d sync=%t guard=%t down=%t", tc.major, tc.sync, tc.guard, tc.down), func(t *testing.T) {
 			t.Parallel() // the slot sync worker's first copy takes some 25 s of waiting
-			testFailover(t, tc.major, tc.sync, tc.guard)
+			testFailover(t, tc.major, tc.sync, tc.guard, tc.down)
 		})
 	}
 }
 
-func testFailover(t *testing.T, major int, sync, guard bool) {
+func testFailover(t *testing.T, major int, sync, guard, down bool) {
 	keeps := sync && guard
 	ctx := t.Context()
 	bin := pgtest.BinFor(t, major)
@@ -84,6 +85,13 @@ func testFailover(t *testing.T, major int, sync, guard bool) {
 		return st.Slot != nil && strings.HasPrefix(st.Slot.Promotion, cost) && strings.Contains(st.HealthStatus.Checks[health.CheckSlot].Message, cost)
 	})
 	before := len(c.out.String())
+	if down {
+		// The record of the source's timeline in chat, not this
+		// process's memory, must tell the next start what happened.
+		if code := c.stop(t, 40*time.Second); code != 0 {
+			t.Fatalf("exit %d:\n%s", code, c.out.String())
+		}
+	}
 
 	if err := primary.Halt(pglocal.KillStop); err != nil {
 		t.Fatal(err)
@@ -96,6 +104,9 @@ func testFailover(t *testing.T, major int, sync, guard bool) {
 	newURL := standby.DSN(strings.TrimPrefix(u.Path, "/"))
 	if p.Source, err = db.NewPool(ctx, newURL, 8); err != nil {
 		t.Fatal(err)
+	}
+	if down {
+		c, before = startCDC(t, env, "run"), 0
 	}
 	stopLoad = load(t, p, 300, 0)
 	time.Sleep(2 * time.Second)
@@ -118,7 +129,7 @@ func testFailover(t *testing.T, major int, sync, guard bool) {
 	case sync && !guard && !strings.Contains(after, "synchronized_standby_slots did not keep in step"):
 		t.Errorf("cdc did not say why it does not trust the synced slot:\n%s", tail(after, 30))
 	}
-	t.Logf("PostgreSQL %d: promoted; chat equals the new primary; slot created again: %t", major, created)
+	t.Logf("PostgreSQL %d (cdc down during the promotion: %t): promoted; chat equals the new primary; slot created again: %t", major, down, created)
 }
 
 // waitSynced waits until the standby's copy of slot is synced and has

@@ -234,7 +234,7 @@ func TestMigrate_IsIdempotentAndRunSaysWhatToRun(t *testing.T) {
 		t.Fatalf("run before migrate: exit %d\n%s", code, out)
 	}
 	code, out = runCDC(t, env, "migrate")
-	for _, w := range []string{"applied 3 migration(s)", "created table public.users", "created publication cdc_users"} {
+	for _, w := range []string{"applied 4 migration(s)", "created table public.users", "created publication cdc_users"} {
 		if code != 0 || !strings.Contains(out, w) {
 			t.Fatalf("first migrate: exit %d, want %q in:\n%s", code, w, out)
 		}

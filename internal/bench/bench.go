@@ -38,6 +38,12 @@ type Options struct {
 	SweepRounds     int           // rounds through the sweep's rates
 	BigTxRows       int           // rows of the one-transaction catch-up (bigTxPhase); 0: none
 	DecodingWorkMem string        // the source's logical_decoding_work_mem; "": its default, 64MB
+	Regions         bool          // the cross-region phase (regionsPhase) after the others
+	RegionRTT       time.Duration // its round trip between the regions (default 40 ms)
+	RegionRows      int           // its users rows, on servers of its own (default 100,000)
+	RegionTPS       int           // its steady windows' rate (default 200 transactions/s)
+	RegionFor       time.Duration // its steady windows' length (default 15 s)
+	Only            string        // only this phase: OnlyRegions; "": every phase asked for
 	Log             io.Writer     // progress
 }
 
@@ -83,6 +89,8 @@ type Result struct {
 	// A conflictRows-row transaction, plain and with a swap that chat's
 	// unique index refuses set-based (see conflictPhase).
 	ConflictFree, ConflictSwap []time.Duration
+
+	Cross *CrossRegion // the cross-region phase, if it ran
 }
 
 const (
@@ -130,6 +138,12 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		o.Wire = "auto"
 	}
 	r := &Result{Options: o}
+	if o.Only == OnlyRegions {
+		if err := regionsPhase(ctx, o, r); err != nil {
+			return nil, fmt.Errorf("regions phase: %w", err)
+		}
+		return r, nil
+	}
 	s, err := setup(ctx, o, r)
 	if s != nil {
 		defer s.close()
@@ -137,11 +151,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &run{s: s, o: o, r: r, nat: &native{chat: s.native, sourceDSN: s.sourceDSN, name: subName}, env: map[string]string{
-		"SOURCE_DATABASE_URL": s.sourceDSN, "CHAT_DATABASE_URL": s.cdcDSN, "SLOT_NAME": slot,
-		"LOG_LEVEL": "debug", "HTTP_ADDR": "127.0.0.1:0", // debug: per-batch timings
-		"SYNC_COLUMNS": strings.Join(s.cfg.Columns, ","), "WIRE_FORMAT": o.Wire,
-	}}
+	b := &run{s: s, o: o, r: r, nat: &native{chat: s.native, sourceDSN: s.sourceDSN, name: subName}, env: cdcEnv(s, o)}
 	defer func() { _ = b.stopCDC() }()
 	if err := b.copyPhase(ctx); err != nil {
 		return nil, err
@@ -175,7 +185,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	if o.Core {
-		return r, nil
+		return regionsAfter(ctx, s, o, r)
 	}
 	if err := conflictPhase(ctx, s, o, r, b.env, ids); err != nil {
 		return nil, fmt.Errorf("conflict phase: %w", err)
@@ -186,7 +196,29 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := notifyPhase(ctx, s, ids, o, r, b.env); err != nil {
 		return nil, fmt.Errorf("notify phase: %w", err)
 	}
+	return regionsAfter(ctx, s, o, r)
+}
+
+// regionsAfter runs the cross-region phase, if asked for, after the other
+// phases, whose servers it stops first: it starts servers of its own.
+func regionsAfter(ctx context.Context, s *servers, o Options, r *Result) (*Result, error) {
+	if !o.Regions {
+		return r, nil
+	}
+	s.close()
+	if err := regionsPhase(ctx, o, r); err != nil {
+		return nil, fmt.Errorf("regions phase: %w", err)
+	}
 	return r, nil
+}
+
+// cdcEnv is cdc's configuration for s's servers, connected directly.
+func cdcEnv(s *servers, o Options) map[string]string {
+	return map[string]string{
+		"SOURCE_DATABASE_URL": s.sourceDSN, "CHAT_DATABASE_URL": s.cdcDSN, "SLOT_NAME": slot,
+		"LOG_LEVEL": "debug", "HTTP_ADDR": "127.0.0.1:0", // debug: per-batch timings
+		"SYNC_COLUMNS": strings.Join(s.cfg.Columns, ","), "WIRE_FORMAT": o.Wire,
+	}
 }
 
 // run is one benchmark run's state across its phases.

@@ -49,6 +49,11 @@ func (r *Result) Machine() string {
 
 // Write prints the result as one table, in Markdown.
 func (r *Result) Write(w io.Writer) {
+	if r.Only == OnlyRegions {
+		fmt.Fprintf(w, "the cross-region phase alone · %s\n", r.Machine())
+		r.writeRegions(w)
+		return
+	}
 	cp, cc, cn := median(r.CopyPipe), median(r.CopyCDC), median(r.CopyNative)
 	bf, bc, bn := median(r.BacklogCeiling), median(r.BacklogCDC), median(r.BacklogNat)
 	rate := func(d time.Duration) string {
@@ -86,6 +91,7 @@ func (r *Result) Write(w io.Writer) {
 		r.writeSweep(w)
 		r.writeBigTx(w)
 		r.writeRuns(w)
+		r.writeRegions(w)
 		return
 	}
 	fmt.Fprintf(tw, "| steady %d tps × %s, cdc in notify mode: p50 / p95 / p99\t %s\t –\t –\t p99 notify/replication %.2f\t p99 ≤ %.0f ms: %s\t\n",
@@ -109,6 +115,7 @@ func (r *Result) Write(w io.Writer) {
 	r.writeSweep(w)
 	r.writeBigTx(w)
 	r.writeRuns(w)
+	r.writeRegions(w)
 }
 
 // writeRuns lists every run's figures.
