@@ -81,14 +81,6 @@ func EnsurePublication(ctx context.Context, pool *pgxpool.Pool, spec Spec) (stri
 	if err != nil {
 		return "", fmt.Errorf("source table: %w", err)
 	}
-	var gen *GeneratedError
-	if err := CheckPublishable(ctx, pool, t); errors.As(err, &gen) {
-		// A configuration problem (exit 2), named before the server's
-		// "cannot use generated column … in publication column list".
-		return "", &config.Error{Var: "SYNC_COLUMNS", Msg: gen.Error()}
-	} else if err != nil {
-		return "", err
-	}
 	pub := ident.Quote(spec.Publication)
 	target := fmt.Sprintf("%s (%s)", t.Ident(), t.ColumnList())
 	var allTables bool

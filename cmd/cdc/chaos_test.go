@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -145,12 +144,7 @@ func startProxy(t *testing.T, tp *toxiproxy.ApiServer, name string, srv *pglocal
 // viaProxy points dsn at the proxy's listening address.
 func viaProxy(t *testing.T, dsn string, px *toxiproxy.Proxy) string {
 	t.Helper()
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Host = px.Listen
-	return u.String()
+	return withHost(t, dsn, px.Listen)
 }
 
 func (c *chaos) proxyFor(i int) *toxiproxy.Proxy {

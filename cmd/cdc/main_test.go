@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -136,4 +137,23 @@ func with(env map[string]string, kv ...string) map[string]string {
 		out[kv[i]] = kv[i+1]
 	}
 	return out
+}
+
+// withHost is dsn (a URL) with its host and port replaced by host and the
+// query parameters kv (key, value pairs) set.
+func withHost(t *testing.T, dsn, host string, kv ...string) string {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = host
+	if len(kv) > 0 {
+		q := u.Query()
+		for i := 0; i+1 < len(kv); i += 2 {
+			q.Set(kv[i], kv[i+1])
+		}
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
 }

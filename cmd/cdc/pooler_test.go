@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,21 +13,10 @@ import (
 	"github.com/myusta/cdc/internal/pgtest"
 )
 
-// viaBouncer is dsn with its host and port replaced by the pooler's and
-// extra query parameters (key, value pairs) added.
+// viaBouncer is dsn pointed at the pooler, with query parameters kv set.
 func viaBouncer(t *testing.T, dsn string, b *pglocal.Bouncer, kv ...string) string {
 	t.Helper()
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Host = "127.0.0.1:" + strconv.Itoa(b.Port())
-	q := u.Query()
-	for i := 0; i+1 < len(kv); i += 2 {
-		q.Set(kv[i], kv[i+1])
-	}
-	u.RawQuery = q.Encode()
-	return u.String()
+	return withHost(t, dsn, "127.0.0.1:"+strconv.Itoa(b.Port()), kv...)
 }
 
 // sessionSettings are the settings cdc sets on its own sessions, which no

@@ -19,7 +19,7 @@ func roundTrip(ctx context.Context, pool *pgxpool.Pool) (time.Duration, error) {
 	}
 	defer conn.Release()
 	var rts []time.Duration
-	for range 5 {
+	for range 3 {
 		start := time.Now()
 		if err := conn.Ping(ctx); err != nil {
 			return 0, err

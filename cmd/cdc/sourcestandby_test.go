@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -37,12 +36,8 @@ func newStandbySource(t *testing.T, major int) *standbySource {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = standby.Stop() })
-	u, err := url.Parse(p.SourceURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Host = "127.0.0.1:" + strconv.Itoa(standby.Port())
-	return &standbySource{p: p, primary: primary, standby: standby, standbyURL: u.String()}
+	standbyURL := withHost(t, p.SourceURL, "127.0.0.1:"+strconv.Itoa(standby.Port()))
+	return &standbySource{p: p, primary: primary, standby: standby, standbyURL: standbyURL}
 }
 
 // TestSourceStandby streams from a hot standby (16+) under load on the
